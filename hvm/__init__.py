@@ -1,0 +1,27 @@
+"""hvm: a hardware-assisted x86 hypervisor in Python.
+
+The embedding API::
+
+    from hvm import Machine, MachineConfig
+    with Machine(MachineConfig(kernel="guest.elf", append="hello", memory="64M")) as m:
+        outcome = m.run(timeout=10)
+        print(m.serial.text, outcome.exit_code)
+"""
+__version__ = "0.1.0"
+
+from .config import MachineConfig, ModuleSpec  # noqa: E402
+from .devices.base import Device  # noqa: E402
+from .errors import ConfigError, HostError, HvmError, ImageError, MissingFileError  # noqa: E402
+from .outcome import End, GuestCrash, Outcome  # noqa: E402
+
+
+def __getattr__(name: str):
+    # Machine pulls in KVM bindings and psutil; importing it lazily keeps `import hvm` cheap.
+    if name == "Machine":
+        from .machine import Machine
+        return Machine
+    raise AttributeError(name)
+
+
+__all__ = ["Machine", "MachineConfig", "ModuleSpec", "Device", "Outcome", "End", "GuestCrash",
+           "HvmError", "ConfigError", "ImageError", "MissingFileError", "HostError", "__version__"]

@@ -1,0 +1,1 @@
+"""Boot protocols: each loader places an image in guest memory and returns the CPU entry state."""

@@ -1,0 +1,24 @@
+"""What a loader hands back: the CPU mode and registers the guest must start with."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Mode(str, Enum):
+    """CPU mode at the guest's first instruction."""
+
+    REAL = "real"            # 16-bit real mode, CS:IP
+    PROTECTED = "protected"  # 32-bit flat protected mode, paging off
+    LONG = "long"            # 64-bit mode, identity-mapped page tables built by hvm
+
+
+@dataclass
+class EntryState:
+    """The guest's first instruction and the registers it expects (names like 'eax', 'rsi')."""
+
+    mode: Mode
+    entry: int                      # linear address of the first instruction (real mode: CS*16+IP)
+    regs: dict[str, int] = field(default_factory=dict)
+    real_cs: int | None = None      # real mode only: the CS selector to use (IP = entry - CS*16)
+    description: str = ""           # e.g. "multiboot v1 ELF32", shown by -v

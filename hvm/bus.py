@@ -1,0 +1,116 @@
+"""Port-I/O and MMIO buses: devices claim address ranges; lookups are O(log n).
+
+Overlapping claims are refused at registration, so a lookup can never be ambiguous.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+from .devices.base import Device
+
+
+class BusError(ValueError):
+    """A registration that would overlap an existing range or is malformed."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A device's claim on ``[base, base+length)``."""
+
+    base: int
+    length: int
+    device: Device
+    name: str
+
+    @property
+    def end(self) -> int:
+        """First address past the range."""
+        return self.base + self.length
+
+
+class Bus:
+    """A set of non-overlapping address ranges, each served by one device."""
+
+    kind = "bus"
+    limit = 1 << 64
+
+    def __init__(self) -> None:
+        self._bases: list[int] = []
+        self._maps: list[Mapping] = []
+        self._lock = threading.Lock()
+        self.accesses: Counter[str] = Counter()  # by device name, for --stats
+        self.unclaimed = 0
+
+    def register(self, base: int, length: int, device: Device, name: str | None = None) -> Mapping:
+        """Claim ``[base, base+length)`` for ``device``; raises BusError on any overlap."""
+        name = name or getattr(device, "name", type(device).__name__)
+        if length <= 0 or base < 0 or base + length > self.limit:
+            raise BusError(f"{self.kind}: bad range {base:#x}+{length:#x} for {name}")
+        with self._lock:
+            i = bisect.bisect_right(self._bases, base)
+            prev = self._maps[i - 1] if i > 0 else None
+            nxt = self._maps[i] if i < len(self._maps) else None
+            for other in (prev, nxt):
+                if other and base < other.end and other.base < base + length:
+                    raise BusError(f"{self.kind}: {name} at {base:#x}+{length:#x} overlaps "
+                                   f"{other.name} at {other.base:#x}+{other.length:#x}")
+            m = Mapping(base, length, device, name)
+            self._bases.insert(i, base)
+            self._maps.insert(i, m)
+            return m
+
+    def unregister(self, base: int) -> None:
+        """Release the range that starts at ``base``."""
+        with self._lock:
+            i = bisect.bisect_left(self._bases, base)
+            if i == len(self._bases) or self._bases[i] != base:
+                raise BusError(f"{self.kind}: nothing registered at {base:#x}")
+            del self._bases[i]
+            del self._maps[i]
+
+    def lookup(self, addr: int) -> Mapping | None:
+        """The mapping containing ``addr``, or None."""
+        i = bisect.bisect_right(self._bases, addr) - 1
+        if i >= 0:
+            m = self._maps[i]
+            if addr < m.base + m.length:
+                return m
+        return None
+
+    def mappings(self) -> list[Mapping]:
+        """All registrations, ordered by address."""
+        return list(self._maps)
+
+    def read(self, addr: int, size: int) -> int:
+        """Dispatch a read; unclaimed addresses read as all ones, like an ISA bus with no device."""
+        m = self.lookup(addr)
+        if m is None:
+            self.unclaimed += 1
+            return (1 << (size * 8)) - 1
+        self.accesses[m.name] += 1
+        return m.device.read(addr - m.base, size)
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        """Dispatch a write; writes to unclaimed addresses are dropped."""
+        m = self.lookup(addr)
+        if m is None:
+            self.unclaimed += 1
+            return
+        self.accesses[m.name] += 1
+        m.device.write(addr - m.base, size, value)
+
+
+class PortIOBus(Bus):
+    """The 64 KiB x86 I/O port space."""
+
+    kind = "pio"
+    limit = 1 << 16
+
+
+class MmioBus(Bus):
+    """Guest-physical addresses not backed by RAM."""
+
+    kind = "mmio"

@@ -1,0 +1,59 @@
+"""CPUID policy: what each vCPU's CPUID instruction answers. Host quirks live here and nowhere else."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kvmffi import CpuidEntry
+
+from .host import HostInfo
+
+HYPERVISOR_BIT = 1 << 31  # leaf 1 ECX: "running under a hypervisor"
+KVM_SIGNATURE = (0x4B4D564B, 0x564B4D56, 0x0000004D)  # "KVMKVMKVM\0\0\0" in EBX, ECX, EDX
+
+# Features whose instructions KVM's instruction emulator refuses (or, for LZCNT/TZCNT, silently
+# runs as BSR/BSF) when the host runs guest CPL0 code in it. Hidden so a well-behaved guest never
+# tries them. (leaf, subleaf, register, bit, name)
+EMULATOR_REFUSES = [
+    (1, 0, "ecx", 0, "sse3"), (1, 0, "ecx", 1, "pclmulqdq"), (1, 0, "ecx", 9, "ssse3"),
+    (1, 0, "ecx", 12, "fma"), (1, 0, "ecx", 13, "cx16"), (1, 0, "ecx", 19, "sse4_1"),
+    (1, 0, "ecx", 20, "sse4_2"), (1, 0, "ecx", 22, "movbe"), (1, 0, "ecx", 23, "popcnt"),
+    (1, 0, "ecx", 25, "aes"), (1, 0, "ecx", 26, "xsave"), (1, 0, "ecx", 27, "osxsave"),
+    (1, 0, "ecx", 28, "avx"), (1, 0, "ecx", 29, "f16c"),
+    (7, 0, "ebx", 3, "bmi1"), (7, 0, "ebx", 5, "avx2"), (7, 0, "ebx", 8, "bmi2"),
+    (7, 0, "ebx", 19, "adx"), (7, 0, "ebx", 20, "smap"), (7, 0, "ecx", 22, "rdpid"),
+    (0x80000001, 0, "ecx", 5, "abm/lzcnt"), (0x80000001, 0, "ecx", 6, "sse4a"),
+    (0x80000001, 0, "edx", 27, "rdtscp"),
+]
+
+
+def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpus: int) -> list[CpuidEntry]:
+    """The CPUID table for one vCPU, derived from KVM_GET_SUPPORTED_CPUID."""
+    hidden: dict[tuple[int, int, str], int] = {}
+    if host.emulation_only:
+        for leaf, sub, reg, bit, _name in EMULATOR_REFUSES:
+            hidden[(leaf, sub, reg)] = hidden.get((leaf, sub, reg), 0) | (1 << bit)
+
+    out = []
+    have_signature = False
+    for e in supported:
+        for (leaf, sub, reg), mask in hidden.items():
+            if e.function == leaf and e.index == sub:
+                e = replace(e, **{reg: getattr(e, reg) & ~mask})
+        if e.function == 1:
+            ebx = (e.ebx & 0x0000FFFF) | ((vcpu_id & 0xFF) << 24) | ((max(ncpus, 1) & 0xFF) << 16)
+            e = replace(e, ebx=ebx, ecx=e.ecx | HYPERVISOR_BIT, edx=e.edx | (1 << 28 if ncpus > 1 else 0))
+        elif e.function in (0xB, 0x1F):
+            e = replace(e, edx=vcpu_id)
+        elif e.function == 0x40000000:
+            have_signature = True
+            e = replace(e, ebx=KVM_SIGNATURE[0], ecx=KVM_SIGNATURE[1], edx=KVM_SIGNATURE[2],
+                        eax=max(e.eax, 0x40000001))
+        out.append(e)
+    if not have_signature:
+        out.append(CpuidEntry(0x40000000, 0, 0, 0x40000001, *KVM_SIGNATURE))
+    return out
+
+
+def hidden_features(host: HostInfo) -> list[str]:
+    """Names of the features this host's policy hides from guests."""
+    return [name for *_rest, name in EMULATOR_REFUSES] if host.emulation_only else []

@@ -1,0 +1,159 @@
+"""The hardware engine: one KVM vCPU. Converts KVM's state structs to the neutral ones."""
+from __future__ import annotations
+
+import signal
+import threading
+
+import kvmffi
+from kvmffi import exits as kx
+from kvmffi import ffi
+
+from .base import EmulationFailure, Engine, EngineCrash
+from .state import DTable, Regs, Segment, SRegs, GPRS
+
+# A real-time signal nobody else uses: its (empty) handler only makes KVM_RUN return EINTR.
+KICK_SIGNAL = signal.SIGRTMIN + 2
+_kick_installed = False
+_kick_lock = threading.Lock()
+
+_REG_NAMES = GPRS + ("rip", "rflags")
+_SEG_FIELDS = ("base", "limit", "selector", "type", "present", "dpl", "db", "s", "l", "g", "avl", "unusable")
+
+_INTERNAL_SUBERRORS = {
+    1: "instruction emulation failed",
+    2: "exception raised while delivering an exception (simultaneous exceptions)",
+    3: "exit during event delivery",
+    4: "unexpected exit reason",
+}
+
+
+def _install_kick() -> None:
+    global _kick_installed
+    with _kick_lock:
+        if not _kick_installed:
+            kvmffi.install_kick_handler(KICK_SIGNAL)
+            _kick_installed = True
+
+
+class KvmEngine(Engine):
+    """A vCPU run by KVM (``irqchip``: the in-kernel LAPIC/PIC/IOAPIC are in use)."""
+
+    name = "kvm"
+
+    def __init__(self, vcpu: kvmffi.Vcpu, irqchip: bool = True):
+        _install_kick()
+        self.vcpu = vcpu
+        self.irqchip = irqchip
+        self._thread: int | None = None
+        self._thread_lock = threading.Lock()
+        self._vcpu_run = vcpu.run
+
+    def run(self) -> kx.VcpuExit:
+        """KVM_RUN; KVM-only failures become engine-neutral EmulationFailure / EngineCrash."""
+        if self._thread is None:
+            with self._thread_lock:
+                self._thread = threading.get_ident()
+        ex = self._vcpu_run()
+        t = type(ex)
+        if t is kx.EmulationFailure:
+            return EmulationFailure(ex.insn, "KVM's instruction emulator stopped (KVM_EXIT_INTERNAL_ERROR, "
+                                             "suberror 1)")
+        if t is kx.InternalError:
+            what = _INTERNAL_SUBERRORS.get(ex.suberror, f"suberror {ex.suberror}")
+            data = " ".join(f"{d:#x}" for d in ex.data)
+            return EngineCrash(f"KVM internal error: {what}" + (f" [data {data}]" if data else ""))
+        if t is kx.FailEntry:
+            return EngineCrash(f"KVM could not enter the guest: hardware entry failure reason "
+                               f"{ex.reason:#x} on host CPU {ex.cpu}")
+        if t is kx.Unknown:
+            return EngineCrash(f"unexpected KVM exit reason {ex.reason} (hardware reason {ex.hardware_reason:#x})")
+        return ex
+
+    def kick(self) -> None:
+        """Set immediate_exit (covers a vCPU about to enter) and signal the vCPU thread (covers one inside)."""
+        self.vcpu.immediate_exit = True
+        with self._thread_lock:
+            if self._thread is not None and self._thread != threading.get_ident():
+                try:
+                    signal.pthread_kill(self._thread, KICK_SIGNAL)
+                except ProcessLookupError:
+                    pass
+
+    def acknowledge_kick(self) -> None:
+        """Clear immediate_exit after a kick was seen."""
+        self.vcpu.immediate_exit = False
+
+    def thread_exited(self) -> None:
+        """Forget the vCPU thread so no signal is ever sent to a reused thread id."""
+        with self._thread_lock:
+            self._thread = None
+
+    # -- state conversion -----------------------------------------------------------------------
+    def get_regs(self) -> Regs:
+        """KVM_GET_REGS as Regs."""
+        r = self.vcpu.get_regs()
+        return Regs(**{n: getattr(r, n) for n in _REG_NAMES})
+
+    def set_regs(self, regs: Regs) -> None:
+        """KVM_SET_REGS from Regs."""
+        r = ffi.new("struct kvm_regs *")
+        for n in _REG_NAMES:
+            setattr(r, n, getattr(regs, n) & 0xFFFFFFFFFFFFFFFF)
+        self.vcpu.set_regs(r)
+
+    def get_sregs(self) -> SRegs:
+        """KVM_GET_SREGS as SRegs."""
+        s = self.vcpu.get_sregs()
+        out = SRegs()
+        for name in SRegs.SEGMENTS:
+            seg = getattr(s, name)
+            setattr(out, name, Segment(**{f: getattr(seg, f) for f in _SEG_FIELDS}))
+        out.gdt = DTable(s.gdt.base, s.gdt.limit)
+        out.idt = DTable(s.idt.base, s.idt.limit)
+        for cr in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base"):
+            setattr(out, cr, getattr(s, cr))
+        return out
+
+    def set_sregs(self, sregs: SRegs) -> None:
+        """KVM_SET_SREGS from SRegs (keeps KVM's pending-interrupt bitmap)."""
+        s = self.vcpu.get_sregs()
+        for name in SRegs.SEGMENTS:
+            src, dst = getattr(sregs, name), getattr(s, name)
+            for f in _SEG_FIELDS:
+                setattr(dst, f, getattr(src, f))
+        s.gdt.base, s.gdt.limit = sregs.gdt.base, sregs.gdt.limit
+        s.idt.base, s.idt.limit = sregs.idt.base, sregs.idt.limit
+        for cr in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base"):
+            setattr(s, cr, getattr(sregs, cr))
+        self.vcpu.set_sregs(s)
+
+    def inject_interrupt(self, vector: int) -> None:
+        """External interrupt: KVM_INTERRUPT without an in-kernel irqchip, vCPU events with one."""
+        if not self.irqchip:
+            self.vcpu.interrupt(vector)
+            return
+        ev = self.vcpu.get_vcpu_events()
+        ev.interrupt.injected, ev.interrupt.nr, ev.interrupt.soft = 1, vector, 0
+        ev.flags = 0
+        self.vcpu.set_vcpu_events(ev)
+
+    def inject_exception(self, vector: int, error_code: int | None = None) -> None:
+        """KVM_SET_VCPU_EVENTS with an injected exception."""
+        ev = self.vcpu.get_vcpu_events()
+        ev.exception.injected, ev.exception.nr = 1, vector
+        ev.exception.has_error_code = 0 if error_code is None else 1
+        ev.exception.error_code = error_code or 0
+        ev.flags = 0
+        self.vcpu.set_vcpu_events(ev)
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        """KVM_GET_MSRS."""
+        return self.vcpu.get_msrs(indices)
+
+    def set_msrs(self, values: dict[int, int]) -> None:
+        """KVM_SET_MSRS."""
+        self.vcpu.set_msrs(values)
+
+    def close(self) -> None:
+        """Close the KVM vCPU."""
+        self.vcpu.close()

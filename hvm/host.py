@@ -1,0 +1,67 @@
+"""What the host's KVM can do, detected once and expressed as policy (DESIGN rule 5).
+
+On a nested, paravirtual KVM (kvm_pvm) guest code at CPL0 runs in KVM's instruction emulator: slow,
+and some instructions are refused or mis-executed. Every other module asks ``HostInfo`` instead of
+testing for that itself.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import kvmffi
+
+from .errors import HostError
+
+_PVM_MODULE = "/sys/module/kvm_pvm"
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """Facts about /dev/kvm that change how hvm runs guests."""
+
+    kvm_path: str
+    emulation_only: bool
+    reason: str
+
+    def banner(self) -> str | None:
+        """The one line hvm prints on stderr about this host, or None when there is nothing to say."""
+        if not self.emulation_only:
+            return None
+        return (f"hvm: host KVM runs guest kernel code in its instruction emulator ({self.reason}): "
+                "CPL0 code is slow and some instructions are refused")
+
+
+def _emulation_only() -> tuple[bool, str]:
+    forced = os.environ.get("HVM_HOST_EMULATION_ONLY")
+    if forced in ("0", "1"):
+        return forced == "1", "HVM_HOST_EMULATION_ONLY set"
+    if os.path.isdir(_PVM_MODULE):
+        return True, "kvm_pvm loaded"
+    return False, ""
+
+
+def open_kvm(path: str = "/dev/kvm") -> kvmffi.Kvm:
+    """Open /dev/kvm, turning every way it can fail into a HostError that says why."""
+    try:
+        return kvmffi.Kvm(path)
+    except FileNotFoundError:
+        raise HostError(f"{path} does not exist: KVM is not available on this host "
+                        "(no hardware virtualization, or the kvm module is not loaded)") from None
+    except PermissionError:
+        raise HostError(f"{path}: permission denied (add yourself to the 'kvm' group or run as root)") from None
+    except kvmffi.KvmError as exc:
+        if exc.errno == errno.EPROTO:
+            raise HostError(f"{path}: incompatible KVM ({exc})") from None
+        raise HostError(f"{path}: unusable ({exc})") from None
+    except OSError as exc:
+        raise HostError(f"{path}: cannot open ({exc.strerror})") from None
+
+
+@lru_cache(maxsize=None)
+def host_info(kvm_path: str = "/dev/kvm") -> HostInfo:
+    """Detect the host's KVM properties once per process."""
+    emul, reason = _emulation_only()
+    return HostInfo(kvm_path, emul, reason)

@@ -1,0 +1,490 @@
+"""Thin typed wrappers over the KVM API: Kvm (the system), Vm, Vcpu.
+
+Every ioctl goes through ``_ioctl`` so each failure becomes a ``KvmError`` naming the ioctl and
+errno. State structs are handed out as cffi objects whose layout the compiler took from
+<linux/kvm.h>; callers read fields by name.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import mmap
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from . import exits
+from ._kvm import ffi, lib
+
+__all__ = ["Kvm", "Vm", "Vcpu", "KvmError", "MissingCapability", "CpuidEntry", "ffi", "lib"]
+
+
+class KvmError(OSError):
+    """An ioctl on /dev/kvm, a VM or a vCPU failed; ``ioctl`` names it."""
+
+    def __init__(self, ioctl: str, errnum: int, detail: str = ""):
+        msg = f"{ioctl}: {os.strerror(errnum)}" + (f" ({detail})" if detail else "")
+        super().__init__(errnum, msg)
+        self.ioctl = ioctl
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class MissingCapability(KvmError):
+    """The host's KVM lacks a capability hvm needs; ``capability`` names it."""
+
+    def __init__(self, capability: str):
+        super().__init__(capability, _errno.ENOTSUP, "capability not offered by this host's KVM")
+        self.capability = capability
+
+
+def _ioctl(fd: int, name: str, arg=ffi.NULL) -> int:
+    ret = lib.hvm_ioctl(fd, getattr(lib, name), arg)
+    if ret < 0:
+        raise KvmError(name, ffi.errno)
+    return ret
+
+
+def _ioctl_int(fd: int, name: str, arg: int = 0) -> int:
+    ret = lib.hvm_ioctl_int(fd, getattr(lib, name), arg)
+    if ret < 0:
+        raise KvmError(name, ffi.errno)
+    return ret
+
+
+@dataclass(frozen=True)
+class CpuidEntry:
+    """One CPUID leaf/subleaf as KVM describes it."""
+
+    function: int
+    index: int
+    flags: int
+    eax: int
+    ebx: int
+    ecx: int
+    edx: int
+
+
+class Kvm:
+    """The /dev/kvm system handle."""
+
+    def __init__(self, path: str = "/dev/kvm"):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            self.api_version = _ioctl_int(self.fd, "KVM_GET_API_VERSION")
+            if self.api_version != lib.KVM_API_VERSION:
+                raise KvmError("KVM_GET_API_VERSION", _errno.EPROTO,
+                               f"API version {self.api_version}, hvm needs {lib.KVM_API_VERSION}")
+            self.vcpu_mmap_size = _ioctl_int(self.fd, "KVM_GET_VCPU_MMAP_SIZE")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def check_extension(self, cap: str) -> int:
+        """Return KVM_CHECK_EXTENSION for a capability named like ``KVM_CAP_IRQCHIP``."""
+        return _ioctl_int(self.fd, "KVM_CHECK_EXTENSION", getattr(lib, cap))
+
+    def require(self, cap: str) -> int:
+        """Return the capability's value, or raise MissingCapability naming it."""
+        value = self.check_extension(cap)
+        if value <= 0:
+            raise MissingCapability(cap)
+        return value
+
+    def supported_cpuid(self) -> list[CpuidEntry]:
+        """KVM_GET_SUPPORTED_CPUID: the leaves KVM can present to a guest."""
+        nent = 256
+        while True:
+            buf = ffi.new("struct kvm_cpuid2 *", {"nent": nent, "entries": nent})
+            try:
+                _ioctl(self.fd, "KVM_GET_SUPPORTED_CPUID", buf)
+            except KvmError as exc:
+                if exc.errno == _errno.E2BIG and nent < 4096:
+                    nent *= 2
+                    continue
+                raise
+            return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                    for e in buf.entries[0:buf.nent]]
+
+    def _msr_list(self, name: str) -> list[int]:
+        probe = ffi.new("struct kvm_msr_list *", {"nmsrs": 0, "indices": 0})
+        try:
+            _ioctl(self.fd, name, probe)
+        except KvmError as exc:
+            if exc.errno != _errno.E2BIG:
+                raise
+        n = probe.nmsrs
+        buf = ffi.new("struct kvm_msr_list *", {"nmsrs": n, "indices": n})
+        _ioctl(self.fd, name, buf)
+        return list(buf.indices[0:buf.nmsrs])
+
+    def msr_index_list(self) -> list[int]:
+        """MSRs KVM saves and restores for a guest."""
+        return self._msr_list("KVM_GET_MSR_INDEX_LIST")
+
+    def msr_feature_index_list(self) -> list[int]:
+        """Feature MSRs KVM reports on /dev/kvm."""
+        return self._msr_list("KVM_GET_MSR_FEATURE_INDEX_LIST")
+
+    def create_vm(self) -> "Vm":
+        """KVM_CREATE_VM."""
+        return Vm(self, _ioctl_int(self.fd, "KVM_CREATE_VM", 0))
+
+    def close(self) -> None:
+        """Release the /dev/kvm handle."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Vm:
+    """A KVM virtual machine: memory slots, irqchip, interrupt routing, vCPUs."""
+
+    def __init__(self, kvm: Kvm, fd: int):
+        self.kvm = kvm
+        self.fd = fd
+        self._filter_bitmaps: list = []  # keep MSR filter bitmaps alive while KVM may read them
+
+    def check_extension(self, cap: str) -> int:
+        """KVM_CHECK_EXTENSION on the VM (some capabilities are per VM)."""
+        return _ioctl_int(self.fd, "KVM_CHECK_EXTENSION", getattr(lib, cap))
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, size: int, host_addr: int,
+                               flags: int = 0) -> None:
+        """Map ``size`` bytes of host memory at ``guest_phys_addr`` (size 0 deletes the slot)."""
+        region = ffi.new("struct kvm_userspace_memory_region *", {
+            "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
+            "memory_size": size, "userspace_addr": host_addr})
+        _ioctl(self.fd, "KVM_SET_USER_MEMORY_REGION", region)
+
+    def set_tss_addr(self, addr: int) -> None:
+        """KVM_SET_TSS_ADDR: three pages KVM needs for real mode on Intel (unsigned long argument)."""
+        _ioctl_int(self.fd, "KVM_SET_TSS_ADDR", addr)
+
+    def set_identity_map_addr(self, addr: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR: one page for the EPT identity map on Intel."""
+        value = ffi.new("uint64_t *", addr)
+        _ioctl(self.fd, "KVM_SET_IDENTITY_MAP_ADDR", value)
+
+    def create_irqchip(self) -> None:
+        """In-kernel PIC pair, IOAPIC and per-vCPU local APICs."""
+        self.kvm.require("KVM_CAP_IRQCHIP")
+        _ioctl_int(self.fd, "KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self, speaker_dummy: bool = True) -> None:
+        """In-kernel 8254 PIT (ports 0x40-0x43; 0x61 too with ``speaker_dummy``)."""
+        self.kvm.require("KVM_CAP_PIT2")
+        cfg = ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY if speaker_dummy else 0})
+        _ioctl(self.fd, "KVM_CREATE_PIT2", cfg)
+
+    def irq_line(self, gsi: int, level: bool) -> None:
+        """KVM_IRQ_LINE: drive one input of the in-kernel irqchip."""
+        arg = ffi.new("struct kvm_irq_level *", {"irq": gsi, "level": 1 if level else 0})
+        _ioctl(self.fd, "KVM_IRQ_LINE", arg)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """KVM_SIGNAL_MSI: inject one message-signalled interrupt; returns >0 if delivered."""
+        msi = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF,
+                                           "address_hi": address >> 32, "data": data})
+        return _ioctl(self.fd, "KVM_SIGNAL_MSI", msi)
+
+    def ioeventfd(self, fd: int, addr: int, length: int, *, pio: bool = False,
+                  datamatch: int | None = None, deassign: bool = False) -> None:
+        """Let KVM signal ``fd`` on a guest write to ``addr`` without exiting to userspace."""
+        flags = (lib.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | \
+            (lib.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0) | \
+            (lib.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0)
+        arg = ffi.new("struct kvm_ioeventfd *", {"datamatch": datamatch or 0, "addr": addr,
+                                                 "len": length, "fd": fd, "flags": flags})
+        _ioctl(self.fd, "KVM_IOEVENTFD", arg)
+
+    def irqfd(self, fd: int, gsi: int, *, deassign: bool = False) -> None:
+        """Let a write to eventfd ``fd`` raise ``gsi`` inside the kernel."""
+        arg = ffi.new("struct kvm_irqfd *", {"fd": fd, "gsi": gsi,
+                                             "flags": lib.KVM_IRQFD_FLAG_DEASSIGN if deassign else 0})
+        _ioctl(self.fd, "KVM_IRQFD", arg)
+
+    def enable_cap(self, cap: str, *args: int) -> None:
+        """KVM_ENABLE_CAP on the VM with up to four arguments."""
+        self.kvm.require(cap)
+        arg = ffi.new("struct kvm_enable_cap *", {"cap": getattr(lib, cap), "args": list(args) + [0] * (4 - len(args))})
+        _ioctl(self.fd, "KVM_ENABLE_CAP", arg)
+
+    def set_msr_filter(self, ranges: Sequence[tuple[int, int, int, bytes]], default_allow: bool = True) -> None:
+        """Install an MSR filter: ``(flags, base, nmsrs, bitmap)`` ranges; a 0 bit denies (exits)."""
+        self.kvm.require("KVM_CAP_X86_MSR_FILTER")
+        filt = ffi.new("struct kvm_msr_filter *")
+        filt.flags = lib.KVM_MSR_FILTER_DEFAULT_ALLOW if default_allow else lib.KVM_MSR_FILTER_DEFAULT_DENY
+        keep = []
+        for i, (flags, base, nmsrs, bitmap) in enumerate(ranges):
+            buf = ffi.new("uint8_t[]", bytes(bitmap))
+            keep.append(buf)
+            r = filt.ranges[i]
+            r.flags, r.base, r.nmsrs, r.bitmap = flags, base, nmsrs, buf
+        _ioctl(self.fd, "KVM_X86_SET_MSR_FILTER", filt)
+        self._filter_bitmaps = keep
+
+    def get_dirty_log(self, slot: int, npages: int) -> bytes:
+        """KVM_GET_DIRTY_LOG: one bit per page of the slot, cleared by the read."""
+        bitmap = ffi.new("uint8_t[]", ((npages + 63) // 64) * 8)
+        arg = ffi.new("struct kvm_dirty_log *", {"slot": slot, "dirty_bitmap": bitmap})
+        _ioctl(self.fd, "KVM_GET_DIRTY_LOG", arg)
+        return bytes(ffi.buffer(bitmap))
+
+    def create_vcpu(self, vcpu_id: int) -> "Vcpu":
+        """KVM_CREATE_VCPU and map its kvm_run page."""
+        return Vcpu(self, vcpu_id, _ioctl_int(self.fd, "KVM_CREATE_VCPU", vcpu_id))
+
+    def close(self) -> None:
+        """Destroy the VM (its vCPUs must be closed first)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+_U = lib.HVM_RUN_EXIT_UNION_OFFSET
+
+
+class Vcpu:
+    """One virtual CPU: run it, read and write its state."""
+
+    def __init__(self, vm: Vm, vcpu_id: int, fd: int):
+        self.vm = vm
+        self.id = vcpu_id
+        self.fd = fd
+        self._mmap = mmap.mmap(fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        self._page = memoryview(self._mmap)
+        base = ffi.from_buffer(self._mmap)
+        self.run_struct = ffi.cast("struct kvm_run *", base)
+        u = base + _U
+        self._io = ffi.cast("hvm_run_io *", u)
+        self._mmio = ffi.cast("hvm_run_mmio *", u)
+        self._mmio_data = self._page[_U + 8:_U + 16]
+        self._fail = ffi.cast("hvm_run_fail_entry *", u)
+        self._internal = ffi.cast("hvm_run_internal *", u)
+        self._emul = ffi.cast("hvm_run_emulation_failure *", u)
+        self._sysev = ffi.cast("hvm_run_system_event *", u)
+        self._msr = ffi.cast("hvm_run_msr *", u)
+        self._debug = ffi.cast("hvm_run_debug *", u)
+        self._run_req = lib.KVM_RUN
+        self._dispatch = {
+            lib.KVM_EXIT_IO: self._exit_io,
+            lib.KVM_EXIT_MMIO: self._exit_mmio,
+            lib.KVM_EXIT_HLT: lambda: exits.Hlt(),
+            lib.KVM_EXIT_SHUTDOWN: lambda: exits.Shutdown(),
+            lib.KVM_EXIT_FAIL_ENTRY: lambda: exits.FailEntry(self._fail.hardware_entry_failure_reason, self._fail.cpu),
+            lib.KVM_EXIT_INTERNAL_ERROR: self._exit_internal,
+            lib.KVM_EXIT_SYSTEM_EVENT: lambda: exits.SystemEvent(
+                self._sysev.type, tuple(self._sysev.data[0:min(self._sysev.ndata, 16)])),
+            lib.KVM_EXIT_DEBUG: lambda: exits.Debug(self._debug.exception, self._debug.pc,
+                                                    self._debug.dr6, self._debug.dr7),
+            lib.KVM_EXIT_X86_RDMSR: lambda: exits.RdMsr(self._msr.index, self._msr.reason, self._msr),
+            lib.KVM_EXIT_X86_WRMSR: lambda: exits.WrMsr(self._msr.index, self._msr.reason, self._msr.data, self._msr),
+            lib.KVM_EXIT_INTR: lambda: exits.Interrupted(),
+            lib.KVM_EXIT_IRQ_WINDOW_OPEN: lambda: exits.IrqWindowOpen(),
+        }
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self) -> exits.VcpuExit:
+        """KVM_RUN until the guest needs the VMM; returns the typed exit."""
+        if lib.hvm_ioctl_int(self.fd, self._run_req, 0) < 0:
+            err = ffi.errno
+            if err == _errno.EINTR or err == _errno.EAGAIN:
+                return exits.Interrupted()
+            raise KvmError("KVM_RUN", err)
+        reason = self.run_struct.exit_reason
+        handler = self._dispatch.get(reason)
+        if handler is None:
+            return exits.Unknown(reason, self._fail.hardware_entry_failure_reason)
+        return handler()
+
+    def _exit_io(self) -> exits.VcpuExit:
+        io = self._io
+        size, count, off = io.size, io.count, io.data_offset
+        data = self._page[off:off + size * count]
+        if io.direction:
+            return exits.IoOut(io.port, size, count, data)
+        return exits.IoIn(io.port, size, count, data)
+
+    def _exit_mmio(self) -> exits.VcpuExit:
+        m = self._mmio
+        n = m.len
+        if m.is_write:
+            return exits.MmioWrite(m.phys_addr, n, self._mmio_data[:n])
+        return exits.MmioRead(m.phys_addr, n, self._mmio_data[:n])
+
+    def _exit_internal(self) -> exits.VcpuExit:
+        it = self._internal
+        data = tuple(it.data[0:min(it.ndata, 16)])
+        if it.suberror == lib.KVM_INTERNAL_ERROR_EMULATION:
+            em = self._emul
+            insn = b""
+            if it.ndata >= 2 and em.flags & lib.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
+                insn = bytes(em.insn_bytes[0:min(em.insn_size, 15)])
+            return exits.EmulationFailure(it.suberror, data, insn)
+        return exits.InternalError(it.suberror, data)
+
+    @property
+    def immediate_exit(self) -> bool:
+        """When set, the next KVM_RUN returns at once (closes the race with a stop signal)."""
+        return bool(self.run_struct.immediate_exit)
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self.run_struct.immediate_exit = 1 if value else 0
+
+    @property
+    def if_flag(self) -> bool:
+        """The guest's RFLAGS.IF as of the last exit."""
+        return bool(self.run_struct.if_flag)
+
+    @property
+    def request_interrupt_window(self) -> bool:
+        """Ask KVM to exit once the guest can accept an injected interrupt."""
+        return bool(self.run_struct.request_interrupt_window)
+
+    @request_interrupt_window.setter
+    def request_interrupt_window(self, value: bool) -> None:
+        self.run_struct.request_interrupt_window = 1 if value else 0
+
+    @property
+    def ready_for_interrupt_injection(self) -> bool:
+        """Whether KVM_INTERRUPT would be taken now."""
+        return bool(self.run_struct.ready_for_interrupt_injection)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _get(self, ctype: str, name: str):
+        obj = ffi.new(ctype)
+        _ioctl(self.fd, name, obj)
+        return obj
+
+    def get_regs(self):
+        """KVM_GET_REGS → ``struct kvm_regs``."""
+        return self._get("struct kvm_regs *", "KVM_GET_REGS")
+
+    def set_regs(self, regs) -> None:
+        """KVM_SET_REGS."""
+        _ioctl(self.fd, "KVM_SET_REGS", regs)
+
+    def get_sregs(self):
+        """KVM_GET_SREGS → ``struct kvm_sregs``."""
+        return self._get("struct kvm_sregs *", "KVM_GET_SREGS")
+
+    def set_sregs(self, sregs) -> None:
+        """KVM_SET_SREGS."""
+        _ioctl(self.fd, "KVM_SET_SREGS", sregs)
+
+    def get_fpu(self):
+        """KVM_GET_FPU → ``struct kvm_fpu``."""
+        return self._get("struct kvm_fpu *", "KVM_GET_FPU")
+
+    def set_fpu(self, fpu) -> None:
+        """KVM_SET_FPU."""
+        _ioctl(self.fd, "KVM_SET_FPU", fpu)
+
+    def get_xcrs(self):
+        """KVM_GET_XCRS → ``struct kvm_xcrs``."""
+        return self._get("struct kvm_xcrs *", "KVM_GET_XCRS")
+
+    def set_xcrs(self, xcrs) -> None:
+        """KVM_SET_XCRS."""
+        _ioctl(self.fd, "KVM_SET_XCRS", xcrs)
+
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """KVM_GET_MSRS for the given indices; MSRs KVM does not know are left out."""
+        idx = list(indices)
+        buf = ffi.new("struct kvm_msrs *", {"nmsrs": len(idx), "entries": len(idx)})
+        for i, index in enumerate(idx):
+            buf.entries[i].index = index
+        n = _ioctl(self.fd, "KVM_GET_MSRS", buf)
+        return {buf.entries[i].index: buf.entries[i].data for i in range(n)}
+
+    def set_msrs(self, values: dict[int, int]) -> None:
+        """KVM_SET_MSRS; raises if KVM refuses any of them."""
+        items = list(values.items())
+        buf = ffi.new("struct kvm_msrs *", {"nmsrs": len(items), "entries": len(items)})
+        for i, (index, data) in enumerate(items):
+            buf.entries[i].index, buf.entries[i].data = index, data
+        n = _ioctl(self.fd, "KVM_SET_MSRS", buf)
+        if n != len(items):
+            raise KvmError("KVM_SET_MSRS", _errno.EINVAL, f"MSR {items[n][0]:#x} refused")
+
+    def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
+        """KVM_SET_CPUID2: what the guest's CPUID instruction answers."""
+        buf = ffi.new("struct kvm_cpuid2 *", {"nent": len(entries), "entries": len(entries)})
+        for i, e in enumerate(entries):
+            d = buf.entries[i]
+            d.function, d.index, d.flags = e.function, e.index, e.flags
+            d.eax, d.ebx, d.ecx, d.edx = e.eax, e.ebx, e.ecx, e.edx
+        _ioctl(self.fd, "KVM_SET_CPUID2", buf)
+
+    def get_lapic(self):
+        """KVM_GET_LAPIC → ``struct kvm_lapic_state`` (the APIC register page)."""
+        return self._get("struct kvm_lapic_state *", "KVM_GET_LAPIC")
+
+    def set_lapic(self, lapic) -> None:
+        """KVM_SET_LAPIC."""
+        _ioctl(self.fd, "KVM_SET_LAPIC", lapic)
+
+    def get_mp_state(self) -> int:
+        """KVM_GET_MP_STATE (KVM_MP_STATE_*)."""
+        return self._get("struct kvm_mp_state *", "KVM_GET_MP_STATE").mp_state
+
+    def set_mp_state(self, state: int) -> None:
+        """KVM_SET_MP_STATE."""
+        _ioctl(self.fd, "KVM_SET_MP_STATE", ffi.new("struct kvm_mp_state *", {"mp_state": state}))
+
+    def get_vcpu_events(self):
+        """KVM_GET_VCPU_EVENTS → ``struct kvm_vcpu_events`` (pending exception, interrupt, NMI)."""
+        return self._get("struct kvm_vcpu_events *", "KVM_GET_VCPU_EVENTS")
+
+    def set_vcpu_events(self, events) -> None:
+        """KVM_SET_VCPU_EVENTS."""
+        _ioctl(self.fd, "KVM_SET_VCPU_EVENTS", events)
+
+    def get_debugregs(self):
+        """KVM_GET_DEBUGREGS → ``struct kvm_debugregs``."""
+        return self._get("struct kvm_debugregs *", "KVM_GET_DEBUGREGS")
+
+    def set_debugregs(self, dbg) -> None:
+        """KVM_SET_DEBUGREGS."""
+        _ioctl(self.fd, "KVM_SET_DEBUGREGS", dbg)
+
+    def set_guest_debug(self, control: int, debugreg: Sequence[int] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: single-step and hardware breakpoints (KVM_GUESTDBG_* flags)."""
+        arg = ffi.new("struct kvm_guest_debug *")
+        arg.control = control
+        for i, v in enumerate(debugreg[:8]):
+            arg.arch.debugreg[i] = v
+        _ioctl(self.fd, "KVM_SET_GUEST_DEBUG", arg)
+
+    def translate(self, linear: int) -> tuple[int, bool, bool] | None:
+        """KVM_TRANSLATE: guest-physical address, writable, user; None if unmapped."""
+        arg = ffi.new("struct kvm_translation *", {"linear_address": linear})
+        _ioctl(self.fd, "KVM_TRANSLATE", arg)
+        if not arg.valid:
+            return None
+        return arg.physical_address, bool(arg.writeable), bool(arg.usermode)
+
+    def interrupt(self, vector: int) -> None:
+        """KVM_INTERRUPT: inject an external interrupt (userspace irqchip only)."""
+        _ioctl(self.fd, "KVM_INTERRUPT", ffi.new("struct kvm_interrupt *", {"irq": vector}))
+
+    def close(self) -> None:
+        """Unmap kvm_run and close the vCPU."""
+        if self.fd >= 0:
+            self._page.release()
+            try:
+                self._mmap.close()
+            except BufferError:
+                pass  # a caller still holds an exit view; the mapping goes with the process
+            os.close(self.fd)
+            self.fd = -1
+
+
+def install_kick_handler(signo: int) -> None:
+    """Make ``signo`` interrupt a blocked KVM_RUN (EINTR) without doing anything else."""
+    if lib.hvm_install_kick_handler(signo) != 0:
+        raise OSError(ffi.errno, f"sigaction({signo}): {os.strerror(ffi.errno)}")

@@ -1,0 +1,21 @@
+"""hvm: a hardware-assisted x86 hypervisor in Python (KVM through cffi)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hvm",
+    version="0.1.0",
+    description="A hardware-assisted x86 hypervisor written in Python, driving /dev/kvm through cffi",
+    python_requires=">=3.11",
+    packages=find_packages(include=["hvm", "hvm.*", "kvmffi", "kvmffi.*", "paravirt", "paravirt.*"]),
+    setup_requires=["cffi>=1.16"],
+    cffi_modules=["kvmffi/_build.py:ffibuilder"],
+    install_requires=[
+        "cffi>=1.16",
+        "construct>=2.10,<2.11",
+        "psutil>=5.9",
+        "pyroute2>=0.7",
+        "capstone>=5.0,<6",
+    ],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["hvmrun = hvm.cli:main"]},
+)
