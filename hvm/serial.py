@@ -1,0 +1,499 @@
+"""Host ends of a serial port: where guest output goes and where guest input comes from.
+
+A backend is handed a ``sink`` (normally ``Uart16550.receive``) by ``start`` and pushes host input into
+it, possibly from its own daemon thread.  ``write`` is called with guest output from the vCPU thread,
+possibly while the UART holds its lock, so backends must never call back into the UART from ``write``.
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import io
+import os
+import select
+import socket
+import stat
+import sys
+import termios
+import threading
+from typing import IO, Any, Callable
+
+Sink = Callable[[bytes], None]
+
+_READ_CHUNK = 4096
+UNIX_BACKLOG_LIMIT = 64 * 1024
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the terminating NUL
+
+_PROCESS_STREAM: Any = object()  # "use sys.stdin/stdout/stderr as they are when the backend is made"
+
+ESCAPE_CHAR = 0x01  # Ctrl-A, as in QEMU's mux console
+ESCAPE_HELP = (
+    "\r\n"
+    "hvm console escape keys:\r\n"
+    "  Ctrl-A h       print this help\r\n"
+    "  Ctrl-A x       terminate the virtual machine\r\n"
+    "  Ctrl-A Ctrl-A  send Ctrl-A to the guest\r\n"
+)
+
+
+class SerialBackend:
+    """Base backend: no output, no input; subclasses override what they support."""
+
+    def __init__(self) -> None:
+        self._sink: Sink | None = None
+
+    def start(self, sink: Sink) -> None:
+        """Begin delivering host input to ``sink``."""
+        self._sink = sink
+
+    def write(self, data: bytes) -> None:
+        """Accept guest output."""
+
+    def close(self) -> None:
+        """Release host resources; further writes are dropped."""
+
+    def __enter__(self) -> "SerialBackend":
+        """Use as a context manager that closes the backend on exit."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the backend."""
+        self.close()
+
+
+class NullBackend(SerialBackend):
+    """Drops output and never produces input (``-serial none``)."""
+
+
+class BufferBackend(SerialBackend):
+    """Collects output in memory and injects scripted input: for tests and the Python API."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._out = bytearray()
+        self._out_cond = threading.Condition()
+        # Serialises sink calls so input queued before start() cannot be overtaken by later feeds.
+        self._in_lock = threading.Lock()
+        self._queued_input = bytearray()
+
+    @property
+    def data(self) -> bytes:
+        """Everything the guest has written so far."""
+        with self._out_cond:
+            return bytes(self._out)
+
+    @property
+    def text(self) -> str:
+        """Guest output decoded as UTF-8, undecodable bytes replaced."""
+        return self.data.decode("utf-8", errors="replace")
+
+    def start(self, sink: Sink) -> None:
+        """Attach the sink and hand it any input fed before now."""
+        with self._in_lock:
+            self._sink = sink
+            queued = bytes(self._queued_input)
+            self._queued_input.clear()
+            if queued:
+                sink(queued)
+
+    def feed(self, data: bytes | str) -> None:
+        """Send input towards the guest (held back until ``start`` provides a sink)."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if not data:
+            return
+        with self._in_lock:
+            if self._sink is None:
+                self._queued_input += data
+            else:
+                self._sink(bytes(data))
+
+    def write(self, data: bytes) -> None:
+        """Record guest output and wake any ``wait_for`` callers."""
+        with self._out_cond:
+            self._out += data
+            self._out_cond.notify_all()
+
+    def clear(self) -> None:
+        """Forget the output collected so far, so a later ``wait_for`` only sees new output."""
+        with self._out_cond:
+            self._out.clear()
+
+    def wait_for(self, pattern: bytes | str, timeout: float) -> bool:
+        """Block until ``pattern`` appears in the output; False if ``timeout`` seconds pass first."""
+        if isinstance(pattern, str):
+            pattern = pattern.encode("utf-8")
+        scanned = 0
+        with self._out_cond:
+
+            def found() -> bool:
+                nonlocal scanned
+                # Rescan only the tail that could hold a new match, so long outputs stay cheap.
+                start = max(0, scanned - len(pattern) + 1)
+                hit = self._out.find(pattern, start) >= 0
+                scanned = len(self._out)
+                return hit
+
+            return self._out_cond.wait_for(found, timeout)
+
+
+class FileBackend(SerialBackend):
+    """Writes guest output to a file (truncated on open, unbuffered); no input."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+    def write(self, data: bytes) -> None:
+        """Append guest output to the file immediately."""
+        with self._lock:
+            if self._fd is None:
+                return
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                # A full disk must not take the guest down; report once and stop logging.
+                print(f"hvm: serial file {self.path}: {exc.strerror}; further output dropped",
+                      file=sys.stderr)
+                os.close(self._fd)
+                self._fd = None
+
+    def close(self) -> None:
+        """Close the file."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+class UnixSocketBackend(SerialBackend):
+    """Listens on a Unix socket; one client at a time talks to the guest (``socat - UNIX:path``)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:
+            raise ValueError(f"serial socket path {path!r} is longer than {_SUN_PATH_MAX} bytes")
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise FileExistsError(
+                    errno.EEXIST, "exists and is not a socket; refusing to replace it", path)
+            os.unlink(path)  # a leftover from an earlier run that did not clean up
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._listener.bind(path)
+            self._listener.listen(1)
+        except OSError:
+            self._listener.close()
+            raise
+        self._inode = os.lstat(path).st_ino
+        self._lock = threading.Lock()
+        self._client: socket.socket | None = None
+        self._backlog = bytearray()
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether a client is currently attached."""
+        with self._lock:
+            return self._client is not None
+
+    def start(self, sink: Sink) -> None:
+        """Start accepting clients; their bytes go to ``sink``."""
+        self._sink = sink
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._serve, name=f"serial-unix:{self.path}",
+                                            daemon=True)
+            self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        """Send to the client, or keep the newest 64 KiB until one connects."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._client is not None:
+                try:
+                    # Blocking on a slow reader is deliberate: it throttles the guest like a real line.
+                    self._client.sendall(data, socket.MSG_NOSIGNAL)
+                    return
+                except OSError:
+                    self._drop_client_locked()
+            self._append_backlog_locked(data)
+
+    def close(self) -> None:
+        """Stop serving, disconnect the client and remove the socket file."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._drop_client_locked()
+        os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        self._listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        try:
+            # Only remove the file if it is still ours; another hvm may have taken the path over.
+            if os.lstat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _append_backlog_locked(self, data: bytes) -> None:
+        self._backlog += data
+        excess = len(self._backlog) - UNIX_BACKLOG_LIMIT
+        if excess > 0:
+            del self._backlog[:excess]  # keep the newest output: it is what a late client wants to see
+
+    def _drop_client_locked(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            # The serving thread owns the close(); shutdown wakes its select and recv.
+            self._client = None
+
+    def _wait_readable(self, sock: socket.socket) -> bool:
+        try:
+            ready, _, _ = select.select([sock, self._wake_r], [], [])
+        except (OSError, ValueError):
+            return False  # torn down underneath us by close()
+        return self._wake_r not in ready
+
+    def _serve(self) -> None:
+        while not self._closed:
+            if not self._wait_readable(self._listener):
+                return
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                try:
+                    if self._backlog:
+                        conn.sendall(bytes(self._backlog), socket.MSG_NOSIGNAL)
+                        self._backlog.clear()
+                except OSError:
+                    conn.close()
+                    continue
+                self._client = conn
+            try:
+                self._pump(conn)
+            finally:
+                with self._lock:
+                    if self._client is conn:
+                        self._client = None
+                conn.close()
+
+    def _pump(self, conn: socket.socket) -> None:
+        while self._wait_readable(conn):
+            try:
+                data = conn.recv(_READ_CHUNK)
+            except OSError:
+                return
+            if not data:
+                return
+            sink = self._sink
+            if sink is not None:
+                sink(data)
+
+
+class StdioBackend(SerialBackend):
+    """The terminal: raw mode and Ctrl-A escapes on a TTY, plain byte forwarding from a pipe."""
+
+    def __init__(self, on_quit: Callable[[], None], stdin: Any = _PROCESS_STREAM,
+                 stdout: Any = _PROCESS_STREAM, stderr: Any = _PROCESS_STREAM) -> None:
+        super().__init__()
+        self.on_quit = on_quit
+        # Resolved per instance, not at import: test harnesses and embedders swap sys.std* around.
+        self._stdin: IO[Any] | None = sys.stdin if stdin is _PROCESS_STREAM else stdin
+        self._stdout: IO[Any] | None = sys.stdout if stdout is _PROCESS_STREAM else stdout
+        self._stderr: IO[Any] | None = stderr if stderr is not _PROCESS_STREAM else None
+        self._out_lock = threading.Lock()
+        self._out_broken = False
+        self._in_fd = self._fileno(self._stdin)
+        self.is_tty = self._in_fd is not None and os.isatty(self._in_fd)
+        self._saved_termios: list[Any] | None = None
+        self._escape_pending = False
+        self._thread: threading.Thread | None = None
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
+        self._closed = False
+
+    @staticmethod
+    def _fileno(stream: IO[Any] | None) -> int | None:
+        if stream is None or getattr(stream, "closed", False):
+            return None
+        try:
+            return stream.fileno()
+        except (OSError, ValueError):
+            return None
+
+    def start(self, sink: Sink) -> None:
+        """Enter raw mode on a TTY and start forwarding stdin to ``sink``."""
+        self._sink = sink
+        if self._thread is not None or self._closed or self._in_fd is None:
+            return
+        if self.is_tty:
+            self._enter_raw_mode()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._read_loop, name="serial-stdio", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        """Write guest output to stdout and flush."""
+        with self._out_lock:
+            if self._out_broken or self._stdout is None:
+                return
+            try:
+                out = getattr(self._stdout, "buffer", None)
+                if out is None and isinstance(self._stdout, io.TextIOBase):
+                    self._stdout.write(data.decode("utf-8", errors="replace"))
+                    self._stdout.flush()
+                else:
+                    target = out if out is not None else self._stdout
+                    target.write(data)
+                    target.flush()
+            except (OSError, ValueError):
+                # stdout went away (e.g. piped into `head`); the guest keeps running silently.
+                self._out_broken = True
+
+    def close(self) -> None:
+        """Stop reading stdin and restore the terminal."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._wake_w is not None:
+            os.write(self._wake_w, b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        self.restore_terminal()
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None
+
+    def restore_terminal(self) -> None:
+        """Put the TTY back in the mode it had before ``start``; safe to call repeatedly."""
+        saved, self._saved_termios = self._saved_termios, None
+        if saved is None or self._in_fd is None:
+            return
+        atexit.unregister(self.restore_terminal)
+        try:
+            termios.tcsetattr(self._in_fd, termios.TCSADRAIN, saved)
+        except (termios.error, OSError):
+            pass
+
+    def _enter_raw_mode(self) -> None:
+        fd = self._in_fd
+        assert fd is not None
+        try:
+            saved = termios.tcgetattr(fd)
+        except termios.error:
+            return
+        mode = termios.tcgetattr(fd)
+        iflag, oflag, cflag, lflag, cc = 0, 1, 2, 3, 6
+        mode[iflag] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+                         | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
+        # Output post-processing stays on (as QEMU does): the terminal is shared with hvm's own
+        # messages on stderr, which would otherwise staircase without CR.
+        mode[cflag] = (mode[cflag] & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+        # ISIG off sends Ctrl-C/Ctrl-Z to the guest; Ctrl-A x is the way out.
+        mode[lflag] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+        mode[cc][termios.VMIN] = 1
+        mode[cc][termios.VTIME] = 0
+        try:
+            termios.tcsetattr(fd, termios.TCSADRAIN, mode)
+        except termios.error:
+            return
+        self._saved_termios = saved
+        atexit.register(self.restore_terminal)
+
+    def _message(self, text: str) -> None:
+        err = self._stderr if self._stderr is not None else sys.stderr
+        try:
+            err.write(text)
+            err.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _read_loop(self) -> None:
+        fd = self._in_fd
+        wake = self._wake_r
+        assert fd is not None and wake is not None
+        while True:
+            try:
+                ready, _, _ = select.select([fd, wake], [], [])
+            except (OSError, ValueError):
+                return
+            if wake in ready:
+                return
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except OSError:
+                return  # e.g. EIO when the pty's other side hangs up
+            if not data:
+                return
+            if self.is_tty:
+                data, keep_going = self._filter_escapes(data)
+            else:
+                keep_going = True
+            if data and self._sink is not None:
+                self._sink(data)
+            if not keep_going:
+                return
+
+    def _filter_escapes(self, data: bytes) -> tuple[bytes, bool]:
+        """Strip Ctrl-A sequences, acting on them; returns (bytes for the guest, keep reading)."""
+        out = bytearray()
+        for byte in data:
+            if self._escape_pending:
+                self._escape_pending = False
+                if byte == ESCAPE_CHAR:
+                    out.append(ESCAPE_CHAR)
+                elif byte == ord("x"):
+                    # Deliver what preceded the escape, then stop: the VM is going away.
+                    if out and self._sink is not None:
+                        self._sink(bytes(out))
+                    self._message("\r\nhvm: terminated by Ctrl-A x\r\n")
+                    self.on_quit()
+                    return b"", False
+                elif byte == ord("h"):
+                    self._message(ESCAPE_HELP)
+                # Anything else after Ctrl-A is swallowed, as QEMU does.
+            elif byte == ESCAPE_CHAR:
+                self._escape_pending = True
+            else:
+                out.append(byte)
+        return bytes(out), True
+
+
+def backend_from_spec(spec: str, on_quit: Callable[[], None]) -> SerialBackend:
+    """Build a backend from a command-line spec: stdio, none, file:PATH or unix:PATH."""
+    kind, sep, arg = spec.partition(":")
+    if not sep:
+        if spec == "stdio":
+            return StdioBackend(on_quit)
+        if spec == "none":
+            return NullBackend()
+    elif kind in ("file", "unix"):
+        if not arg:
+            raise ValueError(f"invalid serial backend {spec!r}: {kind}: needs a path")
+        return FileBackend(arg) if kind == "file" else UnixSocketBackend(arg)
+    raise ValueError(
+        f"invalid serial backend {spec!r}: expected 'stdio', 'none', 'file:PATH' or 'unix:PATH'")
