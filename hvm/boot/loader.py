@@ -1,0 +1,51 @@
+"""Choose the boot protocol from the image's content (never its name) and load it."""
+from __future__ import annotations
+
+import os
+
+from ..config import MachineConfig
+from ..errors import ImageError, MissingFileError
+from ..memory import GuestMemory
+from .detect import detect_format
+from .entry import EntryState
+from .flat import load_flat
+from .multiboot import load_multiboot
+
+
+def _read(path: str, limit: int) -> bytes:
+    try:
+        size = os.path.getsize(path)
+        if size > limit:
+            raise ImageError(path, f"too big for RAM ({size} bytes, the guest has {limit} bytes)")
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise MissingFileError(path) from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not an image") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+
+
+def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int, int]]) -> EntryState:
+    """Load ``cfg.kernel`` (and its modules) into guest memory; returns where the CPU starts."""
+    path = cfg.kernel
+    data = _read(path, mem.size)
+    if not data:
+        raise ImageError(path, "file is empty")
+    fmt = detect_format(path, data)
+    if fmt == "multiboot":
+        modules = [(m.path, _read(m.path, mem.size), m.args) for m in cfg.modules]
+        if cfg.initrd:
+            modules.insert(0, (cfg.initrd, _read(cfg.initrd, mem.size), ""))
+        return load_multiboot(mem, path, data, cfg.append, modules, e820)
+    if cfg.modules:
+        raise ImageError(path, "--module needs a multiboot kernel, and this image has no multiboot header")
+    if fmt == "elf":
+        raise ImageError(path, "ELF image without a multiboot header (hvm boots multiboot v1 kernels and "
+                               "flat binaries; Linux vmlinux/PVH boot is not supported yet)")
+    if fmt == "bzimage":
+        raise ImageError(path, "Linux bzImage boot is not supported yet")
+    if cfg.initrd:
+        raise ImageError(path, "--initrd needs a kernel that takes one; a flat binary does not")
+    return load_flat(mem, path, data, cfg.flat_mode, cfg.load_addr)

@@ -1,0 +1,1 @@
+"""Binary formats hvm reads or writes, each declared once with ``construct``."""
