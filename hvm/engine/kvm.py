@@ -56,7 +56,7 @@ class KvmEngine(Engine):
         ex = self._vcpu_run()
         t = type(ex)
         if t is kx.EmulationFailure:
-            return EmulationFailure(ex.insn, "KVM's instruction emulator stopped (KVM_EXIT_INTERNAL_ERROR, "
+            return EmulationFailure(ex.insn, "instruction emulation failed in KVM (KVM_EXIT_INTERNAL_ERROR, "
                                              "suberror 1)")
         if t is kx.InternalError:
             what = _INTERNAL_SUBERRORS.get(ex.suberror, f"suberror {ex.suberror}")

@@ -1,0 +1,153 @@
+"""hvmrun: parse → MachineConfig → Machine → run → exit code. A thin layer over the API."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Sequence
+
+from . import __version__
+from .boot.entry import Mode
+from .config import MachineConfig, ModuleSpec, parse_size
+from .errors import ConfigError, HostError, ImageError, MissingFileError
+from .outcome import End, Outcome
+
+EX_OK = 0
+EX_CRASH = 2
+EX_USAGE = 64
+EX_DATAERR = 65      # unusable image
+EX_NOINPUT = 66      # missing file
+EX_UNAVAILABLE = 69  # no usable /dev/kvm
+EX_SOFTWARE = 70     # hvm itself failed
+EX_TIMEOUT = 124     # like timeout(1)
+
+# The one table mapping errors (raised before the guest runs) to exit codes.
+EXIT_CODES: dict[type, int] = {
+    ConfigError: EX_USAGE,
+    ImageError: EX_DATAERR,
+    MissingFileError: EX_NOINPUT,
+    HostError: EX_UNAVAILABLE,
+}
+
+
+def exit_code_for(outcome: Outcome) -> int:
+    """The process exit status for how a run ended."""
+    if outcome.end == End.DEBUG_EXIT:
+        return ((outcome.value << 1) | 1) & 0xFF  # QEMU's isa-debug-exit rule; the OS keeps 8 bits
+    return {End.POWEROFF: EX_OK, End.QUIT: EX_OK, End.RESET: EX_OK, End.CRASH: EX_CRASH,
+            End.TIMEOUT: EX_TIMEOUT, End.ERROR: EX_SOFTWARE}[outcome.end]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"hvmrun: {message}\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The hvmrun argument parser (the CLI contract)."""
+    p = _Parser(prog="hvmrun", description="Run a virtual machine on KVM.",
+                epilog="Exit status: 0 guest powered off; (v<<1)|1 isa-debug-exit with value v; "
+                       "2 guest crashed; 124 timeout; 64 usage error; 65 unusable image; "
+                       "66 missing file; 69 no usable /dev/kvm; 70 internal error.")
+    p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
+                   help="guest RAM, e.g. 64M, 1G (default 128M; a bare number means MiB)")
+    p.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
+    p.add_argument("--kernel", metavar="PATH", help="multiboot v1 kernel or flat binary to boot")
+    p.add_argument("--initrd", metavar="PATH", help="initial ramdisk (passed as the first multiboot module)")
+    p.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
+    p.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
+                   help="multiboot module with its argument string (repeatable)")
+    p.add_argument("--flat-mode", choices=[m.value for m in Mode], default=Mode.REAL.value,
+                   help="entry mode of a flat binary (default real)")
+    p.add_argument("--load-addr", type=_int, metavar="ADDR",
+                   help="load (and entry) address of a flat binary (default 0x7c00 real, 0x100000 otherwise)")
+    p.add_argument("--serial", action="append", metavar="DEV",
+                   help="stdio | none | file:PATH | unix:PATH; repeat for COM2-COM4 (default stdio)")
+    p.add_argument("--debugcon", default="none", metavar="DEV",
+                   help="where port 0xE9 output goes: none | stdio | file:PATH | unix:PATH")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
+    p.add_argument("--stats", action="store_true", help="print exit counts, CPU time and peak RSS at the end")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="say more on stderr")
+    p.add_argument("--version", action="version", version=f"hvm {__version__}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> MachineConfig:
+    """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
+    return MachineConfig(
+        memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
+        modules=[ModuleSpec.parse(m) for m in args.module], flat_mode=Mode(args.flat_mode),
+        load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
+        timeout=args.timeout, verbose=args.verbose)
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"hvm: {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``hvmrun``; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = _run(args)
+    except tuple(EXIT_CODES) as exc:
+        _say(str(exc))
+        code = next(c for t, c in EXIT_CODES.items() if isinstance(exc, t))
+    except KeyboardInterrupt:
+        _say("interrupted")
+        code = 130
+    sys.stdout.flush()
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .host import host_info
+    from .machine import Machine
+
+    cfg = config_from_args(args)
+    if cfg.kernel is None:
+        raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
+    banner = host_info(cfg.kvm_path).banner()
+    machine = Machine(cfg)
+    try:
+        if banner:
+            _say(banner.removeprefix("hvm: "))
+        if args.verbose:
+            _say(f"booting {cfg.kernel}: {machine.entry.description or machine.entry.mode.value} "
+                 f"entry {machine.entry.entry:#x}, {cfg.memory >> 20} MiB, {cfg.cpus} vCPU(s)")
+        outcome = machine.run()
+        _report(outcome, args.verbose)
+        if args.stats:
+            sys.stderr.write(machine.stats().format() + "\n")
+        return outcome.exit_code
+    finally:
+        machine.close()
+
+
+def _report(outcome: Outcome, verbose: int) -> None:
+    if outcome.end == End.CRASH and outcome.crash is not None:
+        sys.stdout.flush()
+        sys.stderr.write("\n" + outcome.crash.report() + "\n")
+    elif outcome.end in (End.TIMEOUT, End.ERROR, End.RESET):
+        _say(outcome.message)
+    elif verbose:
+        _say(outcome.message or outcome.end.value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

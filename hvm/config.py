@@ -1,0 +1,106 @@
+"""What a user asks for, as dataclasses: validated once in ``validate()``, then trusted."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from .boot.entry import Mode
+from .errors import ConfigError, MissingFileError
+from .memory import MiB
+
+MAX_SERIAL_PORTS = 4
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
+_UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a memory size the way QEMU's -m does: a bare number means MiB; K/M/G/T suffixes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ConfigError(f"invalid size {text!r} (examples: 64M, 1G, 512)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+@dataclass
+class ModuleSpec:
+    """A multiboot module: a file and the argument string the kernel sees after its path."""
+
+    path: str
+    args: str = ""
+
+    @classmethod
+    def parse(cls, spec: str) -> "ModuleSpec":
+        """``PATH[,ARGS]`` as given to ``--module``."""
+        path, _, args = spec.partition(",")
+        if not path:
+            raise ConfigError(f"--module {spec!r}: missing file name")
+        return cls(path, args)
+
+
+@dataclass
+class MachineConfig:
+    """Everything a Machine is built from."""
+
+    memory: int = 128 * MiB
+    cpus: int = 1
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str = ""
+    modules: list[ModuleSpec] = field(default_factory=list)
+    # A flat binary's entry mode and load address (ignored for ELF/multiboot images).
+    flat_mode: Mode = Mode.REAL
+    load_addr: int | None = None
+    # Serial ports COM1..COM4, each a backend spec: "buffer" (in memory, the API default),
+    # "stdio", "none", "file:PATH", "unix:PATH".
+    serial: list[str] = field(default_factory=lambda: ["buffer"])
+    debugcon: str = "none"
+    timeout: float | None = None
+    accel: str = "kvm"
+    # HVM_KVM_DEVICE lets tests and odd hosts point hvm at another KVM device node.
+    kvm_path: str = field(default_factory=lambda: os.environ.get("HVM_KVM_DEVICE", "/dev/kvm"))
+    verbose: int = 0
+
+    def validate(self) -> "MachineConfig":
+        """Check every field; raises ConfigError (usage) or MissingFileError (a named file is absent)."""
+        self.memory = parse_size(self.memory)
+        if self.memory < 1 * MiB:
+            raise ConfigError(f"memory size {self.memory} bytes is too small (at least 1M)")
+        if self.memory % 4096:
+            raise ConfigError("memory size must be a multiple of 4 KiB")
+        if not 1 <= self.cpus <= 255:
+            raise ConfigError(f"-c {self.cpus}: the number of vCPUs must be between 1 and 255")
+        if self.accel != "kvm":
+            raise ConfigError(f"accelerator {self.accel!r} is not available (this build has: kvm)")
+        if self.kernel is None:
+            raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
+        if self.initrd is not None and self.modules:
+            raise ConfigError("--initrd and --module cannot be combined")
+        for path in [self.kernel, self.initrd, *(m.path for m in self.modules)]:
+            if path is not None and not os.path.isfile(path):
+                raise MissingFileError(path)
+        if not isinstance(self.flat_mode, Mode):
+            try:
+                self.flat_mode = Mode(self.flat_mode)
+            except ValueError:
+                raise ConfigError(f"unknown entry mode {self.flat_mode!r} (real, protected, long)") from None
+        if isinstance(self.serial, str):
+            self.serial = [self.serial]
+        if len(self.serial) > MAX_SERIAL_PORTS:
+            raise ConfigError(f"at most {MAX_SERIAL_PORTS} serial ports (COM1-COM4)")
+        for spec in [*self.serial, self.debugcon]:
+            _check_backend_spec(spec)
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError("--timeout must be positive")
+        return self
+
+
+def _check_backend_spec(spec: str) -> None:
+    kind, _, arg = spec.partition(":")
+    if kind in ("stdio", "none", "buffer") and not arg:
+        return
+    if kind in ("file", "unix") and arg:
+        return
+    raise ConfigError(f"invalid character device {spec!r} (stdio, none, file:PATH, unix:PATH)")

@@ -1,0 +1,348 @@
+"""Machine: assembles memory, buses, vCPUs and devices from a validated MachineConfig.
+
+The order matters to KVM: memory slots and the in-kernel irqchip exist before any vCPU is created;
+the boot image is loaded before the boot vCPU's registers are set.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import psutil
+
+from . import layout
+from .boot.cpu_setup import entry_cpu_state
+from .boot.entry import EntryState
+from .boot.loader import load_kernel
+from .bus import MmioBus, PortIOBus
+from .config import MachineConfig
+from .cpuid import cpuid_policy
+from .errors import ConfigError
+from .devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACPI_PM_LENGTH
+from .devices.base import Device
+from .devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT as DEBUG_EXIT_LEN, DebugExit
+from .devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
+from .devices.post import DEFAULT_PORT as POST_PORT, PostCode
+from .devices.uart16550 import Uart16550
+from .engine.kvm import KvmEngine
+from .host import HostInfo, host_info, open_kvm
+from .irq import IrqLine
+from .memory import GuestMemory
+from .outcome import End, Outcome
+from .serial import BufferBackend, SerialBackend, StdioBackend, backend_from_spec
+from .vcpu import EmulationFallback, Vcpu
+
+# COM1-COM4: the PC's standard base ports and ISA IRQs.
+SERIAL_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
+
+
+class MsrHandler(Protocol):
+    """Serves RDMSR/WRMSR of indices the VMM filters to userspace."""
+
+    def read(self, vcpu: Vcpu, index: int) -> int | None:
+        """Value for RDMSR, or None to raise #GP."""
+
+    def write(self, vcpu: Vcpu, index: int, value: int) -> bool:
+        """Accept WRMSR (True) or raise #GP (False)."""
+
+
+class _Tee(SerialBackend):
+    """Guest output goes to the transcript and to the user's backend."""
+
+    def __init__(self, transcript: BufferBackend, other: SerialBackend):
+        self.transcript, self.other = transcript, other
+
+    def start(self, sink: Callable[[bytes], None]) -> None:
+        self.other.start(sink)
+
+    def write(self, data: bytes) -> None:
+        self.transcript.write(data)
+        self.other.write(data)
+
+    def close(self) -> None:
+        self.other.close()
+
+
+class SerialPort:
+    """A serial port as the API user sees it: the UART plus a transcript of everything it sent."""
+
+    def __init__(self, name: str, uart: Uart16550, transcript: BufferBackend, backend: SerialBackend):
+        self.name, self.uart, self.transcript, self.backend = name, uart, transcript, backend
+
+    @property
+    def text(self) -> str:
+        """Everything the guest wrote so far, decoded as UTF-8."""
+        return self.transcript.text
+
+    @property
+    def data(self) -> bytes:
+        """Everything the guest wrote so far."""
+        return self.transcript.data
+
+    def wait_for(self, pattern: bytes | str, timeout: float = 10.0) -> bool:
+        """Block until ``pattern`` appears in the output; False on timeout."""
+        return self.transcript.wait_for(pattern, timeout)
+
+    def send(self, data: bytes | str) -> None:
+        """Type ``data`` into the guest's receive line."""
+        self.uart.receive(data.encode() if isinstance(data, str) else bytes(data))
+
+
+@dataclass
+class Stats:
+    """What ``--stats`` prints."""
+
+    exits_by_reason: dict[str, int]
+    pio_by_device: dict[str, int]
+    mmio_by_device: dict[str, int]
+    unclaimed: int
+    cpu_user: float
+    cpu_system: float
+    guest_time: float
+    peak_rss: int
+    wall: float
+
+    def format(self) -> str:
+        """Human-readable summary."""
+        lines = ["hvm stats:", f"  wall time            {self.wall:.3f} s",
+                 f"  VMM CPU time         user {self.cpu_user:.3f} s, system {self.cpu_system:.3f} s",
+                 f"  time inside KVM_RUN  {self.guest_time:.3f} s (summed over vCPUs)",
+                 f"  peak RSS             {self.peak_rss / 2**20:.1f} MiB",
+                 "  exits by reason:"]
+        lines += [f"    {k:<20} {v}" for k, v in sorted(self.exits_by_reason.items(), key=lambda kv: -kv[1])]
+        lines.append("  port I/O by device:")
+        lines += [f"    {k:<20} {v}" for k, v in sorted(self.pio_by_device.items(), key=lambda kv: -kv[1])]
+        if self.mmio_by_device:
+            lines.append("  MMIO by device:")
+            lines += [f"    {k:<20} {v}" for k, v in sorted(self.mmio_by_device.items(), key=lambda kv: -kv[1])]
+        lines.append(f"  unclaimed accesses   {self.unclaimed}")
+        return "\n".join(lines)
+
+
+def _peak_rss() -> int:
+    # VmHWM is the kernel's own high-water mark of resident memory; psutil reports only the
+    # current RSS, which misses a peak that has passed.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss
+
+
+def _open_backend(option: str, spec: str, on_quit: Callable[[], None],
+                  output_only: bool = False) -> SerialBackend:
+    """Open a character backend; failures become ConfigErrors naming the option and the reason."""
+    try:
+        if output_only and spec == "stdio":
+            return StdioBackend(on_quit, stdin=None)  # one stdin reader only: the serial console's
+        return backend_from_spec(spec, on_quit)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{option} {spec}: {exc}") from None
+
+
+class Machine:
+    """A virtual PC: build it from a MachineConfig, optionally add devices, then ``run()``."""
+
+    def __init__(self, config: MachineConfig, serial_backends: list[SerialBackend] | None = None,
+                 on_quit: Callable[[], None] | None = None):
+        self.config = config.validate()
+        self.host: HostInfo = host_info(config.kvm_path)
+        self.emulation_fallbacks: list[EmulationFallback] = []
+        self.msr_handlers: dict[int, MsrHandler] = {}
+        self.debug_handler: Callable | None = None
+        self.outcome: Outcome | None = None
+        self._outcome_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._done = threading.Event()
+        self._started = False
+        self._closed = False
+        self._t_start = 0.0
+        self._t_end = 0.0
+        self.vcpus: list[Vcpu] = []
+        self._backends: list[SerialBackend] = []
+        self.kvm = open_kvm(config.kvm_path)
+        try:
+            self._build(serial_backends, on_quit)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- assembly -------------------------------------------------------------------------------
+    def _build(self, serial_backends, on_quit) -> None:
+        cfg = self.config
+        self.vm = self.kvm.create_vm()
+        self.vm.set_tss_addr(layout.KVM_TSS)
+        self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP)
+        self.memory = GuestMemory(cfg.memory)
+        for slot, region in enumerate(self.memory.regions):
+            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
+        self.vm.create_irqchip()
+        self.vm.create_pit2()
+
+        self.pio = PortIOBus()
+        self.mmio = MmioBus()
+        self._irqs: dict[int, IrqLine] = {}
+        quit_cb = on_quit or (lambda: self.stop())
+        self.serial_ports: list[SerialPort] = []
+        for i, spec in enumerate(cfg.serial):
+            backend = serial_backends[i] if serial_backends and i < len(serial_backends) else \
+                _open_backend("--serial", spec, quit_cb) if spec != "buffer" else None
+            self.add_serial_port(backend)
+        self.debugcon_output = BufferBackend()
+        dc_backend = self.debugcon_output if cfg.debugcon in ("none", "buffer") else \
+            _Tee(self.debugcon_output, _open_backend("--debugcon", cfg.debugcon, quit_cb, output_only=True))
+        if isinstance(dc_backend, _Tee):
+            self._backends.append(dc_backend)
+        self.debugcon = DebugCon(dc_backend)
+        self.post = PostCode()
+        self.add_port_device(DEBUGCON_PORT, 1, self.debugcon)
+        self.add_port_device(POST_PORT, 1, self.post)
+        self.add_port_device(DEBUG_EXIT_PORT, DEBUG_EXIT_LEN, DebugExit(self._debug_exit))
+        self.add_port_device(ACPI_PM_BASE, ACPI_PM_LENGTH,
+                             AcpiPm(lambda: self.finish(Outcome(End.POWEROFF, message="guest powered off"))))
+
+        self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory))
+        supported = self.kvm.supported_cpuid()
+        for index in range(cfg.cpus):
+            kvcpu = self.vm.create_vcpu(index)
+            kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus))
+            engine = KvmEngine(kvcpu, irqchip=True)
+            self.vcpus.append(Vcpu(self, index, engine))
+        regs, sregs = entry_cpu_state(self.memory, self.entry)
+        bsp = self.vcpus[0].engine
+        bsp.set_sregs(sregs)
+        bsp.set_regs(regs)
+
+    def add_serial_port(self, backend: SerialBackend | None = None) -> SerialPort:
+        """Add the next COM port (COM1 first); ``backend`` None keeps output in memory only."""
+        index = len(self.serial_ports)
+        if index >= len(SERIAL_PORTS):
+            raise ValueError("all four COM ports are in use")
+        base, gsi = SERIAL_PORTS[index]
+        transcript = BufferBackend()
+        out = transcript if backend is None else _Tee(transcript, backend)
+        uart = Uart16550(self.irq(gsi), out, name=f"com{index + 1}")
+        self.add_port_device(base, 8, uart, f"com{index + 1}")
+        port = SerialPort(f"com{index + 1}", uart, transcript, out)
+        self.serial_ports.append(port)
+        self._backends.append(out)
+        return port
+
+    @property
+    def serial(self) -> SerialPort:
+        """COM1."""
+        return self.serial_ports[0]
+
+    def irq(self, gsi: int) -> IrqLine:
+        """The interrupt line ``gsi`` of the in-kernel PIC/IOAPIC, to hand to a device."""
+        line = self._irqs.get(gsi)
+        if line is None:
+            line = self._irqs[gsi] = IrqLine(gsi, self.vm.irq_line)
+        return line
+
+    def add_port_device(self, base: int, length: int, device: Device, name: str | None = None) -> None:
+        """Attach a device to I/O ports ``[base, base+length)``."""
+        self.pio.register(base, length, device, name)
+
+    def add_mmio_device(self, base: int, length: int, device: Device, name: str | None = None) -> None:
+        """Attach a device to guest-physical ``[base, base+length)`` (outside RAM)."""
+        if any(r.gpa < base + length and base < r.end for r in self.memory.regions):
+            raise ValueError(f"MMIO range {base:#x}+{length:#x} overlaps guest RAM")
+        self.mmio.register(base, length, device, name)
+
+    def _debug_exit(self, value: int) -> None:
+        self.finish(Outcome(End.DEBUG_EXIT, value=value, message=f"isa-debug-exit {value:#x}"))
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the vCPU threads and the serial backends' input."""
+        if self._started:
+            raise RuntimeError("machine already started")
+        self._started = True
+        self._t_start = time.monotonic()
+        for port in self.serial_ports:
+            port.backend.start(port.uart.receive)
+        for vcpu in self.vcpus:
+            vcpu.start()
+
+    def wait(self, timeout: float | None = None) -> Outcome:
+        """Wait for the guest to end (or ``timeout`` seconds: then the outcome is TIMEOUT)."""
+        if not self._done.wait(timeout):
+            self.finish(Outcome(End.TIMEOUT, message=f"timed out after {timeout:g} s"))
+        self._join()
+        return self.outcome
+
+    def run(self, timeout: float | None = None) -> Outcome:
+        """Start, and wait until the guest powers off, exits, crashes or times out."""
+        self.start()
+        return self.wait(self.config.timeout if timeout is None else timeout)
+
+    def finish(self, outcome: Outcome) -> None:
+        """Record how the run ended (the first report wins) and stop every vCPU."""
+        with self._outcome_lock:
+            if self.outcome is None:
+                self.outcome = outcome
+                self._t_end = time.monotonic()
+        self._stopping.set()
+        for vcpu in self.vcpus:
+            vcpu.engine.kick()
+        self._done.set()
+
+    def stop(self) -> None:
+        """Stop a running machine from any thread (outcome QUIT unless the guest ended first)."""
+        self.finish(Outcome(End.QUIT, message="stopped"))
+
+    def _join(self) -> None:
+        for vcpu in self.vcpus:
+            t = vcpu.thread
+            while t is not None and t.is_alive():
+                # A vCPU can be between its stop check and KVM_RUN; kicks are idempotent.
+                vcpu.engine.kick()
+                t.join(0.05)
+
+    def stats(self) -> Stats:
+        """Exit counts, device accesses, CPU time and peak RSS so far."""
+        exits: dict[str, int] = {}
+        for vcpu in self.vcpus:
+            for kind, n in vcpu.exits.items():
+                exits[kind.__name__] = exits.get(kind.__name__, 0) + n
+        cpu = psutil.Process().cpu_times()
+        end = self._t_end or time.monotonic()
+        return Stats(exits, dict(self.pio.accesses), dict(self.mmio.accesses),
+                     self.pio.unclaimed + self.mmio.unclaimed, cpu.user, cpu.system,
+                     sum(v.guest_time for v in self.vcpus), _peak_rss(),
+                     end - self._t_start if self._t_start else 0.0)
+
+    def close(self) -> None:
+        """Stop the guest and release KVM, memory and backends."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            if self.outcome is None:
+                self.stop()
+            self._join()
+        for backend in getattr(self, "_backends", []):
+            try:
+                backend.close()
+            except OSError:
+                pass
+        for vcpu in self.vcpus:
+            vcpu.engine.close()
+        if getattr(self, "vm", None) is not None:
+            self.vm.close()
+        if getattr(self, "memory", None) is not None:
+            self.memory.close()
+        self.kvm.close()
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,76 @@
+"""How a run ended, and the crash report a person reads when the guest dies."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .disasm import Instruction
+from .engine.state import Regs, SRegs
+from .errors import HvmError
+
+
+class End(str, Enum):
+    """Why the machine stopped."""
+
+    POWEROFF = "poweroff"        # ACPI S5 or a shutdown system event
+    DEBUG_EXIT = "debug-exit"    # isa-debug-exit written
+    CRASH = "crash"              # triple fault, unhandled emulation failure, engine failure
+    RESET = "reset"              # the guest asked for a reset (reboot is a later feature)
+    TIMEOUT = "timeout"          # --timeout expired
+    QUIT = "quit"                # the user quit (Ctrl-A x) or the API called stop()
+    ERROR = "error"              # hvm itself failed while serving the guest
+
+
+@dataclass
+class GuestCrash(HvmError):
+    """The guest died; ``report()`` has its registers and the failing instruction."""
+
+    reason: str
+    vcpu: int = 0
+    regs: Regs | None = None
+    sregs: SRegs | None = None
+    insn: bytes = b""
+    decoded: Instruction | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"guest crashed on vCPU {self.vcpu}: {self.reason}"
+
+    def report(self) -> str:
+        """A multi-line report: reason, registers, the instruction bytes and their disassembly."""
+        lines = [str(self)]
+        if self.insn:
+            text = str(self.decoded) if self.decoded else "(bytes do not decode)"
+            bits = self.sregs.code_bits if self.sregs else "?"
+            lines.append(f"  instruction: {self.insn.hex(' ')}  ->  {text}   [{bits}-bit code]")
+        if self.regs is not None:
+            r = self.regs
+            names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+                     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
+            for i in range(0, 16, 4):
+                lines.append("  " + " ".join(f"{n:>3}={getattr(r, n):016x}" for n in names[i:i + 4]))
+            lines.append(f"  rip={r.rip:016x} rflags={r.rflags:08x}")
+        if self.sregs is not None:
+            s = self.sregs
+            lines.append("  " + " ".join(f"{n}={getattr(s, n).selector:04x}" for n in SRegs.SEGMENTS[:6])
+                         + f" cs.base={s.cs.base:x}")
+            lines.append(f"  cr0={s.cr0:08x} cr2={s.cr2:016x} cr3={s.cr3:016x} cr4={s.cr4:08x} efer={s.efer:x}")
+            lines.append(f"  gdt={s.gdt.base:x}/{s.gdt.limit:x} idt={s.idt.base:x}/{s.idt.limit:x}")
+        lines += [f"  {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class Outcome:
+    """The end of a run: what happened, plus the debug-exit value or the crash when relevant."""
+
+    end: End
+    value: int | None = None
+    crash: GuestCrash | None = None
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """The process exit status hvmrun uses for this outcome (see hvm.cli.EXIT_CODES)."""
+        from .cli import exit_code_for
+        return exit_code_for(self)

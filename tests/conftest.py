@@ -1,0 +1,82 @@
+"""Shared fixtures: test guests assembled from tests/guests/ with GNU as/ld at test time."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+GUESTS = Path(__file__).parent / "guests"
+REPO = Path(__file__).parent.parent
+
+
+@dataclass(frozen=True)
+class GuestRecipe:
+    """How one test guest is built: 32/64-bit, flat (load address) or multiboot ELF."""
+
+    source: str
+    bits: int
+    load: int | None = None  # flat binary linked at this address; None = multiboot ELF
+
+
+RECIPES = {
+    "hello16": GuestRecipe("hello16.S", 16, 0x7C00),
+    "repio": GuestRecipe("repio.S", 16, 0x7C00),
+    "echo16": GuestRecipe("echo16.S", 16, 0x7C00),
+    "long64": GuestRecipe("long64.S", 64, 0x100000),
+    "multiboot": GuestRecipe("multiboot.S", 32),
+    "outloop": GuestRecipe("outloop.S", 32),
+}
+
+
+def build_guest(name: str, outdir: Path, defines: dict[str, int] | None = None) -> Path:
+    """Assemble and link one guest; returns the path of the bootable image."""
+    r = RECIPES[name]
+    tag = name + "".join(f"-{k}{v}" for k, v in sorted((defines or {}).items()))
+    obj, elf = outdir / f"{tag}.o", outdir / f"{tag}.elf"
+    as_flags = ["--64"] if r.bits == 64 else ["--32"]
+    for k, v in (defines or {}).items():
+        as_flags += ["--defsym", f"{k}={v}"]
+    ld_flags = [] if r.bits == 64 else ["-m", "elf_i386"]
+    subprocess.run(["as", *as_flags, "-I", str(GUESTS), "-o", str(obj), str(GUESTS / r.source)], check=True)
+    if r.load is None:
+        subprocess.run(["ld", *ld_flags, "--no-warn-rwx-segments", "-T", str(GUESTS / "multiboot.ld"),
+                        "-o", str(elf), str(obj)], check=True)
+        return elf
+    subprocess.run(["ld", *ld_flags, "--no-warn-rwx-segments", "--defsym", f"LOAD={r.load:#x}",
+                    "-T", str(GUESTS / "flat.ld"), "-o", str(elf), str(obj)], check=True)
+    binary = outdir / f"{tag}.bin"
+    subprocess.run(["objcopy", "-O", "binary", str(elf), str(binary)], check=True)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def guests(tmp_path_factory):
+    """``guests("name")`` → path of the built guest (built once per session)."""
+    outdir = tmp_path_factory.mktemp("guests")
+    cache: dict = {}
+
+    def get(name: str, **defines: int) -> Path:
+        key = (name, tuple(sorted(defines.items())))
+        if key not in cache:
+            cache[key] = build_guest(name, outdir, defines)
+        return cache[key]
+
+    return get
+
+
+def hvmrun_cmd() -> list[str]:
+    """The hvmrun command: the installed console script when present, else the module."""
+    exe = shutil.which("hvmrun")
+    return [exe] if exe else [sys.executable, "-m", "hvm.cli"]
+
+
+def hvmrun(*args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run hvmrun with ``args``; output captured as bytes."""
+    env = dict(os.environ)
+    return subprocess.run([*hvmrun_cmd(), *args], input=input, capture_output=True, timeout=timeout, env=env,
+                          stdin=None if input is not None else subprocess.DEVNULL)

@@ -1,0 +1,144 @@
+/* A multiboot v1 kernel that reports what its loader gave it, then acts on its command line:
+   exit=N (isa-debug-exit N), poweroff, triple (triple fault), popcnt (an instruction KVM's
+   emulator refuses, on MMIO so it fails on every host), hang (cli; hlt forever). */
+        .set MB_MAGIC, 0x1badb002
+        .set MB_FLAGS, 0x00000003       /* page-align modules, want memory info */
+
+        .section .multiboot, "a"
+        .align 4
+        .long MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)
+
+        .code32
+        .include "lib32.S"
+
+        .text
+        .globl _start
+_start: mov $stack_top, %esp
+        mov %ebx, %ebp                  /* multiboot info */
+        cmp $0x2badb002, %eax
+        je 1f
+        print "bad magic\n"
+        jmp poweroff
+1:      print "cmdline=["
+        mov 16(%ebp), %esi
+        call puts
+        print "]\nmem_lower="
+        mov 4(%ebp), %eax
+        call putdec
+        print " mem_upper="
+        mov 8(%ebp), %eax
+        call putdec
+        print "\nmods="
+        mov 20(%ebp), %eax
+        call putdec
+        print "\n"
+
+        mov 20(%ebp), %ecx              /* modules */
+        mov 24(%ebp), %ebx
+        test %ecx, %ecx
+        jz mmap
+2:      print "mod=["
+        mov 8(%ebx), %esi
+        call puts
+        print "] size="
+        mov 4(%ebx), %eax
+        sub (%ebx), %eax
+        call putdec
+        print " aligned="
+        mov (%ebx), %eax
+        and $0xfff, %eax
+        setz %al
+        movzbl %al, %eax
+        call putdec
+        print " data=["
+        push %ecx
+        mov (%ebx), %esi
+        mov 4(%ebx), %ecx
+        sub %esi, %ecx
+        cmp $16, %ecx
+        jbe 3f
+        mov $16, %ecx
+3:      jecxz 4f
+5:      lodsb
+        call putc
+        loop 5b
+4:      pop %ecx
+        print "]\n"
+        add $16, %ebx
+        dec %ecx
+        jnz 2b
+
+mmap:   mov 44(%ebp), %ecx              /* mmap_length */
+        mov 48(%ebp), %ebx              /* mmap_addr */
+        add %ebx, %ecx
+1:      cmp %ecx, %ebx
+        jae cmds
+        print "mmap "
+        mov 8(%ebx), %eax
+        call puthex
+        mov 4(%ebx), %eax
+        call puthex
+        print " "
+        mov 16(%ebx), %eax
+        call puthex
+        mov 12(%ebx), %eax
+        call puthex
+        print " "
+        mov 20(%ebx), %eax
+        call putdec
+        print "\n"
+        add (%ebx), %ebx
+        add $4, %ebx
+        jmp 1b
+
+cmds:   mov 16(%ebp), %esi              /* skip the kernel path: commands follow the first space */
+1:      lodsb
+        test %al, %al
+        jz poweroff
+        cmp $' ', %al
+        jne 1b
+        mov %esi, %ebp
+        mov $s_exit, %edi
+        call strstr
+        jnz 2f
+        lea 5(%eax), %esi
+        call atoi
+        mov $0xf4, %dx
+        out %eax, %dx
+        jmp hang
+2:      mov %ebp, %esi
+        mov $s_triple, %edi
+        call strstr
+        jnz 3f
+        print "triple fault next\n"
+        lidt null_idt
+        ud2
+3:      mov %ebp, %esi
+        mov $s_popcnt, %edi
+        call strstr
+        jnz 4f
+        print "popcnt on mmio next\n"
+        popcnt 0xd0000000, %eax
+        jmp poweroff
+4:      mov %ebp, %esi
+        mov $s_hang, %edi
+        call strstr
+        jz hang
+        jmp poweroff
+hang:   cli
+        hlt
+        jmp hang
+
+        .section .rodata
+s_exit:   .asciz "exit="
+s_triple: .asciz "triple"
+s_popcnt: .asciz "popcnt"
+s_hang:   .asciz "hang"
+        .align 8
+null_idt: .word 0
+        .long 0
+
+        .bss
+        .align 16
+        .space 8192
+stack_top:

@@ -1,0 +1,156 @@
+"""Tiny guests booted through the hvmrun CLI on a real /dev/kvm: serial bytes and exit codes."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import hvmrun
+
+
+def test_real_mode_hello(guests):
+    r = hvmrun("--kernel", str(guests("hello16")), "--timeout", "60")
+    assert r.stdout == b"Hello from real mode!\r\n", r.stderr
+    assert r.returncode == 0
+
+
+def test_long_mode_guest_and_debug_exit_code(guests):
+    r = hvmrun("--kernel", str(guests("long64")), "--flat-mode", "long", "--timeout", "60")
+    assert r.stdout == b"long mode: 0000001234567890\n", r.stderr
+    assert r.returncode == (0x21 << 1) | 1
+
+
+def test_multiboot_cmdline_memory_map_and_modules(guests, tmp_path):
+    kernel = guests("multiboot")
+    mod1 = tmp_path / "first.mod"
+    mod1.write_bytes(b"MODULE-ONE-DATA")
+    mod2 = tmp_path / "second.mod"
+    mod2.write_bytes(b"two" * 2000)
+    r = hvmrun("-m", "64M", "--kernel", str(kernel), "--append", "hello world poweroff",
+               "--module", f"{mod1},alpha beta", "--module", str(mod2), "--timeout", "60")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    lines = out.splitlines()
+    # QEMU passes "<kernel path> <append>" as the multiboot command line; so do we.
+    assert lines[0] == f"cmdline=[{kernel} hello world poweroff]"
+    assert lines[1] == "mem_lower=640 mem_upper=64512"
+    assert lines[2] == "mods=2"
+    assert lines[3] == f"mod=[{mod1} alpha beta] size=15 aligned=1 data=[MODULE-ONE-DATA]"
+    assert lines[4] == f"mod=[{mod2}] size=6000 aligned=1 data=[twotwotwotwotwot]"
+    mmap = [tuple(int(x, 16) if i < 2 else int(x) for i, x in enumerate(l.split()[1:]))
+            for l in lines if l.startswith("mmap ")]
+    assert (0, 0x9FC00, 1) in mmap
+    assert (0x100000, 64 * 2**20 - 0x100000, 1) in mmap
+    assert all(t in (1, 2) for _, _, t in mmap)
+
+
+def test_multiboot_empty_cmdline_is_path_and_space(guests):
+    kernel = guests("multiboot")
+    r = hvmrun("--kernel", str(kernel), "--timeout", "60")
+    assert r.stdout.decode().splitlines()[0] == f"cmdline=[{kernel} ]"
+    assert r.returncode == 0
+
+
+@pytest.mark.parametrize("value", [0, 1, 0x10, 0x7F])
+def test_isa_debug_exit_codes(guests, value):
+    r = hvmrun("--kernel", str(guests("multiboot")), "--append", f"exit={value}", "--timeout", "60")
+    assert r.returncode == ((value << 1) | 1) & 0xFF, r.stderr
+
+
+def test_triple_fault_is_a_crash_with_registers(guests):
+    r = hvmrun("--kernel", str(guests("multiboot")), "--append", "triple", "--timeout", "60")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "triple fault next" in r.stdout.decode()
+    assert "guest crashed on vCPU 0: triple fault" in err
+    assert re.search(r"rip=[0-9a-f]{16}", err)
+    assert "cr0=" in err and "idt=0/0" in err
+
+
+def test_emulation_failure_reported_with_disassembly(guests):
+    r = hvmrun("--kernel", str(guests("multiboot")), "--append", "popcnt", "--timeout", "60")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "popcnt on mmio next" in r.stdout.decode()
+    assert "instruction emulation failed" in err, err
+    assert "cannot execute popcnt eax, dword ptr [0xd0000000]" in err, err
+    assert "f3 0f b8 05 00 00 00 d0" in err
+
+
+def test_timeout_exit_code(guests):
+    r = hvmrun("--kernel", str(guests("multiboot")), "--append", "hang", "--timeout", "2")
+    assert r.returncode == 124
+    assert b"timed out after 2 s" in r.stderr
+
+
+def test_interrupt_driven_uart_echo(guests):
+    r = hvmrun("--kernel", str(guests("echo16")), "--timeout", "60", input=b"hello, hvm.")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"ready\nHELLO, HVM", r.stderr
+
+
+def test_stats_report(guests):
+    r = hvmrun("--kernel", str(guests("hello16")), "--stats", "--timeout", "60")
+    err = r.stderr.decode()
+    assert r.returncode == 0
+    assert re.search(r"IoOut\s+\d+", err) and re.search(r"com1\s+\d+", err)
+    assert "peak RSS" in err and "VMM CPU time" in err
+
+
+def test_serial_to_file(guests, tmp_path):
+    out = tmp_path / "serial.log"
+    r = hvmrun("--kernel", str(guests("hello16")), "--serial", f"file:{out}", "--timeout", "60")
+    assert r.returncode == 0
+    assert r.stdout == b""
+    assert out.read_bytes() == b"Hello from real mode!\r\n"
+
+
+# -- refused input: each with its exit code and a message naming the file and the reason -----------
+
+def test_missing_kernel_file(tmp_path):
+    r = hvmrun("--kernel", str(tmp_path / "nope.elf"))
+    assert r.returncode == 66
+    assert f"{tmp_path / 'nope.elf'}: no such file".encode() in r.stderr
+
+
+def test_usage_errors():
+    assert hvmrun("--bogus").returncode == 64
+    assert hvmrun("-m", "lots", "--kernel", "x").returncode == 64
+    r = hvmrun()
+    assert r.returncode == 64 and b"nothing to boot" in r.stderr
+
+
+def test_elf_without_multiboot_header_refused(tmp_path):
+    import shutil
+    elf = tmp_path / "true.elf"
+    shutil.copy("/bin/true", elf)
+    r = hvmrun("--kernel", str(elf))
+    assert r.returncode == 65
+    assert str(elf).encode() in r.stderr and b"without a multiboot header" in r.stderr
+
+
+def test_truncated_multiboot_image_refused(guests, tmp_path):
+    data = guests("multiboot").read_bytes()
+    cut = tmp_path / "cut.elf"
+    cut.write_bytes(data[:0x1100])  # header intact, segment data cut short
+    r = hvmrun("--kernel", str(cut))
+    assert r.returncode == 65
+    assert str(cut).encode() in r.stderr and b"truncated" in r.stderr
+
+
+def test_image_too_big_for_ram(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\x90" * (3 << 20))
+    r = hvmrun("-m", "2M", "--kernel", str(big), "--flat-mode", "protected")
+    assert r.returncode == 65
+    assert str(big).encode() in r.stderr and b"too big" in r.stderr
+
+
+def test_unusable_kvm_device(tmp_path, guests, monkeypatch):
+    node = tmp_path / "kvm"
+    monkeypatch.setenv("HVM_KVM_DEVICE", str(node))
+    r = hvmrun("--kernel", str(guests("hello16")))
+    assert r.returncode == 69 and b"does not exist" in r.stderr
+    node.write_bytes(b"")  # a regular file: opens, but is no KVM
+    r = hvmrun("--kernel", str(guests("hello16")))
+    assert r.returncode == 69 and str(node).encode() in r.stderr
