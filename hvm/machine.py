@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import psutil
+from kvmffi import lib
 
 from . import layout
 from .boot.cpu_setup import entry_cpu_state
@@ -255,6 +256,17 @@ class Machine:
         if any(r.gpa < base + length and base < r.end for r in self.memory.regions):
             raise ValueError(f"MMIO range {base:#x}+{length:#x} overlaps guest RAM")
         self.mmio.register(base, length, device, name)
+
+    def add_msr_handler(self, index: int, handler: MsrHandler) -> None:
+        """Serve RDMSR/WRMSR of ``index`` in Python: KVM's MSR filter denies it, so it exits to us."""
+        if not self.msr_handlers:
+            self.vm.enable_cap("KVM_CAP_X86_USER_SPACE_MSR", lib.KVM_MSR_EXIT_REASON_FILTER)
+        if index not in self.msr_handlers and len(self.msr_handlers) >= lib.KVM_MSR_FILTER_MAX_RANGES:
+            raise ValueError(f"at most {lib.KVM_MSR_FILTER_MAX_RANGES} MSRs can be served in Python")
+        self.msr_handlers[index] = handler
+        both = lib.KVM_MSR_FILTER_READ | lib.KVM_MSR_FILTER_WRITE
+        # One single-MSR range per handled index; a 0 bit in the bitmap means "deny", i.e. exit.
+        self.vm.set_msr_filter([(both, i, 1, b"\x00") for i in sorted(self.msr_handlers)])
 
     def _debug_exit(self, value: int) -> None:
         self.finish(Outcome(End.DEBUG_EXIT, value=value, message=f"isa-debug-exit {value:#x}"))

@@ -30,6 +30,7 @@ RECIPES = {
     "long64": GuestRecipe("long64.S", 64, 0x100000),
     "multiboot": GuestRecipe("multiboot.S", 32),
     "outloop": GuestRecipe("outloop.S", 32),
+    "smp": GuestRecipe("smp.S", 32),
 }
 
 

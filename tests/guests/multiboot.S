@@ -1,5 +1,5 @@
 /* A multiboot v1 kernel that reports what its loader gave it, then acts on its command line:
-   exit=N (isa-debug-exit N), poweroff, triple (triple fault), popcnt (an instruction KVM's
+   exit=N (isa-debug-exit N), poweroff, triple (triple fault), msr (WRMSR/RDMSR of 0x40000200), popcnt (an instruction KVM's
    emulator refuses, on MMIO so it fails on every host), hang (cli; hlt forever). */
         .set MB_MAGIC, 0x1badb002
         .set MB_FLAGS, 0x00000003       /* page-align modules, want memory info */
@@ -121,6 +121,19 @@ cmds:   mov 16(%ebp), %esi              /* skip the kernel path: commands follow
         popcnt 0xd0000000, %eax
         jmp poweroff
 4:      mov %ebp, %esi
+        mov $s_msr, %edi
+        call strstr
+        jnz 5f
+        mov $0x40000200, %ecx           /* an MSR the test serves from Python */
+        mov $0x1234, %eax
+        xor %edx, %edx
+        wrmsr
+        rdmsr
+        print "msr="
+        call puthex
+        print "\n"
+        jmp poweroff
+5:      mov %ebp, %esi
         mov $s_hang, %edi
         call strstr
         jz hang
@@ -134,6 +147,7 @@ s_exit:   .asciz "exit="
 s_triple: .asciz "triple"
 s_popcnt: .asciz "popcnt"
 s_hang:   .asciz "hang"
+s_msr:    .asciz "msr"
         .align 8
 null_idt: .word 0
         .long 0
