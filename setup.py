@@ -15,6 +15,7 @@ setup(
         "psutil>=5.9",
         "pyroute2>=0.7",
         "capstone>=5.0,<6",
+        "pyelftools>=0.29",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["hvmrun = hvm.cli:main"]},

@@ -28,11 +28,11 @@ _PROCESS_STREAM: Any = object()  # "use sys.stdin/stdout/stderr as they are when
 
 ESCAPE_CHAR = 0x01  # Ctrl-A, as in QEMU's mux console
 ESCAPE_HELP = (
-    "\r\n"
-    "hvm console escape keys:\r\n"
-    "  Ctrl-A h       print this help\r\n"
-    "  Ctrl-A x       terminate the virtual machine\r\n"
-    "  Ctrl-A Ctrl-A  send Ctrl-A to the guest\r\n"
+    "\n"
+    "hvm console escape keys:\n"
+    "  Ctrl-A h       print this help\n"
+    "  Ctrl-A x       terminate the virtual machine\n"
+    "  Ctrl-A Ctrl-A  send Ctrl-A to the guest\n"
 )
 
 
@@ -470,7 +470,7 @@ class StdioBackend(SerialBackend):
                     # Deliver what preceded the escape, then stop: the VM is going away.
                     if out and self._sink is not None:
                         self._sink(bytes(out))
-                    self._message("\r\nhvm: terminated by Ctrl-A x\r\n")
+                    self._message("\nhvm: terminated by Ctrl-A x\n")
                     self.on_quit()
                     return b"", False
                 elif byte == ord("h"):

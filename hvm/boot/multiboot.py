@@ -29,6 +29,7 @@ from ..formats.multiboot import (
     MultibootAddressFields, MultibootHeader as _HeaderFormat, MultibootHeaderCore, MultibootInfo, MultibootMmapEntry,
     MultibootModule,
 )
+from ..formats.e820 import E820_RAM
 from ..layout import EBDA_START
 from ..memory import HIGHMEM_BASE, GuestMemory
 from .entry import EntryState, Mode
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 PAGE = 0x1000
 # "No BIOS drive, no partitions": what QEMU reports, since the kernel did not come from a disk.
 BOOT_DEVICE_NONE = 0x8000FFFF
-# Conventional memory the kernel is told about (KiB): QEMU's fixed value.
-MEM_LOWER_KIB = 640
 # 0x9FC00-0xFFFFF holds the EBDA, VGA memory and the ROMs; info and modules skip over it.
 LEGACY_HOLE = (EBDA_START, 0x100000)
 _SUPPORTED_REQUIRED = HDR_PAGE_ALIGN | HDR_MEMORY_INFO | HDR_VIDEO_MODE
@@ -80,6 +79,18 @@ def _candidates(data: bytes) -> Iterator[int]:
 
 def _checksum_ok(flags: int, checksum: int) -> bool:
     return (MULTIBOOT_HEADER_MAGIC + flags + checksum) & 0xFFFFFFFF == 0
+
+
+def _ram_kib_from(e820: list[tuple[int, int, int]], start: int, mem: GuestMemory) -> int:
+    """KiB of RAM contiguous from ``start`` per the memory map, as the multiboot spec defines
+    mem_lower (from 0) and mem_upper (from 1 MiB); QEMU's option ROM derives them the same way."""
+    if not e820:
+        return 640 if start == 0 else max(0, mem.below_4g // 1024 - 1024)
+    end = start
+    for addr, size, kind in sorted(e820):
+        if kind == E820_RAM and addr <= end < addr + size:
+            end = addr + size
+    return (end - start) // 1024
 
 
 def find_header(data: bytes) -> MultibootHeader | None:
@@ -294,8 +305,8 @@ def load_multiboot(mem: GuestMemory, path: str, data: bytes, cmdline: str,
         flags |= MBI_MMAP       # an empty map is better reported as absent than as zero-length
     info = MultibootInfo.build(dict(
         flags=flags,
-        mem_lower=MEM_LOWER_KIB,
-        mem_upper=max(0, mem.below_4g // 1024 - 1024),    # QEMU's formula: KiB above 1 MiB
+        mem_lower=_ram_kib_from(e820, 0, mem),
+        mem_upper=_ram_kib_from(e820, 0x100000, mem),
         boot_device=BOOT_DEVICE_NONE,
         cmdline=string_addrs[0],
         mods_count=len(modules),

@@ -33,7 +33,7 @@ def test_multiboot_cmdline_memory_map_and_modules(guests, tmp_path):
     lines = out.splitlines()
     # QEMU passes "<kernel path> <append>" as the multiboot command line; so do we.
     assert lines[0] == f"cmdline=[{kernel} hello world poweroff]"
-    assert lines[1] == "mem_lower=640 mem_upper=64512"
+    assert lines[1] == "mem_lower=639 mem_upper=64512"  # from the memory map, below the EBDA
     assert lines[2] == "mods=2"
     assert lines[3] == f"mod=[{mod1} alpha beta] size=15 aligned=1 data=[MODULE-ONE-DATA]"
     assert lines[4] == f"mod=[{mod2}] size=6000 aligned=1 data=[twotwotwotwotwot]"
