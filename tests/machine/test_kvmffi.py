@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
@@ -67,6 +68,92 @@ def test_run_returns_typed_exits(kvm):
         e = vcpu.run()
         assert isinstance(e, exits.Hlt)  # no in-kernel irqchip in this VM: HLT exits
         del e
+    finally:
+        vcpu.close()
+        vm.close()
+
+
+def _tiny_vm(kvm, code: bytes, irqchip: bool = False, dirty: bool = False):
+    import mmap
+    vm = kvm.create_vm()
+    if irqchip:
+        vm.create_irqchip()
+    ram = mmap.mmap(-1, 0x10000)
+    ram[0:len(code)] = code
+    addr = int(kvmffi.ffi.cast("uintptr_t", kvmffi.ffi.from_buffer(ram)))
+    vm.set_user_memory_region(0, 0, 0x10000, addr, kvmffi.lib.KVM_MEM_LOG_DIRTY_PAGES if dirty else 0)
+    vcpu = vm.create_vcpu(0)
+    s = vcpu.get_sregs()
+    s.cs.base = s.cs.selector = 0
+    vcpu.set_sregs(s)
+    r = vcpu.get_regs()
+    r.rip, r.rflags = 0, 2
+    vcpu.set_regs(r)
+    return vm, vcpu, ram
+
+
+def test_state_roundtrips(kvm):
+    vm, vcpu, _ram = _tiny_vm(kvm, b"\xf4", irqchip=True)
+    try:
+        fpu = vcpu.get_fpu()
+        fpu.fcw = 0x37F
+        vcpu.set_fpu(fpu)
+        assert vcpu.get_fpu().fcw == 0x37F
+        vcpu.set_lapic(vcpu.get_lapic())
+        assert vcpu.get_mp_state() == kvmffi.lib.KVM_MP_STATE_RUNNABLE
+        dbg = vcpu.get_debugregs()
+        dbg.db[0] = 0x1234
+        vcpu.set_debugregs(dbg)
+        assert vcpu.get_debugregs().db[0] == 0x1234
+        vcpu.set_msrs({0x174: 0x10})          # IA32_SYSENTER_CS
+        assert vcpu.get_msrs([0x174]) == {0x174: 0x10}
+        ev = vcpu.get_vcpu_events()
+        vcpu.set_vcpu_events(ev)
+        assert vcpu.translate(0x1234)[0] == 0x1234  # paging off: identity
+    finally:
+        vcpu.close()
+        vm.close()
+
+
+def test_interrupt_plumbing(kvm):
+    vm, vcpu, _ram = _tiny_vm(kvm, b"\xf4", irqchip=True)
+    efd = os.eventfd(0)
+    efd2 = os.eventfd(0)
+    try:
+        vm.irq_line(4, True)
+        vm.irq_line(4, False)
+        vm.irqfd(efd, 5)
+        vm.irqfd(efd, 5, deassign=True)
+        vm.ioeventfd(efd2, 0x510, 1, pio=True)
+        vm.ioeventfd(efd2, 0x510, 1, pio=True, deassign=True)
+        assert vm.signal_msi(0xFEE00000, 0x30) >= 0
+    finally:
+        os.close(efd)
+        os.close(efd2)
+        vcpu.close()
+        vm.close()
+
+
+def test_dirty_log_sees_guest_writes(kvm):
+    # mov %al, 0x3000 ; hlt  (16-bit: a2 00 30)
+    vm, vcpu, _ram = _tiny_vm(kvm, bytes.fromhex("a20030f4"), dirty=True)
+    try:
+        vm.get_dirty_log(0, 16)                  # clear whatever setup dirtied
+        assert isinstance(vcpu.run(), exits.Hlt)
+        bitmap = vm.get_dirty_log(0, 16)
+        assert bitmap[0] & (1 << 3)              # page 3 written by the guest
+    finally:
+        vcpu.close()
+        vm.close()
+
+
+def test_guest_debug_single_step(kvm):
+    vm, vcpu, _ram = _tiny_vm(kvm, bytes.fromhex("9090f4"))  # nop; nop; hlt
+    try:
+        lib = kvmffi.lib
+        vcpu.set_guest_debug(lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_SINGLESTEP)
+        e = vcpu.run()
+        assert isinstance(e, exits.Debug) and e.exception == 1 and e.pc == 1
     finally:
         vcpu.close()
         vm.close()
