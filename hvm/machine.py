@@ -36,6 +36,9 @@ from .outcome import End, Outcome
 from .serial import BufferBackend, SerialBackend, StdioBackend, backend_from_spec
 from .vcpu import EmulationFallback, Vcpu
 
+# How much serial output is kept in memory beside a real backend (stdio, file, socket).
+TRANSCRIPT_LIMIT = 1 << 20
+
 # COM1-COM4: the PC's standard base ports and ISA IRQs.
 SERIAL_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
 
@@ -226,7 +229,7 @@ class Machine:
         if index >= len(SERIAL_PORTS):
             raise ValueError("all four COM ports are in use")
         base, gsi = SERIAL_PORTS[index]
-        transcript = BufferBackend()
+        transcript = BufferBackend(limit=None if backend is None else TRANSCRIPT_LIMIT)
         out = transcript if backend is None else _Tee(transcript, backend)
         uart = Uart16550(self.irq(gsi), out, name=f"com{index + 1}")
         self.add_port_device(base, 8, uart, f"com{index + 1}")

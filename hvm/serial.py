@@ -68,8 +68,12 @@ class NullBackend(SerialBackend):
 class BufferBackend(SerialBackend):
     """Collects output in memory and injects scripted input: for tests and the Python API."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         super().__init__()
+        # With a limit only the newest ``limit`` bytes are kept: a transcript beside a real
+        # console must not grow without bound in a long-running VM.
+        self._limit = limit
+        self._dropped = 0
         self._out = bytearray()
         self._out_cond = threading.Condition()
         # Serialises sink calls so input queued before start() cannot be overtaken by later feeds.
@@ -112,6 +116,10 @@ class BufferBackend(SerialBackend):
         """Record guest output and wake any ``wait_for`` callers."""
         with self._out_cond:
             self._out += data
+            if self._limit is not None and len(self._out) > self._limit:
+                drop = len(self._out) - self._limit
+                del self._out[:drop]
+                self._dropped += drop
             self._out_cond.notify_all()
 
     def clear(self) -> None:
@@ -128,10 +136,11 @@ class BufferBackend(SerialBackend):
 
             def found() -> bool:
                 nonlocal scanned
-                # Rescan only the tail that could hold a new match, so long outputs stay cheap.
-                start = max(0, scanned - len(pattern) + 1)
+                # Rescan only the tail that could hold a new match, so long outputs stay cheap;
+                # ``scanned`` counts from the first byte ever written, trimmed or not.
+                start = max(0, scanned - self._dropped - len(pattern) + 1)
                 hit = self._out.find(pattern, start) >= 0
-                scanned = len(self._out)
+                scanned = self._dropped + len(self._out)
                 return hit
 
             return self._out_cond.wait_for(found, timeout)

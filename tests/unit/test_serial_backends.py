@@ -342,3 +342,14 @@ def test_stdio_tty_escape_sequences(pty_stdio) -> None:
     assert sink.wait_len(7) == b"a\x01bcd\x01e"
     assert "Ctrl-A x" in err.getvalue() and "terminate the virtual machine" in err.getvalue()
     assert quits == []
+
+
+def test_buffer_with_limit_keeps_the_newest_bytes_and_still_finds_patterns() -> None:
+    from hvm.serial import BufferBackend
+    b = BufferBackend(limit=8)
+    b.write(b"0123456789")
+    assert b.data == b"23456789"
+    b.write(b"ab")
+    assert b.data == b"456789ab"
+    assert b.wait_for(b"9ab", timeout=0.1)
+    assert not b.wait_for(b"0123", timeout=0.1)
