@@ -36,7 +36,7 @@ from . import apt
 PACKAGES = ["grub-coreboot-bin", "grub-common"]
 PLATFORM = "i386-coreboot"
 MODULES = ["serial", "terminal", "echo", "iorw", "lsmmap"]
-BANNER = "booted as a multiboot kernel"
+BANNER = "booted as a multiboot kernel"  # keep the echo line under GRUB's 80 columns
 IMAGE_NAME = "grub-multiboot.elf"
 
 # --- the embedded GRUB config ------------------------------------------------------------------
@@ -47,7 +47,7 @@ CONFIG_TEMPLATE = """\
 serial --unit=0 --speed=115200
 terminal_input serial
 terminal_output serial
-echo "GRUB {version} ({platform}, Debian grub-coreboot-bin) {banner}"
+echo "GRUB {version} ({platform}) {banner}"
 echo "memory map handed over by the multiboot loader:"
 lsmmap
 echo "powering off: outw 0x604 0x2000 (ACPI PM1a_CNT, SLP_EN)"

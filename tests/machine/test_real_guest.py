@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 
 import images  # noqa: E402
 
-BANNER = re.compile(rb"GRUB 2\.\S+ \(i386-coreboot, Debian grub-coreboot-bin\) booted as a multiboot kernel")
+BANNER = re.compile(rb"GRUB 2\.\S+ \(i386-coreboot\) booted as a multiboot kernel\r?\n")
 REGION = re.compile(rb"base_addr = (0x[0-9a-f]+), length = (0x[0-9a-f]+), (available|reserved) RAM")
 
 
