@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .devices.base import Device
 
@@ -24,11 +24,17 @@ class Mapping:
     length: int
     device: Device
     name: str
+    hits: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)  # for --stats
 
     @property
     def end(self) -> int:
         """First address past the range."""
         return self.base + self.length
+
+
+_UNSEEN = object()
+# Lookups are cached per address; guest-chosen MMIO addresses must not grow the cache without bound.
+CACHE_LIMIT = 4096
 
 
 class Bus:
@@ -41,8 +47,13 @@ class Bus:
         self._bases: list[int] = []
         self._maps: list[Mapping] = []
         self._lock = threading.Lock()
-        self.accesses: Counter[str] = Counter()  # by device name, for --stats
+        self._cache: dict[int, Mapping | None] = {}
         self.unclaimed = 0
+
+    @property
+    def accesses(self) -> Counter[str]:
+        """Accesses so far by device name (for --stats)."""
+        return Counter({m.name: m.hits[0] for m in self._maps if m.hits[0]})
 
     def register(self, base: int, length: int, device: Device, name: str | None = None) -> Mapping:
         """Claim ``[base, base+length)`` for ``device``; raises BusError on any overlap."""
@@ -60,6 +71,7 @@ class Bus:
             m = Mapping(base, length, device, name)
             self._bases.insert(i, base)
             self._maps.insert(i, m)
+            self._cache = {}
             return m
 
     def unregister(self, base: int) -> None:
@@ -70,6 +82,7 @@ class Bus:
                 raise BusError(f"{self.kind}: nothing registered at {base:#x}")
             del self._bases[i]
             del self._maps[i]
+            self._cache = {}
 
     def lookup(self, addr: int) -> Mapping | None:
         """The mapping containing ``addr``, or None."""
@@ -84,22 +97,33 @@ class Bus:
         """All registrations, ordered by address."""
         return list(self._maps)
 
+    def _resolve(self, addr: int) -> Mapping | None:
+        cache = self._cache
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        m = cache[addr] = self.lookup(addr)
+        return m
+
     def read(self, addr: int, size: int) -> int:
         """Dispatch a read; unclaimed addresses read as all ones, like an ISA bus with no device."""
-        m = self.lookup(addr)
+        m = self._cache.get(addr, _UNSEEN)
+        if m is _UNSEEN:
+            m = self._resolve(addr)
         if m is None:
             self.unclaimed += 1
             return (1 << (size * 8)) - 1
-        self.accesses[m.name] += 1
+        m.hits[0] += 1
         return m.device.read(addr - m.base, size)
 
     def write(self, addr: int, size: int, value: int) -> None:
         """Dispatch a write; writes to unclaimed addresses are dropped."""
-        m = self.lookup(addr)
+        m = self._cache.get(addr, _UNSEEN)
+        if m is _UNSEEN:
+            m = self._resolve(addr)
         if m is None:
             self.unclaimed += 1
             return
-        self.accesses[m.name] += 1
+        m.hits[0] += 1
         m.device.write(addr - m.base, size, value)
 
 

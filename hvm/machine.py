@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-import psutil
 from kvmffi import lib
 
 from . import layout
@@ -105,7 +104,8 @@ class Stats:
     unclaimed: int
     cpu_user: float
     cpu_system: float
-    guest_time: float
+    vcpu_user: float
+    vcpu_system: float
     peak_rss: int
     wall: float
 
@@ -113,7 +113,8 @@ class Stats:
         """Human-readable summary."""
         lines = ["hvm stats:", f"  wall time            {self.wall:.3f} s",
                  f"  VMM CPU time         user {self.cpu_user:.3f} s, system {self.cpu_system:.3f} s",
-                 f"  time inside KVM_RUN  {self.guest_time:.3f} s (summed over vCPUs)",
+                 f"  vCPU threads         guest (system) {self.vcpu_system:.3f} s, hvm (user) "
+                 f"{self.vcpu_user:.3f} s",
                  f"  peak RSS             {self.peak_rss / 2**20:.1f} MiB",
                  "  exits by reason:"]
         lines += [f"    {k:<20} {v}" for k, v in sorted(self.exits_by_reason.items(), key=lambda kv: -kv[1])]
@@ -136,6 +137,8 @@ def _peak_rss() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    import psutil
+
     return psutil.Process().memory_info().rss
 
 
@@ -323,16 +326,20 @@ class Machine:
 
     def stats(self) -> Stats:
         """Exit counts, device accesses, CPU time and peak RSS so far."""
+        import psutil  # only --stats and the API's stats() need it
+
         exits: dict[str, int] = {}
         for vcpu in self.vcpus:
-            for kind, n in vcpu.exits.items():
-                exits[kind.__name__] = exits.get(kind.__name__, 0) + n
+            served = dict(zip(("IoIn", "IoOut"), vcpu.engine.io_exit_counts()))
+            for kind, n in [*((k.__name__, v) for k, v in list(vcpu.exits.items())), *served.items()]:
+                if n:
+                    exits[kind] = exits.get(kind, 0) + n
         cpu = psutil.Process().cpu_times()
         end = self._t_end or time.monotonic()
         return Stats(exits, dict(self.pio.accesses), dict(self.mmio.accesses),
                      self.pio.unclaimed + self.mmio.unclaimed, cpu.user, cpu.system,
-                     sum(v.guest_time for v in self.vcpus), _peak_rss(),
-                     end - self._t_start if self._t_start else 0.0)
+                     sum(v.cpu_times[0] for v in self.vcpus), sum(v.cpu_times[1] for v in self.vcpus),
+                     _peak_rss(), end - self._t_start if self._t_start else 0.0)
 
     def close(self) -> None:
         """Stop the guest and release KVM, memory and backends."""

@@ -16,22 +16,40 @@ class VcpuExit:
         return f"{type(self).__name__}({fields})"
 
 
-class IoIn(VcpuExit):
+class _PortIo(VcpuExit, tuple):
+    """Port I/O: ``(port, size, count, buffer, offset)``; the bytes are ``buffer[offset:offset+size*count]``.
+
+    A tuple so that the hottest exit costs one allocation; ``data`` is the zero-copy view.
+    """
+
+    __slots__ = ()
+    port = property(lambda self: self[0], doc="I/O port")
+    size = property(lambda self: self[1], doc="bytes per access: 1, 2 or 4")
+    count = property(lambda self: self[2], doc="number of accesses (> 1 for rep ins/outs)")
+
+    @property
+    def data(self) -> memoryview:
+        """The count * size bytes exchanged with the guest."""
+        port, size, count, buffer, offset = self
+        return memoryview(buffer)[offset:offset + size * count]
+
+    def __new__(cls, port: int, size: int, count: int, buffer, offset: int = 0):
+        return tuple.__new__(cls, (port, size, count, buffer, offset))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(port={self[0]:#x}, size={self[1]}, count={self[2]})"
+
+
+class IoIn(_PortIo):
     """IN/INS: fill ``data`` (count * size bytes) before the next run."""
 
-    __slots__ = ("port", "size", "count", "data")
-
-    def __init__(self, port: int, size: int, count: int, data: memoryview):
-        self.port, self.size, self.count, self.data = port, size, count, data
+    __slots__ = ()
 
 
-class IoOut(VcpuExit):
+class IoOut(_PortIo):
     """OUT/OUTS: ``data`` holds count * size bytes the guest wrote."""
 
-    __slots__ = ("port", "size", "count", "data")
-
-    def __init__(self, port: int, size: int, count: int, data: memoryview):
-        self.port, self.size, self.count, self.data = port, size, count, data
+    __slots__ = ()
 
 
 class MmioRead(VcpuExit):

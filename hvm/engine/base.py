@@ -6,6 +6,7 @@ KVM state) plus two engine-neutral failures defined here; an engine never leaks 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
 
 from kvmffi.exits import (Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, RdMsr,
                           Shutdown, SystemEvent, VcpuExit, WrMsr)
@@ -41,7 +42,31 @@ class Engine(ABC):
 
     @abstractmethod
     def run(self) -> VcpuExit:
-        """Run the guest until it needs the VMM; the returned exit says why."""
+        """Run the guest until it needs the VMM; the returned exit says why.
+
+        For speed an engine may return exits of its own kinds; the run loop passes any exit it
+        has no handler for through ``translate`` before acting on it.
+        """
+
+    def serve_port_io(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None]) -> None:
+        """Let the engine call the port bus itself instead of returning IoIn/IoOut exits.
+
+        Engines that cannot (or whose caller wants every exit) simply keep returning them.
+        """
+
+    def io_exit_counts(self) -> tuple[int, int]:
+        """(IN, OUT) port-I/O exits the engine served itself through ``serve_port_io``."""
+        return 0, 0
+
+    def translate(self, exit_: VcpuExit) -> VcpuExit:
+        """Turn an engine-specific exit into one of the neutral kinds (EngineCrash at worst)."""
+        return EngineCrash(f"{self.name} engine: unexpected exit {exit_!r}")
+
+    def thread_started(self) -> None:
+        """Called on the vCPU thread before its first ``run`` (so ``kick`` knows whom to wake)."""
+
+    def thread_exited(self) -> None:
+        """Called on the vCPU thread after its last ``run``."""
 
     @abstractmethod
     def get_regs(self) -> Regs:

@@ -1,6 +1,7 @@
 """The hardware engine: one KVM vCPU. Converts KVM's state structs to the neutral ones."""
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 
@@ -46,14 +47,22 @@ class KvmEngine(Engine):
         self.irqchip = irqchip
         self._thread: int | None = None
         self._thread_lock = threading.Lock()
-        self._vcpu_run = vcpu.run
+        self.run = vcpu.run  # type: ignore[method-assign]  # the hot path: straight to KVM_RUN
 
     def run(self) -> kx.VcpuExit:
-        """KVM_RUN; KVM-only failures become engine-neutral EmulationFailure / EngineCrash."""
-        if self._thread is None:
-            with self._thread_lock:
-                self._thread = threading.get_ident()
-        ex = self._vcpu_run()
+        """KVM_RUN (replaced per instance by the vCPU's own ``run``: no wrapper on the hot path)."""
+        return self.vcpu.run()
+
+    def serve_port_io(self, read, write) -> None:
+        """Serve port I/O inside ``run``: KVM_RUN loops in kvmffi, with no exit objects built."""
+        self.run = functools.partial(self.vcpu.run_with_io, read, write)  # type: ignore[method-assign]
+
+    def io_exit_counts(self) -> tuple[int, int]:
+        """(IN, OUT) exits served by ``run``."""
+        return self.vcpu.io_exits[0], self.vcpu.io_exits[1]
+
+    def translate(self, ex: kx.VcpuExit) -> kx.VcpuExit:
+        """KVM-only failures become engine-neutral EmulationFailure / EngineCrash."""
         t = type(ex)
         if t is kx.EmulationFailure:
             return EmulationFailure(ex.insn, "instruction emulation failed in KVM (KVM_EXIT_INTERNAL_ERROR, "
@@ -67,7 +76,12 @@ class KvmEngine(Engine):
                                f"{ex.reason:#x} on host CPU {ex.cpu}")
         if t is kx.Unknown:
             return EngineCrash(f"unexpected KVM exit reason {ex.reason} (hardware reason {ex.hardware_reason:#x})")
-        return ex
+        return super().translate(ex)
+
+    def thread_started(self) -> None:
+        """Remember the vCPU thread: ``kick`` signals it."""
+        with self._thread_lock:
+            self._thread = threading.get_ident()
 
     def kick(self) -> None:
         """Set immediate_exit (covers a vCPU about to enter) and signal the vCPU thread (covers one inside)."""
