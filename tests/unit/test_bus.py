@@ -77,3 +77,18 @@ def test_unregister():
     assert bus.lookup(0x80) is None
     with pytest.raises(BusError):
         bus.unregister(0x80)
+
+
+def test_lookup_cache_follows_registration_and_stays_bounded():
+    from hvm import bus as busmod
+    bus = MmioBus()
+    assert bus.read(0x1000, 4) == 0xFFFFFFFF          # cached as unclaimed
+    dev = Rec("late")
+    bus.register(0x1000, 0x10, dev)                    # registration must invalidate that
+    assert bus.read(0x1000, 4) == 0x42 and dev.log == [("r", 0, 4)]
+    for addr in range(busmod.CACHE_LIMIT * 2):         # guest-chosen addresses: bounded cache
+        bus.read(0x100000 + addr, 1)
+    assert len(bus._cache) <= busmod.CACHE_LIMIT
+    bus.unregister(0x1000)
+    assert bus.read(0x1000, 4) == 0xFFFFFFFF
+    assert bus.accesses == {}                         # the mapping is gone with its count
