@@ -340,7 +340,7 @@ class Vcpu:
         costs several times its usual price: this loop builds no exit object for it.
         """
         ioctl, fd, head, page = self._ioctl, self.fd, self._head, self._page
-        counts = self.io_exits
+        counts, unpackers = self.io_exits, _UNPACK
         while True:
             if ioctl(fd, _KVM_RUN, 0) < 0:
                 return self._run_failed()
@@ -348,13 +348,12 @@ class Vcpu:
             if reason != _EXIT_IO:
                 return self._exit(reason)
             counts[direction] += 1
-            if direction:
-                if count == 1:
-                    io_write(port, size, _UNPACK[size](page, offset)[0])
-                else:
-                    unpack = _UNPACK[size]
-                    for pos in range(offset, offset + size * count, size):
-                        io_write(port, size, unpack(page, pos)[0])
+            if direction and count == 1:
+                io_write(port, size, unpackers[size](page, offset)[0])
+            elif direction:
+                unpack = unpackers[size]
+                for pos in range(offset, offset + size * count, size):
+                    io_write(port, size, unpack(page, pos)[0])
             else:
                 pack = _PACK[size]
                 for pos in range(offset, offset + size * count, size):
