@@ -158,3 +158,28 @@ def test_memory_above_the_pc_hole(guests):
         m.memory.write(0x1_0000_0000 + 5, b"high")
         assert m.memory.read(0x1_0000_0005, 4) == b"high"
         assert m.run(timeout=60).end == End.POWEROFF
+
+
+# mov $'D',%al; out %al,$0xe9; mov $'C',%al; out %al,$0xe9; mov $0x80,%al; out %al,$0x80;
+# mov $0x604,%dx; mov $0x2000,%ax; out %ax,%dx; hlt
+DEBUGCON_GUEST = bytes.fromhex("b044e6e9b043e6e9b080e680ba0406b80020eff4")
+
+
+def test_debugcon_and_post_codes(tmp_path):
+    image = tmp_path / "dc.bin"
+    image.write_bytes(DEBUGCON_GUEST)
+    with Machine(MachineConfig(kernel=str(image), memory="16M")) as m:
+        assert m.run(timeout=30).end == End.POWEROFF
+        assert m.debugcon_output.text == "DC"
+        assert m.post.last == 0x80 and m.post.history == [0x80]
+        assert m.serial.text == ""
+
+
+def test_debugcon_to_a_file_from_the_cli(tmp_path):
+    from conftest import hvmrun
+    image = tmp_path / "dc.bin"
+    image.write_bytes(DEBUGCON_GUEST)
+    out = tmp_path / "debugcon.log"
+    r = hvmrun("--kernel", str(image), "--debugcon", f"file:{out}", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == b"DC"
