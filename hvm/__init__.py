@@ -16,7 +16,7 @@ from .outcome import End, GuestCrash, Outcome  # noqa: E402
 
 
 def __getattr__(name: str):
-    # Machine pulls in KVM bindings and psutil; importing it lazily keeps `import hvm` cheap.
+    # Machine pulls in the KVM bindings and the loaders; importing it lazily keeps `import hvm` cheap.
     if name == "Machine":
         from .machine import Machine
         return Machine
