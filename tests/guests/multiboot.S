@@ -1,5 +1,6 @@
 /* A multiboot v1 kernel that reports what its loader gave it, then acts on its command line:
-   exit=N (isa-debug-exit N), poweroff, triple (triple fault), msr (WRMSR/RDMSR of 0x40000200), popcnt (an instruction KVM's
+   exit=N (isa-debug-exit N), poweroff, triple (triple fault), msr (WRMSR/RDMSR of 0x40000200),
+   mmio (a load and a store at 0xd0000000), com2 (print on COM2), popcnt (an instruction KVM's
    emulator refuses, on MMIO so it fails on every host), hang (cli; hlt forever). */
         .set MB_MAGIC, 0x1badb002
         .set MB_FLAGS, 0x00000003       /* page-align modules, want memory info */
@@ -134,6 +135,34 @@ cmds:   mov 16(%ebp), %esi              /* skip the kernel path: commands follow
         print "\n"
         jmp poweroff
 5:      mov %ebp, %esi
+        mov $s_mmio, %edi
+        call strstr
+        jnz 6f
+        mov 0xd0000000, %eax            /* a read and a write the test serves from Python */
+        inc %eax
+        mov %eax, 0xd0000004
+        print "mmio="
+        call puthex
+        print "\n"
+        jmp poweroff
+6:      mov %ebp, %esi
+        mov $s_com2, %edi
+        call strstr
+        jnz 7f
+        mov $s_com2_text, %esi          /* COM2 at 0x2f8, polled like COM1 */
+8:      lodsb
+        test %al, %al
+        jz poweroff
+        mov %al, %bl
+        mov $0x2fd, %dx
+9:      in %dx, %al
+        test $0x20, %al
+        jz 9b
+        mov $0x2f8, %dx
+        mov %bl, %al
+        out %al, %dx
+        jmp 8b
+7:      mov %ebp, %esi
         mov $s_hang, %edi
         call strstr
         jz hang
@@ -148,6 +177,9 @@ s_triple: .asciz "triple"
 s_popcnt: .asciz "popcnt"
 s_hang:   .asciz "hang"
 s_msr:    .asciz "msr"
+s_mmio:   .asciz "mmio"
+s_com2:   .asciz "com2"
+s_com2_text: .asciz "hello on COM2\n"
         .align 8
 null_idt: .word 0
         .long 0

@@ -183,3 +183,27 @@ def test_debugcon_to_a_file_from_the_cli(tmp_path):
     r = hvmrun("--kernel", str(image), "--debugcon", f"file:{out}", "--timeout", "30")
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == b"DC"
+
+
+def test_mmio_device_served_from_python(guests):
+    class Regs(Device):
+        name = "regs"
+
+        def __init__(self):
+            self.writes = []
+
+        def read(self, offset, size):
+            return 0x1233 if offset == 0 else 0
+
+        def write(self, offset, size, value):
+            self.writes.append((offset, size, value))
+
+    dev = Regs()
+    with Machine(MachineConfig(kernel=str(guests("multiboot")), append="mmio", memory="16M")) as m:
+        m.add_mmio_device(0xD0000000, 0x1000, dev)
+        assert m.run(timeout=60).end == End.POWEROFF
+        assert dev.writes == [(4, 4, 0x1234)]
+        assert "mmio=00001234" in m.serial.text
+        stats = m.stats()
+        assert stats.mmio_by_device == {"regs": 2}
+        assert stats.exits_by_reason["MmioRead"] == 1 and stats.exits_by_reason["MmioWrite"] == 1

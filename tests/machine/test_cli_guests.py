@@ -154,3 +154,12 @@ def test_unusable_kvm_device(tmp_path, guests, monkeypatch):
     node.write_bytes(b"")  # a regular file: opens, but is no KVM
     r = hvmrun("--kernel", str(guests("hello16")))
     assert r.returncode == 69 and str(node).encode() in r.stderr
+
+
+def test_second_serial_port(guests, tmp_path):
+    com1, com2 = tmp_path / "com1.log", tmp_path / "com2.log"
+    r = hvmrun("--kernel", str(guests("multiboot")), "--append", "com2", "--serial", f"file:{com1}",
+               "--serial", f"file:{com2}", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    assert com2.read_bytes() == b"hello on COM2\n"
+    assert com1.read_bytes().startswith(b"cmdline=[")
