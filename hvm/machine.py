@@ -350,6 +350,8 @@ class Machine:
             if self.outcome is None:
                 self.stop()
             self._join()
+        for port in getattr(self, "serial_ports", []):
+            port.uart.close()
         for backend in getattr(self, "_backends", []):
             try:
                 backend.close()

@@ -21,6 +21,7 @@ COM1_IRQ = 4
 
 FIFO_DEPTH = 16
 TRIGGER_LEVELS = (1, 4, 8, 14)
+HOST_INPUT_LIMIT = 1 << 20  # host bytes queued behind the FIFO before receive() blocks
 RESET_DIVISOR = 12  # 115200 / 12 = 9600 baud, the classic BIOS default
 
 # Register offsets (DLAB=0 meaning unless noted).
@@ -87,6 +88,8 @@ class Uart16550(Device):
         self.tx_bytes = 0  # bytes handed to the backend
         self.rx_bytes = 0  # bytes accepted from the host via receive()
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._closed = False
         self._host_pending = bytearray()
         self._rx: collections.deque[int] = collections.deque()
         self._reset_locked()
@@ -101,14 +104,28 @@ class Uart16550(Device):
             self._update_irq_locked()
 
     def receive(self, data: bytes) -> None:
-        """Queue host input for the guest; it enters the RX FIFO as the guest makes room."""
+        """Queue host input for the guest; it enters the RX FIFO as the guest makes room.
+
+        Blocks while more than HOST_INPUT_LIMIT bytes wait for a guest that is not reading, so
+        a host feeding a file into a stalled guest applies backpressure instead of growing hvm.
+        """
         if not data:
             return
         with self._lock:
+            while len(self._host_pending) >= HOST_INPUT_LIMIT and not self._closed:
+                self._room.wait()
+            if self._closed:
+                return
             self._host_pending += data
             self.rx_bytes += len(data)
             self._refill_locked()
             self._update_irq_locked()
+
+    def close(self) -> None:
+        """The machine is going away: release senders blocked in ``receive``."""
+        with self._lock:
+            self._closed = True
+            self._room.notify_all()
 
     @property
     def pending_input(self) -> int:
@@ -271,6 +288,8 @@ class Uart16550(Device):
         chunk = self._host_pending[:room]
         del self._host_pending[:room]
         self._rx.extend(chunk)
+        if len(self._host_pending) < HOST_INPUT_LIMIT:
+            self._room.notify_all()
 
     def _push_rx_locked(self, value: int) -> None:
         if len(self._rx) < self._capacity():

@@ -395,3 +395,28 @@ def test_concurrent_receive_loses_nothing() -> None:
             got.append(uart.read(u.RBR, 1))
     thread.join()
     assert bytes(got) == payload
+
+
+def test_host_input_backpressure_blocks_then_releases():
+    import threading
+    import time
+
+    from hvm.devices import uart16550 as u
+    from hvm.irq import RecordingIrqLine
+
+    uart = u.Uart16550(RecordingIrqLine(4))
+    uart.receive(b"x" * (u.HOST_INPUT_LIMIT + 8))    # the queue behind the (1-byte) FIFO is full
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (uart.receive(b"y"), done.set()), daemon=True)
+    t.start()
+    time.sleep(0.1)
+    assert not done.is_set()                           # blocked: the guest has not read anything
+    for _ in range(10):                                # FIFO off: each RBR read pulls one more byte in
+        uart.read(u.RBR, 1)
+    assert done.wait(2)
+    uart.receive(b"x" * u.HOST_INPUT_LIMIT)
+    t2 = threading.Thread(target=lambda: uart.receive(b"z"), daemon=True)
+    t2.start()
+    uart.close()                                       # the machine goes away: nobody stays blocked
+    t2.join(2)
+    assert not t2.is_alive()
