@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import struct
 import threading
 import traceback
 from dataclasses import dataclass
@@ -30,20 +29,19 @@ class EmulationEvent:
     detail: str
 
 
-_UNPACK = {n: struct.Struct(f"<{c}").unpack_from for n, c in ((1, "B"), (2, "H"), (4, "I"))}
-_PACK = {n: struct.Struct(f"<{c}").pack_into for n, c in ((1, "B"), (2, "H"), (4, "I"))}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _thread_cpu_times() -> tuple[float, float]:
-    """(user, system) CPU seconds of the calling thread. On a KVM vCPU thread system time is
-    mostly time spent running the guest, user time is hvm's own Python."""
+def _thread_cpu_times(tid: int | str = "thread-self") -> tuple[float, float] | None:
+    """(user, system) CPU seconds of a thread of this process; None once it is gone. On a KVM
+    vCPU thread system time is mostly time spent running the guest, user time is hvm's Python."""
+    path = "/proc/thread-self/stat" if tid == "thread-self" else f"/proc/self/task/{tid}/stat"
     try:
-        with open("/proc/thread-self/stat") as f:
+        with open(path) as f:
             fields = f.read().rpartition(")")[2].split()
         return int(fields[11]) / _TICK, int(fields[12]) / _TICK
     except (OSError, IndexError, ValueError):
-        return 0.0, 0.0
+        return None
 
 
 # A fallback returns True when it executed (or otherwise dealt with) the instruction and the
@@ -60,7 +58,8 @@ class Vcpu:
         self.engine = engine
         self.exits: dict[type, int] = {}
         self.thread: threading.Thread | None = None
-        self.cpu_times: tuple[float, float] = (0.0, 0.0)  # (user, system) of this vCPU's thread
+        self._final_cpu_times: tuple[float, float] = (0.0, 0.0)
+        self._tid: int | None = None
         pio, mmio = machine.pio, machine.mmio
         self._pio_read, self._pio_write = pio.read, pio.write
         engine.serve_port_io(pio.read, pio.write)
@@ -92,6 +91,7 @@ class Vcpu:
         run = engine.run
         handlers = self._handlers
         counts = self.exits
+        self._tid = threading.get_native_id()
         try:
             engine.thread_started()
             # No stop check per exit: a stop always kicks the engine, which then returns
@@ -113,25 +113,30 @@ class Vcpu:
             self.machine.finish(Outcome(End.ERROR, message=f"vCPU {self.index}: internal error: "
                                         f"{exc!r}\n{traceback.format_exc()}"))
         finally:
-            self.cpu_times = _thread_cpu_times()
+            self._final_cpu_times = _thread_cpu_times() or self._final_cpu_times
+            self._tid = None
             engine.thread_exited()
 
+    @property
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of this vCPU's thread, live while it runs."""
+        tid = self._tid
+        live = _thread_cpu_times(tid) if tid is not None else None
+        return live or self._final_cpu_times
+
     # -- exits ----------------------------------------------------------------------------------
+    # Port I/O reaches these handlers only from engines that do not serve it themselves
+    # (Engine.serve_port_io); the KVM engine's fast path never builds these exits.
     def _io_out(self, e: ex.IoOut) -> bool:
-        port, size, count, buf, off = e
-        if count == 1:
-            self._pio_write(port, size, _UNPACK[size](buf, off)[0])
-        else:
-            write, unpack = self._pio_write, _UNPACK[size]
-            for pos in range(off, off + size * count, size):
-                write(port, size, unpack(buf, pos)[0])
+        size, data, write = e.size, e.data, self._pio_write
+        for pos in range(0, len(data), size):
+            write(e.port, size, int.from_bytes(data[pos:pos + size], "little"))
         return False
 
     def _io_in(self, e: ex.IoIn) -> bool:
-        port, size, count, buf, off = e
-        read, pack = self._pio_read, _PACK[size]
-        for pos in range(off, off + size * count, size):
-            pack(buf, pos, read(port, size))
+        size, data, read = e.size, e.data, self._pio_read
+        for pos in range(0, len(data), size):
+            data[pos:pos + size] = read(e.port, size).to_bytes(size, "little")
         return False
 
     def _mmio_w(self, e: ex.MmioWrite) -> bool:
