@@ -303,7 +303,7 @@ class Vcpu:
         self._debug = ffi.cast("hvm_run_debug *", u)
         self._ioctl = lib.hvm_ioctl_int
         self._head = _EXIT_HEAD.unpack_from
-        self.io_exits = [0, 0]  # IN, OUT exits served by run_with_io
+        self.io_exits = [0, 0]  # IN, OUT exits served by run_with_io (updated when it returns)
         self._dispatch = {
             lib.KVM_EXIT_MMIO: self._exit_mmio,
             lib.KVM_EXIT_HLT: lambda: exits.Hlt(),
@@ -340,24 +340,31 @@ class Vcpu:
         costs several times its usual price: this loop builds no exit object for it.
         """
         ioctl, fd, head, page = self._ioctl, self.fd, self._head, self._page
-        counts, unpackers = self.io_exits, _UNPACK
-        while True:
-            if ioctl(fd, _KVM_RUN, 0) < 0:
-                return self._run_failed()
-            reason, direction, size, port, count, offset = head(page)
-            if reason != _EXIT_IO:
-                return self._exit(reason)
-            counts[direction] += 1
-            if direction and count == 1:
-                io_write(port, size, unpackers[size](page, offset)[0])
-            elif direction:
-                unpack = unpackers[size]
-                for pos in range(offset, offset + size * count, size):
-                    io_write(port, size, unpack(page, pos)[0])
-            else:
-                pack = _PACK[size]
-                for pos in range(offset, offset + size * count, size):
-                    pack(page, pos, io_read(port, size))
+        unpackers = _UNPACK
+        ins = outs = 0  # counted in locals (cheapest) and published when the loop returns
+        try:
+            while True:
+                if ioctl(fd, _KVM_RUN, 0) < 0:
+                    return self._run_failed()
+                reason, direction, size, port, count, offset = head(page)
+                if reason != _EXIT_IO:
+                    return self._exit(reason)
+                if direction and count == 1:
+                    outs += 1
+                    io_write(port, size, page[offset] if size == 1 else unpackers[size](page, offset)[0])
+                elif direction:
+                    outs += 1
+                    unpack = unpackers[size]
+                    for pos in range(offset, offset + size * count, size):
+                        io_write(port, size, unpack(page, pos)[0])
+                else:
+                    ins += 1
+                    pack = _PACK[size]
+                    for pos in range(offset, offset + size * count, size):
+                        pack(page, pos, io_read(port, size))
+        finally:
+            self.io_exits[0] += ins
+            self.io_exits[1] += outs
 
     def _run_failed(self) -> exits.VcpuExit:
         err = ffi.errno
