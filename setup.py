@@ -16,6 +16,7 @@ setup(
         "pyroute2>=0.7",
         "capstone>=5.0,<6",
         "pyelftools>=0.29",
+        "unicorn==2.1.4",  # the software engine; its semantics are validated against this version
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["hvmrun = hvm.cli:main"]},

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stdio | none | file:PATH | unix:PATH; repeat for COM2-COM4 (default stdio)")
     p.add_argument("--debugcon", default="none", metavar="DEV",
                    help="where port 0xE9 output goes: none | stdio | file:PATH | unix:PATH")
+    p.add_argument("--accel", choices=["kvm", "unicorn", "auto"], default="kvm",
+                   help="how guest code runs: kvm (default), unicorn (software CPU: one vCPU, no "
+                        "interrupt delivery yet), auto (unicorn where KVM is missing or only emulates)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
     p.add_argument("--stats", action="store_true", help="print exit counts, CPU time and peak RSS at the end")
     p.add_argument("-v", "--verbose", action="count", default=0, help="say more on stderr")
@@ -92,7 +95,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module], flat_mode=Mode(args.flat_mode),
         load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
-        timeout=args.timeout, verbose=args.verbose)
+        timeout=args.timeout, accel=args.accel, verbose=args.verbose)
 
 
 def _say(msg: str) -> None:
@@ -125,7 +128,9 @@ def _run(args: argparse.Namespace) -> int:
     banner = host_info(cfg.kvm_path).banner()
     machine = Machine(cfg)
     try:
-        if banner:
+        if cfg.accel == "auto":
+            _say(f"--accel auto chose {machine.accel}: {machine.accel_reason}")
+        elif banner and machine.accel == "kvm":
             _say(banner.removeprefix("hvm: "))
         if args.verbose:
             _say(f"booting {cfg.kernel}: {machine.entry.description or machine.entry.mode.value} "

@@ -10,6 +10,7 @@ from .errors import ConfigError, MissingFileError
 from .memory import MiB
 
 MAX_SERIAL_PORTS = 4
+ACCELS = ("kvm", "unicorn", "auto")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*$")
 _UNITS = {"": MiB, "k": 1 << 10, "m": MiB, "g": 1 << 30, "t": 1 << 40}
 
@@ -58,6 +59,8 @@ class MachineConfig:
     serial: list[str] = field(default_factory=lambda: ["buffer"])
     debugcon: str = "none"
     timeout: float | None = None
+    # "kvm" (hardware), "unicorn" (software CPU, one vCPU, no interrupt delivery yet) or "auto"
+    # (unicorn where /dev/kvm is missing, unusable or emulation-only).
     accel: str = "kvm"
     # HVM_KVM_DEVICE lets tests and odd hosts point hvm at another KVM device node.
     kvm_path: str = field(default_factory=lambda: os.environ.get("HVM_KVM_DEVICE", "/dev/kvm"))
@@ -72,8 +75,10 @@ class MachineConfig:
             raise ConfigError("memory size must be a multiple of 4 KiB")
         if not 1 <= self.cpus <= 255:
             raise ConfigError(f"-c {self.cpus}: the number of vCPUs must be between 1 and 255")
-        if self.accel != "kvm":
-            raise ConfigError(f"accelerator {self.accel!r} is not available (this build has: kvm)")
+        if self.accel not in ACCELS:
+            raise ConfigError(f"unknown accelerator {self.accel!r} (choose from {', '.join(ACCELS)})")
+        if self.accel == "unicorn" and self.cpus > 1:
+            raise ConfigError(f"-c {self.cpus}: the unicorn engine runs one vCPU for now")
         if self.kernel is None:
             raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
         if self.initrd is not None and self.modules:

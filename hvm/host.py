@@ -65,3 +65,16 @@ def host_info(kvm_path: str = "/dev/kvm") -> HostInfo:
     """Detect the host's KVM properties once per process."""
     emul, reason = _emulation_only()
     return HostInfo(kvm_path, emul, reason)
+
+
+def choose_accel(requested: str, kvm_path: str, host: HostInfo) -> tuple[str, str]:
+    """The engine to use for ``--accel requested`` and why: "kvm" or "unicorn"."""
+    if requested != "auto":
+        return requested, f"--accel {requested}"
+    if not os.path.exists(kvm_path):
+        return "unicorn", f"{kvm_path} does not exist"
+    if not os.access(kvm_path, os.R_OK | os.W_OK):
+        return "unicorn", f"{kvm_path} is not accessible"
+    if host.emulation_only:
+        return "unicorn", f"the host's KVM runs guest kernel code in its instruction emulator ({host.reason})"
+    return "kvm", "hardware virtualization is available"

@@ -28,7 +28,7 @@ from .devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
 from .devices.post import DEFAULT_PORT as POST_PORT, PostCode
 from .devices.uart16550 import Uart16550
 from .engine.kvm import KvmEngine
-from .host import HostInfo, host_info, open_kvm
+from .host import HostInfo, choose_accel, host_info, open_kvm
 from .irq import IrqLine
 from .memory import GuestMemory
 from .outcome import End, Outcome
@@ -160,6 +160,9 @@ class Machine:
                  on_quit: Callable[[], None] | None = None):
         self.config = config.validate()
         self.host: HostInfo = host_info(config.kvm_path)
+        self.accel, self.accel_reason = choose_accel(config.accel, config.kvm_path, self.host)
+        if self.accel == "unicorn" and config.cpus > 1:
+            raise ConfigError(f"-c {config.cpus}: the unicorn engine runs one vCPU for now")
         self.emulation_fallbacks: list[EmulationFallback] = []
         self.msr_handlers: dict[int, MsrHandler] = {}
         self.debug_handler: Callable | None = None
@@ -173,7 +176,8 @@ class Machine:
         self._t_end = 0.0
         self.vcpus: list[Vcpu] = []
         self._backends: list[SerialBackend] = []
-        self.kvm = open_kvm(config.kvm_path)
+        self.kvm = open_kvm(config.kvm_path) if self.accel == "kvm" else None
+        self.vm = None
         try:
             self._build(serial_backends, on_quit)
         except BaseException:
@@ -183,14 +187,15 @@ class Machine:
     # -- assembly -------------------------------------------------------------------------------
     def _build(self, serial_backends, on_quit) -> None:
         cfg = self.config
-        self.vm = self.kvm.create_vm()
-        self.vm.set_tss_addr(layout.KVM_TSS)
-        self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP)
         self.memory = GuestMemory(cfg.memory)
-        for slot, region in enumerate(self.memory.regions):
-            self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
-        self.vm.create_irqchip()
-        self.vm.create_pit2()
+        if self.kvm is not None:
+            self.vm = self.kvm.create_vm()
+            self.vm.set_tss_addr(layout.KVM_TSS)
+            self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP)
+            for slot, region in enumerate(self.memory.regions):
+                self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
+            self.vm.create_irqchip()
+            self.vm.create_pit2()
 
         self.pio = PortIOBus()
         self.mmio = MmioBus()
@@ -215,12 +220,15 @@ class Machine:
                              AcpiPm(lambda: self.finish(Outcome(End.POWEROFF, message="guest powered off"))))
 
         self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory))
-        supported = self.kvm.supported_cpuid()
-        for index in range(cfg.cpus):
-            kvcpu = self.vm.create_vcpu(index)
-            kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus))
-            engine = KvmEngine(kvcpu, irqchip=True)
-            self.vcpus.append(Vcpu(self, index, engine))
+        if self.vm is not None:
+            supported = self.kvm.supported_cpuid()
+            for index in range(cfg.cpus):
+                kvcpu = self.vm.create_vcpu(index)
+                kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus))
+                self.vcpus.append(Vcpu(self, index, KvmEngine(kvcpu, irqchip=True)))
+        else:
+            from .engine.unicorn import UnicornEngine
+            self.vcpus.append(Vcpu(self, 0, UnicornEngine(self.memory, self.mmio)))
         regs, sregs = entry_cpu_state(self.memory, self.entry)
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
@@ -250,7 +258,10 @@ class Machine:
         """The interrupt line ``gsi`` of the in-kernel PIC/IOAPIC, to hand to a device."""
         line = self._irqs.get(gsi)
         if line is None:
-            line = self._irqs[gsi] = IrqLine(gsi, self.vm.irq_line)
+            # Under the unicorn engine there is no interrupt controller yet (the software-engine
+            # issue adds PIC/IOAPIC/LAPIC in Python): levels are kept on the line, not delivered.
+            deliver = self.vm.irq_line if self.vm is not None else (lambda _gsi, _level: None)
+            line = self._irqs[gsi] = IrqLine(gsi, deliver)
         return line
 
     def add_port_device(self, base: int, length: int, device: Device, name: str | None = None) -> None:
@@ -265,6 +276,8 @@ class Machine:
 
     def add_msr_handler(self, index: int, handler: MsrHandler) -> None:
         """Serve RDMSR/WRMSR of ``index`` in Python: KVM's MSR filter denies it, so it exits to us."""
+        if self.vm is None:
+            raise ConfigError("serving MSRs from Python needs the KVM engine for now")
         if not self.msr_handlers:
             self.vm.enable_cap("KVM_CAP_X86_USER_SPACE_MSR", lib.KVM_MSR_EXIT_REASON_FILTER)
         if index not in self.msr_handlers and len(self.msr_handlers) >= lib.KVM_MSR_FILTER_MAX_RANGES:
@@ -363,7 +376,8 @@ class Machine:
             self.vm.close()
         if getattr(self, "memory", None) is not None:
             self.memory.close()
-        self.kvm.close()
+        if getattr(self, "kvm", None) is not None:
+            self.kvm.close()
 
     def __enter__(self) -> "Machine":
         return self

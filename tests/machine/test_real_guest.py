@@ -41,8 +41,9 @@ def _regions(stdout: bytes) -> dict[int, tuple[int, bytes]]:
 
 
 @pytest.mark.slow
-def test_grub_prints_banner_and_powers_off(grub_image):
-    r = hvmrun("--kernel", str(grub_image), "--timeout", "120", timeout=180)
+@pytest.mark.parametrize("accel", ["kvm", "unicorn"])
+def test_grub_prints_banner_and_powers_off(grub_image, accel):
+    r = hvmrun("--accel", accel, "--kernel", str(grub_image), "--timeout", "120", timeout=180)
     assert BANNER.search(r.stdout), (r.stdout, r.stderr)
     assert b"powering off" in r.stdout
     assert r.returncode == 0, r.stderr
