@@ -5,11 +5,13 @@ For hosts whose /dev/kvm is absent, unusable or emulation-only. Guest RAM is sha
 the MmioBus; IN/OUT reach the port bus from unicorn's instruction hooks, so port I/O never leaves
 ``run``.
 
-What this first version does not do yet (the software-engine issue): deliver exceptions and
-interrupts through the guest's IDT/IVT (unicorn leaves that to its embedder), interrupt
-controllers and timers in Python, SYSCALL/SYSENTER semantics, more than one vCPU. A guest that
-needs any of these gets an EngineCrash naming what is missing; an exception the guest's IDT could
-not deliver anyway ends as a triple fault, as on real hardware.
+Interrupts come from Python interrupt controllers and timers (``attach_platform``): they are
+delivered between time slices (a controller raising INTR ``poke``s the engine to end the slice at
+once), and HLT becomes an idle wait for the next interrupt. Delivery is done for real mode
+(``events``); protected and long mode IDT delivery, SYSCALL/SYSENTER semantics and more than one
+vCPU are the next steps (the software-engine issue). A guest that needs what is missing gets an
+EngineCrash naming it; an exception its IDT could not deliver anyway ends as a triple fault, as
+on real hardware.
 
 Facts this relies on (unicorn 2.1.4, measured here): the instance's mode (16/32/64) decides which
 register names are valid (EIP in 16/32-bit instances, RIP in 64-bit ones) and how CS is loaded;
@@ -24,9 +26,13 @@ from typing import Callable
 
 from kvmffi import exits as kx
 
+import time
+from typing import Protocol
+
 from ..bus import MmioBus
 from ..memory import HIGHMEM_BASE, GuestMemory
 from .base import Engine, EngineCrash
+from .events import IF, DeliveryFailed, deliver_real_mode
 from .state import DTable, Regs, Segment, SRegs
 
 UNICORN_VERSION = "2.1.4"  # the version these semantics were validated against (pinned in setup.py)
@@ -39,6 +45,26 @@ _VEC_UD, _VEC_DF, _VEC_GP = 6, 8, 13
 _EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
                     10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
                     18: "#MC", 19: "#XM"}
+
+
+class InterruptController(Protocol):
+    """What the engine needs of a PIC (or, later, a LAPIC): the INTR line and the INTA cycle."""
+
+    def intr(self) -> bool:
+        """An interrupt is requested."""
+
+    def acknowledge(self) -> int | None:
+        """The vector to deliver (the controller moves it in service), or None."""
+
+
+class Timer(Protocol):
+    """A device that changes state with time (PIT, later the LAPIC timer, RTC)."""
+
+    def tick(self) -> None:
+        """Bring the device up to the current time (may raise interrupts)."""
+
+    def next_deadline_ns(self) -> int | None:
+        """Monotonic time of the next thing ``tick`` has to do, or None."""
 
 
 def _uc():
@@ -77,7 +103,13 @@ class UnicornEngine(Engine):
         self._io_read: Callable[[int, int], int] = lambda port, size: (1 << (8 * size)) - 1
         self._io_write: Callable[[int, int, int], None] = lambda port, size, value: None
         self._io_counts = [0, 0]
-        self.instructions_slices = 0
+        self.slices = 0
+        self.interrupts_delivered: dict[int, int] = {}
+        self._controller: InterruptController | None = None
+        self._timers: list[Timer] = []
+        self._poked = False
+        self._wake = threading.Event()
+        self._halted = False
 
     # -- setup ----------------------------------------------------------------------------------
     def _create(self, bits: int) -> None:
@@ -101,6 +133,17 @@ class UnicornEngine(Engine):
         self._flags_id = x86.UC_X86_REG_RFLAGS if wide else x86.UC_X86_REG_EFLAGS
         self._x86 = x86
         self._unicorn = unicorn
+
+    def attach_platform(self, controller: InterruptController, timers: list[Timer]) -> None:
+        """Take interrupts from ``controller`` and keep ``timers`` ticking while the guest runs."""
+        self._controller, self._timers = controller, list(timers)
+
+    def poke(self) -> None:
+        """An interrupt may be pending (any thread): end the current slice or idle wait now."""
+        self._poked = True
+        self._wake.set()
+        if self.uc is not None:
+            self.uc.emu_stop()
 
     def serve_port_io(self, read, write) -> None:
         """IN/OUT hooks call the port bus directly: port I/O never ends ``run``."""
@@ -142,7 +185,8 @@ class UnicornEngine(Engine):
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> kx.VcpuExit:
-        """Emulate until HLT, a stop request, or something the engine cannot continue past."""
+        """Emulate until a stop request, a HLT nothing can wake, or something the engine cannot
+        continue past. Interrupts are delivered between slices; HLT waits for one."""
         uc = self.uc
         if uc is None:
             return EngineCrash("unicorn engine: no CPU state was set")
@@ -150,19 +194,67 @@ class UnicornEngine(Engine):
         while True:
             if self._kicked.is_set():
                 return kx.Interrupted()
+            for timer in self._timers:
+                timer.tick()
+            problem = self._deliver_pending()
+            if problem is not None:
+                return problem
+            if self._halted:
+                if self._controller is None or not uc.reg_read(self._flags_id) & IF:
+                    self._halted = False
+                    return kx.Hlt()  # nothing can wake it: the run loop treats it as KVM's HLT exit
+                self._wake.wait(self._idle_timeout())
+                self._wake.clear()
+                continue
             self._pending = None
+            self._poked = False
             try:
-                uc.emu_start(uc.reg_read(self._ip_id), _UNTIL, timeout=SLICE_US)
+                uc.emu_start(uc.reg_read(self._ip_id), _UNTIL, timeout=self._slice_us())
             except unicorn.UcError as exc:
                 return self._fault(exc)
-            self.instructions_slices += 1
+            self.slices += 1
             if self._pending is not None:
                 return self._pending
-            if self._kicked.is_set():
-                return kx.Interrupted()
-            if uc.query(unicorn.UC_QUERY_TIMEOUT):
-                continue  # end of a time slice: interrupt delivery will hook in here
-            return kx.Hlt()
+            if self._kicked.is_set() or self._poked or uc.query(unicorn.UC_QUERY_TIMEOUT):
+                continue
+            self._halted = True  # emu_start returned on its own: the guest executed HLT
+
+    def _deliver_pending(self) -> kx.VcpuExit | None:
+        ctl = self._controller
+        if ctl is None or not ctl.intr() or not self.uc.reg_read(self._flags_id) & IF:
+            return None
+        vector = ctl.acknowledge()
+        if vector is None:
+            return None
+        if self._read_cr0() & 1:
+            return EngineCrash(f"interrupt vector {vector:#x} arrived in protected mode; delivering "
+                               "through the IDT is not implemented in the unicorn engine yet")
+        regs, sregs = self.get_regs(), self.get_sregs()
+        try:
+            deliver_real_mode(self.memory, regs, sregs, vector)
+        except DeliveryFailed:
+            return kx.Shutdown()
+        self.set_regs(regs)
+        self.uc.reg_write(self._x86.UC_X86_REG_CS, sregs.cs.selector)
+        self.interrupts_delivered[vector] = self.interrupts_delivered.get(vector, 0) + 1
+        self._halted = False
+        return None
+
+    def _next_deadline(self) -> int | None:
+        deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def _slice_us(self) -> int:
+        deadline = self._next_deadline()
+        if deadline is None:
+            return SLICE_US
+        return max(1, min(SLICE_US, (deadline - time.monotonic_ns()) // 1000))
+
+    def _idle_timeout(self) -> float:
+        deadline = self._next_deadline()
+        if deadline is None:
+            return SLICE_US / 1e6
+        return max(0.0, min(SLICE_US / 1e6, (deadline - time.monotonic_ns()) / 1e9))
 
     def _fault(self, exc) -> kx.VcpuExit:
         unicorn = self._unicorn
@@ -176,6 +268,7 @@ class UnicornEngine(Engine):
     def kick(self) -> None:
         """Stop the emulation loop from any thread; ``run`` then returns Interrupted."""
         self._kicked.set()
+        self._wake.set()
         if self.uc is not None:
             self.uc.emu_stop()
 
