@@ -15,15 +15,8 @@ import pytest
 from hvm.devices import uart16550 as u
 from hvm.devices.uart16550 import Uart16550
 from hvm.irq import RecordingIrqLine
-from hvm.serial import (
-    UNIX_BACKLOG_LIMIT,
-    BufferBackend,
-    FileBackend,
-    NullBackend,
-    StdioBackend,
-    UnixSocketBackend,
-    backend_from_spec,
-)
+from hvm.serial import BufferBackend, FileBackend, NullBackend, StdioBackend, backend_from_spec
+from hvm.serial_socket import UNIX_BACKLOG_LIMIT, UnixSocketBackend
 
 
 class Collector:
