@@ -5,13 +5,15 @@ For hosts whose /dev/kvm is absent, unusable or emulation-only. Guest RAM is sha
 the MmioBus; IN/OUT reach the port bus from unicorn's instruction hooks, so port I/O never leaves
 ``run``.
 
-Interrupts come from Python interrupt controllers and timers (``attach_platform``): they are
-delivered between time slices (a controller raising INTR ``poke``s the engine to end the slice at
-once), and HLT becomes an idle wait for the next interrupt. Delivery is done for real mode
-(``events``); protected and long mode IDT delivery, SYSCALL/SYSENTER semantics and more than one
-vCPU are the next steps (the software-engine issue). A guest that needs what is missing gets an
-EngineCrash naming it; an exception its IDT could not deliver anyway ends as a triple fault, as
-on real hardware.
+Unicorn reports exceptions, INT n and SYSCALL but leaves their architectural effect to the
+embedder: ``events`` delivers them through the real-mode IVT or the protected/IA-32e IDT (gates,
+privilege change, IST, error codes, double-fault rules) and ``_syscall`` does SYSCALL. What unicorn
+keeps hidden for that (the #PF error code, its "exception in flight", the CPL) is reached through
+``uc_context``. Interrupts come from Python interrupt controllers and timers
+(``attach_platform``): they are delivered between time slices (a controller raising INTR
+``poke``s the engine to end the slice at once), and HLT becomes an idle wait for the next
+interrupt. SYSENTER, task gates and more than one vCPU are not done yet; a guest that needs them
+gets an EngineCrash naming it, and one whose IDT cannot deliver an exception a triple fault.
 
 Facts this relies on (unicorn 2.1.4, measured here): the instance's mode (16/32/64) decides which
 register names are valid (EIP in 16/32-bit instances, RIP in 64-bit ones) and how CS is loaded;
@@ -24,27 +26,31 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from kvmffi import exits as kx
-
 import time
 from typing import Protocol
 
+from kvmffi import exits as kx
+
 from ..bus import MmioBus
-from ..memory import HIGHMEM_BASE, GuestMemory
+from ..errors import HostError
+from ..memory import HIGHMEM_BASE, GuestMemory, GuestMemoryError
+from ..paging import PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
-from .events import IF, DeliveryFailed, deliver_real_mode
+from . import uc_context
+from .events import (
+    ERROR_CODE_VECTORS, IF, RF, DeliveryFailed, Delivered, Event, Unsupported, deliver_protected,
+    deliver_real_mode,
+)
 from .state import DTable, Regs, Segment, SRegs
 
 UNICORN_VERSION = "2.1.4"  # the version these semantics were validated against (pinned in setup.py)
 
 # A run is cut into slices so a stop request never waits on a guest that spins without exiting.
 SLICE_US = 100_000
-_UNTIL = (1 << 64) - 1
-EFER = 0xC0000080
-_VEC_UD, _VEC_DF, _VEC_GP = 6, 8, 13
-_EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF",
-                    10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC",
-                    18: "#MC", 19: "#XM"}
+EFER, STAR, LSTAR, CSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
+EFER_SCE = 1
+_VEC_UD = 6
+_SYSCALL = object()  # the event a SYSCALL hook records
 
 
 class InterruptController(Protocol):
@@ -99,12 +105,14 @@ class UnicornEngine(Engine):
         self.uc = None
         self.bits = 0
         self._kicked = threading.Event()
-        self._pending: kx.VcpuExit | None = None
         self._io_read: Callable[[int, int], int] = lambda port, size: (1 << (8 * size)) - 1
         self._io_write: Callable[[int, int, int], None] = lambda port, size, value: None
         self._io_counts = [0, 0]
         self.slices = 0
         self.interrupts_delivered: dict[int, int] = {}
+        self.exceptions_delivered: dict[int, int] = {}
+        self.syscalls = 0
+        self._event: Event | object | None = None
         self._controller: InterruptController | None = None
         self._timers: list[Timer] = []
         self._poked = False
@@ -122,7 +130,17 @@ class UnicornEngine(Engine):
             uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._in, None, 1, 0, x86.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._out, None, 1, 0, x86.UC_X86_INS_OUT)
+        # No `until` address: emu_start walks the guest's page tables for it, and when it is not
+        # mapped (any sentinel is not) the failed walk overwrites CR2, which a #PF handler reads
+        # (measured with 2.1.4). An empty exit list means "run until stopped" without that walk.
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
         uc.hook_add(unicorn.UC_HOOK_INTR, self._interrupt)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
+        try:
+            self._fields = uc_context.ContextFields(uc, uc_context.layout())
+        except uc_context.LayoutError as exc:
+            raise HostError(f"unicorn {unicorn.__version__} cannot be used by hvm: {exc}") from None
         self.uc, self.bits = uc, bits
         wide = bits == 64
         names = ["AX", "BX", "CX", "DX", "SI", "DI", "SP", "BP"]
@@ -168,20 +186,99 @@ class UnicornEngine(Engine):
     def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
         self.mmio.write(base + offset, size, value)
 
+    # Hooks only record what happened and stop the emulation; the state changes are made between
+    # emu_start calls. Writing RIP from inside a hook makes unicorn restart translation, and a
+    # time-slice stop arriving then can leave RIP at a block start after that block's stores
+    # already ran (measured with 2.1.4: a #PF handler's pushes executed twice).
     def _interrupt(self, uc, vector: int, _user) -> None:
-        self._pending = self._undeliverable(vector)
+        # RIP is at the faulting instruction, or past it for INT n / INT3 / INTO.
+        error_code, software = self._fields.exception()
+        if software or vector not in ERROR_CODE_VECTORS:
+            error_code = None
+        self._event = Event(vector, error_code, software=software)
         uc.emu_stop()
 
-    def _undeliverable(self, vector: int) -> kx.VcpuExit:
-        # Without a usable IDT entry the CPU escalates to #GP, then #DF, then shuts down.
-        idt = self.get_sregs().idt
-        real = not self._read_cr0() & 1
-        entry = 4 if real else (16 if self.bits == 64 else 8)
-        if not any(idt.limit >= v * entry + entry - 1 for v in (vector, _VEC_GP, _VEC_DF)):
-            return kx.Shutdown()
-        name = _EXCEPTION_NAMES.get(vector, f"vector {vector:#x}")
-        return EngineCrash(f"the guest raised {name}; delivering exceptions and interrupts through its "
-                           "IDT is not implemented in the unicorn engine yet")
+    def _syscall(self, uc, _user) -> None:
+        self._event = _SYSCALL  # unicorn moves RIP past the instruction once this returns
+        uc.emu_stop()
+
+    def _take_event(self) -> kx.VcpuExit | None:
+        event, self._event = self._event, None
+        if event is _SYSCALL:
+            return self._do_syscall()
+        if event.software:
+            event.insn_length = self._int_length(event.vector)
+        return self._deliver(event)
+
+    def _int_length(self, vector: int) -> int:
+        # RIP is already past the instruction: `int imm8` (CD ib) is 2 bytes, INT3/INTO/INT1 one.
+        s = self.get_sregs()
+        try:
+            before = read_virtual(self.memory, PagingMode(s.cr0, s.cr3, s.cr4, s.efer),
+                                  self.uc.reg_read(self._ip_id) - 2, 2)
+        except (PageFault, GuestMemoryError):
+            return 1
+        return 2 if before[0] == 0xCD and before[1] == vector else 1
+
+    def _do_syscall(self) -> kx.VcpuExit | None:
+        # The architectural effect of SYSCALL (AMD APM vol. 3, Intel SDM vol. 2B), which unicorn
+        # leaves to its embedder. RIP is already past the 2-byte instruction.
+        uc, x86 = self.uc, self._x86
+        if self.bits != 64 or not uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_SCE:
+            uc.reg_write(self._ip_id, uc.reg_read(self._ip_id) - 2)  # #UD points at the instruction
+            return self._deliver(Event(_VEC_UD))
+        rip, rflags = uc.reg_read(x86.UC_X86_REG_RIP), uc.reg_read(x86.UC_X86_REG_RFLAGS)
+        star = uc.reg_read(x86.UC_X86_REG_MSR, STAR)
+        target = uc.reg_read(x86.UC_X86_REG_MSR, LSTAR if self.get_sregs().cs.l else CSTAR)
+        uc.reg_write(x86.UC_X86_REG_RCX, rip)
+        uc.reg_write(x86.UC_X86_REG_R11, rflags & ~RF)
+        self._fields.settle(cpl=0)
+        cs = (star >> 32) & 0xFFFC
+        uc.reg_write(x86.UC_X86_REG_CS, cs)
+        uc.reg_write(x86.UC_X86_REG_SS, cs + 8)
+        uc.reg_write(x86.UC_X86_REG_RFLAGS, rflags & ~uc.reg_read(x86.UC_X86_REG_MSR, SFMASK) & ~RF)
+        uc.reg_write(x86.UC_X86_REG_RIP, target)
+        self.syscalls += 1
+        return None
+
+    def _deliver(self, event: Event) -> kx.VcpuExit | None:
+        """Deliver an exception or interrupt now; an exit if the guest cannot go on."""
+        regs, sregs = self.get_regs(), self.get_sregs()
+        vector = event.vector
+        if not sregs.cr0 & 1:
+            try:
+                deliver_real_mode(self.memory, regs, sregs, event.vector)
+            except DeliveryFailed:
+                return kx.Shutdown()
+            self._fields.settle()
+            self.set_regs(regs)
+            self.uc.reg_write(self._x86.UC_X86_REG_CS, sregs.cs.selector)
+        else:
+            cpl = self._fields.cpl()
+            _, tr_base, _, _ = self.uc.reg_read(self._x86.UC_X86_REG_TR)
+            _, ldt_base, ldt_limit, _ = self.uc.reg_read(self._x86.UC_X86_REG_LDTR)
+            cr2 = sregs.cr2
+            try:
+                done = deliver_protected(self.memory, regs, sregs, event, cpl, tr_base, (ldt_base, ldt_limit))
+            except DeliveryFailed:
+                return kx.Shutdown()
+            except Unsupported as exc:
+                return EngineCrash(f"the guest needs {exc}, which the unicorn engine does not model")
+            if sregs.cr2 != cr2:
+                self.uc.reg_write(self._x86.UC_X86_REG_CR2, sregs.cr2)
+            self._enter(done, regs)
+            vector = done.vector
+        counts = self.interrupts_delivered if event.external else self.exceptions_delivered
+        counts[vector] = counts.get(vector, 0) + 1
+        return None
+
+    def _enter(self, done: Delivered, regs: Regs) -> None:
+        # CPL first: loading CS/SS through the API checks privilege against the current CPL.
+        x86 = self._x86
+        self._fields.settle(cpl=done.cpl)
+        self.uc.reg_write(x86.UC_X86_REG_CS, done.cs)
+        self.uc.reg_write(x86.UC_X86_REG_SS, done.ss)
+        self.set_regs(regs)
 
     # -- running --------------------------------------------------------------------------------
     def run(self) -> kx.VcpuExit:
@@ -206,15 +303,21 @@ class UnicornEngine(Engine):
                 self._wake.wait(self._idle_timeout())
                 self._wake.clear()
                 continue
-            self._pending = None
+            self._event = None
             self._poked = False
             try:
-                uc.emu_start(uc.reg_read(self._ip_id), _UNTIL, timeout=self._slice_us())
+                uc.emu_start(uc.reg_read(self._ip_id), 0, timeout=self._slice_us())
             except unicorn.UcError as exc:
-                return self._fault(exc)
+                problem = self._fault(exc)
+                if problem is not None:
+                    return problem
+                continue
             self.slices += 1
-            if self._pending is not None:
-                return self._pending
+            if self._event is not None:
+                problem = self._take_event()
+                if problem is not None:
+                    return problem
+                continue
             if self._kicked.is_set() or self._poked or uc.query(unicorn.UC_QUERY_TIMEOUT):
                 continue
             self._halted = True  # emu_start returned on its own: the guest executed HLT
@@ -226,19 +329,8 @@ class UnicornEngine(Engine):
         vector = ctl.acknowledge()
         if vector is None:
             return None
-        if self._read_cr0() & 1:
-            return EngineCrash(f"interrupt vector {vector:#x} arrived in protected mode; delivering "
-                               "through the IDT is not implemented in the unicorn engine yet")
-        regs, sregs = self.get_regs(), self.get_sregs()
-        try:
-            deliver_real_mode(self.memory, regs, sregs, vector)
-        except DeliveryFailed:
-            return kx.Shutdown()
-        self.set_regs(regs)
-        self.uc.reg_write(self._x86.UC_X86_REG_CS, sregs.cs.selector)
-        self.interrupts_delivered[vector] = self.interrupts_delivered.get(vector, 0) + 1
         self._halted = False
-        return None
+        return self._deliver(Event(vector, external=True))
 
     def _next_deadline(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]
@@ -256,10 +348,10 @@ class UnicornEngine(Engine):
             return SLICE_US / 1e6
         return max(0.0, min(SLICE_US / 1e6, (deadline - time.monotonic_ns()) / 1e9))
 
-    def _fault(self, exc) -> kx.VcpuExit:
+    def _fault(self, exc) -> kx.VcpuExit | None:
         unicorn = self._unicorn
         if exc.errno == unicorn.UC_ERR_INSN_INVALID:
-            return self._undeliverable(_VEC_UD)
+            return self._deliver(Event(_VEC_UD))  # RIP is at the undefined opcode
         if exc.errno in (unicorn.UC_ERR_READ_UNMAPPED, unicorn.UC_ERR_WRITE_UNMAPPED,
                          unicorn.UC_ERR_FETCH_UNMAPPED):
             return EngineCrash(f"unicorn: {exc} (guest-physical address outside RAM and MMIO)")
@@ -312,13 +404,19 @@ class UnicornEngine(Engine):
         _, base, limit, _ = uc.reg_read(x86.UC_X86_REG_IDTR)
         s.idt = DTable(base, limit)
         real = not s.cr0 & 1
+        cpl = self._fields.cpl()
         for name in ("cs", "ds", "es", "fs", "gs", "ss"):
             sel = uc.reg_read(getattr(x86, f"UC_X86_REG_{name.upper()}"))
             seg = Segment(selector=sel, base=(sel << 4) if real else 0)
             if name == "cs":
                 seg.db = 1 if (self.bits == 32 and not real) else 0
                 seg.l = 1 if (self.bits == 64 and s.efer & 0x400) else 0
+            if name in ("cs", "ss"):
+                seg.dpl = cpl
             setattr(s, name, seg)
+        for name in ("tr", "ldt"):
+            sel, base, limit, flags = uc.reg_read(getattr(x86, f"UC_X86_REG_{'TR' if name == 'tr' else 'LDTR'}"))
+            setattr(s, name, Segment(selector=sel, base=base, limit=limit, type=flags & 0xF, s=0))
         return s
 
     def set_sregs(self, sregs: SRegs) -> None:

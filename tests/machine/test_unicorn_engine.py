@@ -1,6 +1,5 @@
 """The unicorn engine behind the same seam: the foundation's guests give the same serial output
-and exit codes as under KVM (guests that need interrupt delivery wait for the software-engine
-issue)."""
+and exit codes as under KVM, and exceptions, privilege changes and SYSCALL behave architecturally."""
 from __future__ import annotations
 
 import pytest
@@ -69,12 +68,34 @@ def test_string_io_and_mmio_reach_python_devices(guests):
         assert regs.writes == [(4, 4, 0x42)] and "mmio=00000042" in m.serial.text
 
 
-def test_exception_the_idt_could_deliver_is_named_as_not_supported_yet(tmp_path):
+def test_real_mode_exception_goes_through_the_ivt(tmp_path):
+    # ud2 at 0x7C00 with IVT slot 6 pointing at a handler that writes '6' to COM1 and powers off
+    # through isa-debug-exit; IP on the stack must be the ud2 (a fault points at its instruction).
+    code = bytes.fromhex(
+        "31c08ed8"                  # xor ax,ax; mov ds,ax
+        "c7061800207c"              # mov word [0x18], 0x7c20   (IVT 6: offset)
+        "c7061a000000"              # mov word [0x1a], 0x0000   (segment)
+        "0f0b")                     # ud2 at 0x7C10
+    code = code.ljust(0x20, b"\x90")
+    code += bytes.fromhex(
+        "5b"                        # pop bx: the saved IP
+        "b036baf803ee"              # mov al,'6'; mov dx,0x3f8; out dx,al
+        "88d8baf400ee")             # mov al,bl; mov dx,0xf4; out dx,al -> exit (IP low byte)
     image = tmp_path / "ud2.bin"
-    image.write_bytes(bytes.fromhex("0f0b"))         # real mode: the IVT (limit 0x3ff) has a slot for #UD
+    image.write_bytes(code)
     r = hvmrun("--accel", "unicorn", "--kernel", str(image), "--timeout", "30")
-    assert r.returncode == 2
-    assert b"#UD" in r.stderr and b"not implemented in the unicorn engine yet" in r.stderr
+    assert r.stdout == b"6"
+    assert r.returncode == (0x10 << 1) | 1, r.stderr       # IP 0x7C10: the ud2 itself
+
+
+def test_long_mode_exceptions_privilege_and_syscall(guests):
+    """#DE on IST1, #UD, #BP from CPL0 and CPL3, 2050 demand-paged #PFs with their error codes
+    (W, R, U, U|W|P), SYSCALL/SYSRET, INT 0x80 with the RSP0 stack switch, #GP(0x412) from a DPL0
+    gate, popcnt and SSE at CPL3: the guest checks each and prints what it saw."""
+    r = hvmrun("--accel", "unicorn", "-m", "64M", "--flat-mode", "long", "--kernel", str(guests("events64")),
+               "--timeout", "60")
+    assert r.stdout == (b"de=1 ud=1 bp=2 pf=802 codes=95 sys=3 int80=1 popcnt=10 sse=ffff gp=412 cs=23\n")
+    assert r.returncode == (0x20 << 1) | 1, r.stderr
 
 
 def test_auto_says_which_engine_it_chose(guests):

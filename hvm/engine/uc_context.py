@@ -1,0 +1,143 @@
+"""The few fields of unicorn's CPU state that its API does not reach, found in its saved context.
+
+Unicorn leaves exception delivery to the embedder but keeps QEMU's bookkeeping for it:
+- ``error_code`` of the exception being raised (the #PF error code QEMU's page walker computed,
+  the selector error code of a #GP...), which no register read returns;
+- ``old_exception``, the "exception in flight" QEMU resets only when *it* delivers one. Unicorn
+  never delivers, so after the guest's first #PF every later #PF is promoted to #DF and the third
+  to a triple fault (unicorn issue #1883). Resetting it after each delivery is required;
+- ``hflags``' CPL bits: loading CS/SS through the API checks privileges against the current CPL,
+  so a transition to a more privileged ring (interrupt gate, SYSCALL) must lower CPL first.
+
+``uc_context_save`` copies the leading part of QEMU's CPUX86State (up to ``end_reset_fields``),
+which holds all three. Their offsets are not published, so they are located at run time from
+fields the API can write (``dr[0]``, the segment selectors) and cross-checked by reproducing the
+double-fault promotion and its cure on a scratch CPU. The layout is that of QEMU 5.0's
+``target/i386/cpu.h`` as unicorn 2.1.x builds it; anything else fails the check with a clear
+error instead of being patched blindly.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from functools import cache
+
+_DR_MARK = 0xD00DF00D  # 32 bits: DR writes are truncated to the width of a 16-bit instance
+_SELECTOR_MARKS = (0x1230, 0x2340, 0x3450, 0x4560, 0x5670, 0x6780)  # ES CS SS DS FS GS (QEMU order)
+HF_CPL_MASK = 3
+
+
+class LayoutError(RuntimeError):
+    """This unicorn build's CPU state does not look as expected."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Byte offsets inside a saved context (from the start of the uc_context allocation)."""
+
+    error_code: int
+    old_exception: int
+    hflags: int
+
+
+def _blob(uc) -> tuple[object, int, bytes]:
+    ctx = uc.context_save()
+    ptr = ctx.context.value
+    return ctx, ptr, ctypes.string_at(ptr, ctx.size)
+
+
+def _locate(uc_module, x86) -> Layout:
+    uc = uc_module.Uc(uc_module.UC_ARCH_X86, uc_module.UC_MODE_16)
+    uc.reg_write(x86.UC_X86_REG_DR0, _DR_MARK)
+    regs = [x86.UC_X86_REG_ES, x86.UC_X86_REG_CS, x86.UC_X86_REG_SS, x86.UC_X86_REG_DS,
+            x86.UC_X86_REG_FS, x86.UC_X86_REG_GS]
+    for reg, sel in zip(regs, _SELECTOR_MARKS):
+        uc.reg_write(reg, sel)
+    _, _, blob = _blob(uc)
+    dr0 = blob.find(struct.pack("<Q", _DR_MARK))
+    # SegmentCache {u32 selector; u64 base; u32 limit; u32 flags}: 24 bytes, base 8-aligned.
+    es = blob.find(struct.pack("<I4xQ", _SELECTOR_MARKS[0], _SELECTOR_MARKS[0] << 4))
+    if dr0 < 0 or es < 0:
+        raise LayoutError("debug or segment registers not found in the saved context")
+    for i, sel in enumerate(_SELECTOR_MARKS):
+        if struct.unpack_from("<I", blob, es + 24 * i)[0] != sel:
+            raise LayoutError("segment registers are not laid out as QEMU's segs[6]")
+    # error_code, exception_is_int, exception_next_eip, then dr[8]; then four breakpoint pointers
+    # and old_exception. hflags and hflags2 are the two words right before segs[].
+    return Layout(error_code=dr0 - 16, old_exception=dr0 + 64 + 32, hflags=es - 8)
+
+
+class ContextFields:
+    """Read and patch the hidden fields of one unicorn CPU."""
+
+    def __init__(self, uc, layout: Layout):
+        self.uc, self.layout = uc, layout
+
+    def exception(self) -> tuple[int, bool]:
+        """(error_code, raised by INT n/INT3/INTO) of the exception unicorn is reporting."""
+        _, _, blob = _blob(self.uc)
+        error_code, is_int = struct.unpack_from("<iI", blob, self.layout.error_code)
+        return error_code & 0xFFFFFFFF, bool(is_int)
+
+    def settle(self, cpl: int | None = None) -> None:
+        """Mark the exception in flight as delivered and, if ``cpl`` is given, set the CPL bits."""
+        ctx, ptr, blob = _blob(self.uc)
+        ctypes.memmove(ptr + self.layout.old_exception, struct.pack("<i", -1), 4)
+        if cpl is not None:
+            hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
+            ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", (hflags & ~HF_CPL_MASK) | cpl), 4)
+        self.uc.context_restore(ctx)
+
+    def cpl(self) -> int:
+        """The current privilege level as the CPU holds it."""
+        _, _, blob = _blob(self.uc)
+        return struct.unpack_from("<I", blob, self.layout.hflags)[0] & HF_CPL_MASK
+
+
+@cache
+def layout() -> Layout:
+    """The offsets for the loaded unicorn, verified once per process on a scratch CPU."""
+    import unicorn
+    from unicorn import x86_const as x86
+
+    found = _locate(unicorn, x86)
+    _verify(unicorn, x86, found)
+    return found
+
+
+def _verify(unicorn, x86, found: Layout) -> None:
+    # Two page faults in a row on a scratch long-mode CPU: unpatched, the second arrives as #DF;
+    # with old_exception reset in between it must stay #PF with the write error code (W=1, P=0).
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.mem_map(0, 0x10000)
+    pml4, pdpt, pd, pt = 0x1000, 0x2000, 0x3000, 0x4000
+    uc.mem_write(pml4, struct.pack("<Q", pdpt | 3))
+    uc.mem_write(pdpt, struct.pack("<Q", pd | 3))
+    uc.mem_write(pd, struct.pack("<Q", pt | 3))
+    uc.mem_write(pt, b"".join(struct.pack("<Q", (i << 12) | 3) for i in range(16)))  # 64 KiB mapped
+    uc.reg_write(x86.UC_X86_REG_CR3, pml4)
+    uc.reg_write(x86.UC_X86_REG_CR4, 0x20)
+    uc.reg_write(x86.UC_X86_REG_MSR, (0xC0000080, 0x500))
+    uc.reg_write(x86.UC_X86_REG_CR0, 0x80000011)
+    store = b"\x89\x04\x25\x00\x00\x20\x00"  # mov [0x200000], eax: an unmapped page
+    code = 0x8000
+    uc.mem_write(code, store * 2)
+    fields = ContextFields(uc, found)
+    seen: list[tuple[int, int]] = []
+
+    def hook(uc, vector, _):
+        error_code, _software = fields.exception()
+        seen.append((vector, error_code))
+        fields.settle()
+        uc.reg_write(x86.UC_X86_REG_RIP, uc.reg_read(x86.UC_X86_REG_RIP) + len(store))
+
+    uc.hook_add(unicorn.UC_HOOK_INTR, hook)
+    if fields.cpl() != 0:
+        raise LayoutError("CPL of a fresh CPU does not read as 0")
+    try:
+        uc.emu_start(code, code + 2 * len(store), count=4)
+    except unicorn.UcError as exc:
+        raise LayoutError(f"check run failed: {exc}") from None
+    if seen != [(14, 2), (14, 2)]:
+        raise LayoutError(f"page faults seen as {seen}, expected two #PF with error code 2")
