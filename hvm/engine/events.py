@@ -7,8 +7,8 @@ interrupt handling in 64-bit mode"): interrupt and trap gates, privilege change 
 from the TSS, IST, error codes, and the double-fault rules of Table 6-5. Task gates and virtual-8086
 mode are not modelled (no 64-bit OS uses them); a guest needing them gets a clear error.
 
-The CPU's hidden segment caches are not read here: descriptor bases come from the GDT, which is
-what they hold for any OS that does not rewrite a loaded descriptor.
+The CPU's hidden segment caches are not read here: a new stack segment's base comes from its GDT
+descriptor and the current one's from ``sregs`` (flat for every 64-bit and flat 32-bit OS).
 """
 from __future__ import annotations
 

@@ -266,7 +266,11 @@ class UnicornEngine(Engine):
                 return EngineCrash(f"the guest needs {exc}, which the unicorn engine does not model")
             if sregs.cr2 != cr2:
                 self.uc.reg_write(self._x86.UC_X86_REG_CR2, sregs.cr2)
-            self._enter(done, regs)
+            try:
+                self._enter(done, regs)
+            except self._unicorn.UcError as exc:
+                return EngineCrash(f"unicorn refused the handler's CS {done.cs:#x} / SS {done.ss:#x} "
+                                   f"after delivering vector {done.vector:#x}: {exc}")
             vector = done.vector
         counts = self.interrupts_delivered if event.external else self.exceptions_delivered
         counts[vector] = counts.get(vector, 0) + 1
