@@ -200,6 +200,9 @@ class Machine:
         self.pio = PortIOBus()
         self.mmio = MmioBus()
         self._irqs: dict[int, IrqLine] = {}
+        self.pic = self.pit = None
+        if self.vm is None:
+            self._software_platform()
         quit_cb = on_quit or (lambda: self.stop())
         self.serial_ports: list[SerialPort] = []
         for i, spec in enumerate(cfg.serial):
@@ -227,8 +230,7 @@ class Machine:
                 kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus))
                 self.vcpus.append(Vcpu(self, index, KvmEngine(kvcpu, irqchip=True)))
         else:
-            from .engine.unicorn import UnicornEngine
-            self.vcpus.append(Vcpu(self, 0, UnicornEngine(self.memory, self.mmio)))
+            self.vcpus.append(Vcpu(self, 0, self._unicorn))
         regs, sregs = entry_cpu_state(self.memory, self.entry)
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
@@ -258,11 +260,31 @@ class Machine:
         """The interrupt line ``gsi`` of the in-kernel PIC/IOAPIC, to hand to a device."""
         line = self._irqs.get(gsi)
         if line is None:
-            # Under the unicorn engine there is no interrupt controller yet (the software-engine
-            # issue adds PIC/IOAPIC/LAPIC in Python): levels are kept on the line, not delivered.
-            deliver = self.vm.irq_line if self.vm is not None else (lambda _gsi, _level: None)
-            line = self._irqs[gsi] = IrqLine(gsi, deliver)
+            if self.vm is not None:
+                line = IrqLine(gsi, self.vm.irq_line)
+            else:
+                if not 0 <= gsi < 16:
+                    raise ValueError(f"IRQ {gsi}: the software engine has only the 8259 pair (IRQ 0-15) so far")
+                line = self.pic.irq_line(gsi)
+            self._irqs[gsi] = line
         return line
+
+    def _software_platform(self) -> None:
+        # KVM keeps the PIC pair and the PIT in the kernel; under unicorn they are Python devices
+        # at the same ports, and the engine takes interrupts from the PIC between time slices.
+        from .devices.irq.pic8259 import Pic8259Pair
+        from .devices.irq.pit8254 import Pit8254
+        from .engine.unicorn import UnicornEngine
+
+        self._unicorn = UnicornEngine(self.memory, self.mmio)
+        self.pic = Pic8259Pair(on_intr=self._unicorn.poke)
+        self.add_port_device(0x20, 2, self.pic.master, "pic-master")
+        self.add_port_device(0xA0, 2, self.pic.slave, "pic-slave")
+        self.add_port_device(0x4D0, 2, self.pic.elcr, "elcr")
+        self.pit = Pit8254(self.irq(0))
+        self.add_port_device(0x40, 4, self.pit.ports, "pit")
+        self.add_port_device(0x61, 1, self.pit.port61, "port61")
+        self._unicorn.attach_platform(self.pic, [self.pit])
 
     def add_port_device(self, base: int, length: int, device: Device, name: str | None = None) -> None:
         """Attach a device to I/O ports ``[base, base+length)``."""

@@ -24,6 +24,13 @@ def test_same_output_and_exit_code_as_kvm(guests, guest, args):
     assert uc.returncode == kvm.returncode, uc.stderr
 
 
+def test_interrupt_driven_uart_through_the_python_pic(guests):
+    # The UART's IRQ 4 reaches the guest's real-mode handler through the 8259 pair in Python.
+    r = hvmrun("--accel", "unicorn", "--kernel", str(guests("echo16")), "--timeout", "60", input=b"hello, hvm.")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"ready\nHELLO, HVM"
+
+
 def test_triple_fault_reported_like_kvm(guests):
     r = hvmrun("--accel", "unicorn", "--kernel", str(guests("multiboot")), "--append", "triple", "--timeout", "60")
     k = hvmrun("--accel", "kvm", "--kernel", str(guests("multiboot")), "--append", "triple", "--timeout", "60")
