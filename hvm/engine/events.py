@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..memory import GuestMemory, GuestMemoryError
-from ..paging import PageFault, PagingMode, translate
+from ..paging import EFER_LMA, PageFault, PagingMode, translate
 from .state import Regs, SRegs
 
 IF, TF, AC = 1 << 9, 1 << 8, 1 << 18
 NT, RF, VM = 1 << 14, 1 << 16, 1 << 17
-EFER_LMA = 1 << 10
 
 VEC_DF, VEC_TS, VEC_NP, VEC_SS, VEC_GP, VEC_PF = 8, 10, 11, 12, 13, 14
 # Exceptions that push an error code (SDM Table 6-1); #DF, #TS, #NP, #SS, #GP, #PF, #AC, #CP.
@@ -77,7 +76,6 @@ class Delivered:
     cs: int
     ss: int
     cpl: int
-    long_mode: bool
 
 
 class _Fault(Exception):
@@ -251,4 +249,4 @@ def _deliver_once(mem: GuestMemory, regs: Regs, sregs: SRegs, event: Event, cpl:
     regs.rflags &= ~(TF | NT | RF | VM)
     if gate_type in (0x6, 0xE):
         regs.rflags &= ~IF
-    return Delivered(vector=vec, cs=(selector & 0xFFFC) | new_cpl, ss=new_ss, cpl=new_cpl, long_mode=long_mode)
+    return Delivered(vector=vec, cs=(selector & 0xFFFC) | new_cpl, ss=new_ss, cpl=new_cpl)

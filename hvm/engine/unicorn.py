@@ -34,7 +34,7 @@ from kvmffi import exits as kx
 from ..bus import MmioBus
 from ..errors import HostError
 from ..memory import HIGHMEM_BASE, GuestMemory, GuestMemoryError
-from ..paging import PageFault, PagingMode, read_virtual
+from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
 from . import uc_context
 from .events import (
@@ -224,12 +224,14 @@ class UnicornEngine(Engine):
         # The architectural effect of SYSCALL (AMD APM vol. 3, Intel SDM vol. 2B), which unicorn
         # leaves to its embedder. RIP is already past the 2-byte instruction.
         uc, x86 = self.uc, self._x86
-        if self.bits != 64 or not uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_SCE:
+        efer = uc.reg_read(x86.UC_X86_REG_MSR, EFER)
+        if self.bits != 64 or not efer & EFER_SCE:
             uc.reg_write(self._ip_id, uc.reg_read(self._ip_id) - 2)  # #UD points at the instruction
             return self._deliver(Event(_VEC_UD))
         rip, rflags = uc.reg_read(x86.UC_X86_REG_RIP), uc.reg_read(x86.UC_X86_REG_RFLAGS)
         star = uc.reg_read(x86.UC_X86_REG_MSR, STAR)
-        target = uc.reg_read(x86.UC_X86_REG_MSR, LSTAR if self.get_sregs().cs.l else CSTAR)
+        # get_sregs reports CS.L as EFER.LMA in a 64-bit instance; the same test, without its reads.
+        target = uc.reg_read(x86.UC_X86_REG_MSR, LSTAR if efer & EFER_LMA else CSTAR)
         uc.reg_write(x86.UC_X86_REG_RCX, rip)
         uc.reg_write(x86.UC_X86_REG_R11, rflags & ~RF)
         self._fields.settle(cpl=0)
@@ -254,7 +256,7 @@ class UnicornEngine(Engine):
             self.set_regs(regs)
             self.uc.reg_write(self._x86.UC_X86_REG_CS, sregs.cs.selector)
         else:
-            cpl = self._fields.cpl()
+            cpl = sregs.cs.dpl  # get_sregs already read the CPL from the saved context
             _, tr_base, _, _ = self.uc.reg_read(self._x86.UC_X86_REG_TR)
             _, ldt_base, ldt_limit, _ = self.uc.reg_read(self._x86.UC_X86_REG_LDTR)
             cr2 = sregs.cr2
@@ -414,7 +416,7 @@ class UnicornEngine(Engine):
             seg = Segment(selector=sel, base=(sel << 4) if real else 0)
             if name == "cs":
                 seg.db = 1 if (self.bits == 32 and not real) else 0
-                seg.l = 1 if (self.bits == 64 and s.efer & 0x400) else 0
+                seg.l = 1 if (self.bits == 64 and s.efer & EFER_LMA) else 0
             if name in ("cs", "ss"):
                 seg.dpl = cpl
             setattr(s, name, seg)
