@@ -386,7 +386,7 @@ report:
         mov user_cs(%rip), %rax
         call field
         mov $'\n', %al
-        call putc
+        call putc64
         cmpq $0x21, result(%rip)
         je 1f
         cmpq $0, pf_read_sum(%rip)      /* every remapped page still held its own address */
@@ -401,15 +401,9 @@ field:  cmp $s_de, %rsi
         je 1f
         push %rax
         mov $' ', %al
-        call putc
+        call putc64
         pop %rax
-1:      push %rax
-2:      lodsb
-        test %al, %al
-        jz 3f
-        call putc
-        jmp 2b
-3:      pop %rax
+1:      call puts64
         mov %rax, %rbx
         mov $16, %ecx
         xor %edx, %edx                  /* set once a nonzero digit was printed */
@@ -427,21 +421,11 @@ field:  cmp $s_de, %rsi
         cmp $'9', %al
         jbe 6f
         add $('a' - '9' - 1), %al
-6:      call putc
+6:      call putc64
 7:      loop 4b
         ret
 
-putc:   push %rdx
-        push %rax
-1:      mov $0x3fd, %dx
-        in %dx, %al
-        test $0x20, %al
-        jz 1b
-        pop %rax
-        mov $0x3f8, %dx
-        out %al, %dx
-        pop %rdx
-        ret
+        .include "lib64.S"
 
 s_de:   .asciz "de="
 s_ud:   .asciz "ud="

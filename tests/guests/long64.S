@@ -33,23 +33,7 @@ _start: lea stack_top(%rip), %rsp
         hlt
         jmp 3b
 
-putc64: push %rdx
-        push %rax
-1:      mov $0x3fd, %dx
-        in %dx, %al
-        test $0x20, %al
-        jz 1b
-        pop %rax
-        mov $0x3f8, %dx
-        out %al, %dx
-        pop %rdx
-        ret
-puts64: lodsb
-        test %al, %al
-        jz 1f
-        call putc64
-        jmp puts64
-1:      ret
+        .include "lib64.S"
 
 msg:    .asciz "long mode: "
         .balign 16
