@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how guest code runs: kvm (default), unicorn (software CPU: one vCPU, no "
                         "interrupt delivery yet), auto (unicorn where KVM is missing or only emulates)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="under KVM, end the run with a crash report when KVM's instruction emulator refuses an "
+                        "instruction, instead of executing it in unicorn")
     p.add_argument("--stats", action="store_true", help="print exit counts, CPU time and peak RSS at the end")
     p.add_argument("-v", "--verbose", action="count", default=0, help="say more on stderr")
     p.add_argument("--version", action="version", version=f"hvm {__version__}")
@@ -95,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module], flat_mode=Mode(args.flat_mode),
         load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
-        timeout=args.timeout, accel=args.accel, verbose=args.verbose)
+        timeout=args.timeout, accel=args.accel, fallback=not args.no_fallback, verbose=args.verbose)
 
 
 def _say(msg: str) -> None:

@@ -59,9 +59,12 @@ class MachineConfig:
     serial: list[str] = field(default_factory=lambda: ["buffer"])
     debugcon: str = "none"
     timeout: float | None = None
-    # "kvm" (hardware), "unicorn" (software CPU, one vCPU, no interrupt delivery yet) or "auto"
-    # (unicorn where /dev/kvm is missing, unusable or emulation-only).
+    # "kvm" (hardware), "unicorn" (software CPU, one vCPU for now) or "auto" (unicorn where
+    # /dev/kvm is missing, unusable or emulation-only).
     accel: str = "kvm"
+    # Under KVM, execute the instructions KVM's emulator refuses in unicorn (hvm.engine.fallback)
+    # instead of ending the run with a crash report.
+    fallback: bool = True
     # HVM_KVM_DEVICE lets tests and odd hosts point hvm at another KVM device node.
     kvm_path: str = field(default_factory=lambda: os.environ.get("HVM_KVM_DEVICE", "/dev/kvm"))
     verbose: int = 0

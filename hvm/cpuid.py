@@ -10,28 +10,55 @@ from .host import HostInfo
 HYPERVISOR_BIT = 1 << 31  # leaf 1 ECX: "running under a hypervisor"
 KVM_SIGNATURE = (0x4B4D564B, 0x564B4D56, 0x0000004D)  # "KVMKVMKVM\0\0\0" in EBX, ECX, EDX
 
-# Features whose instructions KVM's instruction emulator refuses (or, for LZCNT/TZCNT, silently
-# runs as BSR/BSF) when the host runs guest CPL0 code in it. Hidden so a well-behaved guest never
-# tries them. (leaf, subleaf, register, bit, name)
-EMULATOR_REFUSES = [
-    (1, 0, "ecx", 0, "sse3"), (1, 0, "ecx", 1, "pclmulqdq"), (1, 0, "ecx", 9, "ssse3"),
-    (1, 0, "ecx", 12, "fma"), (1, 0, "ecx", 13, "cx16"), (1, 0, "ecx", 19, "sse4_1"),
-    (1, 0, "ecx", 20, "sse4_2"), (1, 0, "ecx", 22, "movbe"), (1, 0, "ecx", 23, "popcnt"),
-    (1, 0, "ecx", 25, "aes"), (1, 0, "ecx", 26, "xsave"), (1, 0, "ecx", 27, "osxsave"),
-    (1, 0, "ecx", 28, "avx"), (1, 0, "ecx", 29, "f16c"),
-    (7, 0, "ebx", 3, "bmi1"), (7, 0, "ebx", 5, "avx2"), (7, 0, "ebx", 8, "bmi2"),
-    (7, 0, "ebx", 19, "adx"), (7, 0, "ebx", 20, "smap"), (7, 0, "ecx", 22, "rdpid"),
-    (0x80000001, 0, "ecx", 5, "abm/lzcnt"), (0x80000001, 0, "ecx", 6, "sse4a"),
-    (0x80000001, 0, "edx", 27, "rdtscp"),
+# Features this host's KVM cannot offer a guest when it runs guest CPL0 code in its instruction
+# emulator, as (leaf, subleaf, register, bit, name):
+# - executed wrongly without an exit (LZCNT/TZCNT run as BSR/BSF) or refused with #UD at CPL0
+#   (MOVBE, RDPID), so the fallback never sees them;
+KVM_MISEXECUTES = [
+    (7, 0, "ebx", 3, "bmi1"), (0x80000001, 0, "ecx", 5, "abm/lzcnt"),
+    (1, 0, "ecx", 22, "movbe"), (7, 0, "ecx", 22, "rdpid"),
 ]
+# - refused with an exit, but beyond the unicorn fallback too (QEMU 5's TCG has no AVX; XSAVE
+#   state is not carried across), or absent from its Broadwell model (SSE4a);
+FALLBACK_CANNOT = [
+    (1, 0, "ecx", 12, "fma"), (1, 0, "ecx", 26, "xsave"), (1, 0, "ecx", 27, "osxsave"),
+    (1, 0, "ecx", 28, "avx"), (1, 0, "ecx", 29, "f16c"), (7, 0, "ebx", 5, "avx2"),
+    (0x80000001, 0, "ecx", 6, "sse4a"),
+]
+# - refused with an exit and executed by the fallback (hvm.engine.fallback), so offered only
+#   when it is on. CMPXCHG16B executed there is atomic against one vCPU only.
+FALLBACK_EXECUTES = [
+    (1, 0, "ecx", 0, "sse3"), (1, 0, "ecx", 1, "pclmulqdq"), (1, 0, "ecx", 9, "ssse3"),
+    (1, 0, "ecx", 19, "sse4_1"), (1, 0, "ecx", 20, "sse4_2"), (1, 0, "ecx", 23, "popcnt"),
+    (1, 0, "ecx", 25, "aes"), (7, 0, "ebx", 8, "bmi2"), (7, 0, "ebx", 19, "adx"),
+    (7, 0, "ebx", 20, "smap"), (0x80000001, 0, "edx", 27, "rdtscp"),
+]
+CX16 = (1, 0, "ecx", 13, "cx16")
+# RDTSCP is offered even where KVM_GET_SUPPORTED_CPUID omits it (as here): the fallback executes
+# it at CPL0, CPL3 runs it natively, and hvm serves TSC_AUX (FallbackExecutor.tsc_aux).
+RDTSCP = (0x80000001, 0, "edx", 27, "rdtscp")
 
 
-def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpus: int) -> list[CpuidEntry]:
-    """The CPUID table for one vCPU, derived from KVM_GET_SUPPORTED_CPUID."""
+def _hidden(host: HostInfo, ncpus: int, fallback: bool) -> list[tuple[int, int, str, int, str]]:
+    if not host.emulation_only:
+        return []
+    hidden = KVM_MISEXECUTES + FALLBACK_CANNOT
+    if not fallback:
+        return hidden + FALLBACK_EXECUTES + [CX16]
+    return hidden + ([CX16] if ncpus > 1 else [])
+
+
+def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpus: int,
+                 fallback: bool = True) -> list[CpuidEntry]:
+    """The CPUID table for one vCPU, derived from KVM_GET_SUPPORTED_CPUID; ``fallback``: the
+    unicorn fallback executes what KVM's emulator refuses."""
     hidden: dict[tuple[int, int, str], int] = {}
-    if host.emulation_only:
-        for leaf, sub, reg, bit, _name in EMULATOR_REFUSES:
-            hidden[(leaf, sub, reg)] = hidden.get((leaf, sub, reg), 0) | (1 << bit)
+    for leaf, sub, reg, bit, _name in _hidden(host, ncpus, fallback):
+        hidden[(leaf, sub, reg)] = hidden.get((leaf, sub, reg), 0) | (1 << bit)
+    added: dict[tuple[int, int, str], int] = {}
+    if host.emulation_only and fallback:
+        leaf, sub, reg, bit, _name = RDTSCP
+        added[(leaf, sub, reg)] = 1 << bit
 
     out = []
     have_signature = False
@@ -39,6 +66,9 @@ def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpu
         for (leaf, sub, reg), mask in hidden.items():
             if e.function == leaf and e.index == sub:
                 e = replace(e, **{reg: getattr(e, reg) & ~mask})
+        for (leaf, sub, reg), mask in added.items():
+            if e.function == leaf and e.index == sub:
+                e = replace(e, **{reg: getattr(e, reg) | mask})
         if e.function == 1:
             ebx = (e.ebx & 0x0000FFFF) | ((vcpu_id & 0xFF) << 24) | ((max(ncpus, 1) & 0xFF) << 16)
             e = replace(e, ebx=ebx, ecx=e.ecx | HYPERVISOR_BIT, edx=e.edx | (1 << 28 if ncpus > 1 else 0))
@@ -54,6 +84,6 @@ def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpu
     return out
 
 
-def hidden_features(host: HostInfo) -> list[str]:
+def hidden_features(host: HostInfo, ncpus: int = 1, fallback: bool = True) -> list[str]:
     """Names of the features this host's policy hides from guests."""
-    return [name for *_rest, name in EMULATOR_REFUSES] if host.emulation_only else []
+    return [name for *_rest, name in _hidden(host, ncpus, fallback)]

@@ -6,9 +6,10 @@ the boot image is loaded before the boot vCPU's registers are set.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from kvmffi import lib
@@ -37,6 +38,8 @@ from .vcpu import EmulationFallback, Vcpu
 
 # How much serial output is kept in memory beside a real backend (stdio, file, socket).
 TRANSCRIPT_LIMIT = 1 << 20
+
+TSC_AUX = 0xC0000103
 
 # COM1-COM4: the PC's standard base ports and ISA IRQs.
 SERIAL_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
@@ -108,6 +111,7 @@ class Stats:
     vcpu_system: float
     peak_rss: int
     wall: float
+    engine_lines: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         """Human-readable summary."""
@@ -124,7 +128,12 @@ class Stats:
             lines.append("  MMIO by device:")
             lines += [f"    {k:<20} {v}" for k, v in sorted(self.mmio_by_device.items(), key=lambda kv: -kv[1])]
         lines.append(f"  unclaimed accesses   {self.unclaimed}")
+        lines += [f"  {line}" for line in self.engine_lines]
         return "\n".join(lines)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"hvm: {message}\n")
 
 
 def _peak_rss() -> int:
@@ -222,15 +231,24 @@ class Machine:
         self.add_port_device(ACPI_PM_BASE, ACPI_PM_LENGTH,
                              AcpiPm(lambda: self.finish(Outcome(End.POWEROFF, message="guest powered off"))))
 
+        self.fallback = None
+        if self.vm is not None and cfg.fallback:
+            from .engine.fallback import FallbackExecutor
+
+            self.fallback = FallbackExecutor(self.memory, self.mmio, self.pio.read, self.pio.write,
+                                             say=_say if cfg.verbose else None)
         self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory))
         if self.vm is not None:
             supported = self.kvm.supported_cpuid()
             for index in range(cfg.cpus):
                 kvcpu = self.vm.create_vcpu(index)
-                kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus))
+                kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus, cfg.fallback))
                 self.vcpus.append(Vcpu(self, index, KvmEngine(kvcpu, irqchip=True)))
         else:
             self.vcpus.append(Vcpu(self, 0, self._unicorn))
+        if self.fallback is not None and self.host.emulation_only:
+            self.add_msr_handler(TSC_AUX, self.fallback.tsc_aux)
+            self.fallback.tsc_aux_served = True
         regs, sregs = entry_cpu_state(self.memory, self.entry)
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
@@ -371,10 +389,13 @@ class Machine:
         # (half a MiB, which would be the process's peak RSS when --stats reports it).
         cpu = os.times()
         end = self._t_end or time.monotonic()
+        engine_lines = [line for vcpu in self.vcpus for line in vcpu.engine.counters()]
+        if self.fallback is not None:
+            engine_lines += self.fallback.counters()
         return Stats(exits, dict(self.pio.accesses), dict(self.mmio.accesses),
                      self.pio.unclaimed + self.mmio.unclaimed, cpu.user, cpu.system,
                      sum(v.cpu_times[0] for v in self.vcpus), sum(v.cpu_times[1] for v in self.vcpus),
-                     _peak_rss(), end - self._t_start if self._t_start else 0.0)
+                     _peak_rss(), end - self._t_start if self._t_start else 0.0, engine_lines)
 
     def close(self) -> None:
         """Stop the guest and release KVM, memory and backends."""
@@ -394,6 +415,8 @@ class Machine:
                 pass
         for vcpu in self.vcpus:
             vcpu.engine.close()
+        if getattr(self, "fallback", None) is not None:
+            self.fallback.close()
         if getattr(self, "vm", None) is not None:
             self.vm.close()
         if getattr(self, "memory", None) is not None:

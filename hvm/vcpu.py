@@ -172,9 +172,15 @@ class Vcpu:
         for fallback in self.machine.emulation_fallbacks:
             if fallback(event):
                 return False
+        executor = self.machine.fallback
+        if executor is not None and executor(event):
+            return False
         what = f"{decoded}" if decoded else "an instruction"
-        crash = self.crash(f"{e.detail or 'emulation failure'}: cannot execute {what}", insn=insn,
-                           decoded=decoded)
+        reason = f"{e.detail or 'emulation failure'}: cannot execute {what}"
+        if executor is not None and executor.crash is not None:
+            reason += f" (the unicorn fallback failed too: {executor.crash.reason})"
+            executor.crash = None
+        crash = self.crash(reason, insn=insn, decoded=decoded)
         self.machine.finish(Outcome(End.CRASH, crash=crash))
         return True
 

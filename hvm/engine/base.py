@@ -11,7 +11,7 @@ from typing import Callable
 from kvmffi.exits import (Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, RdMsr,
                           Shutdown, SystemEvent, VcpuExit, WrMsr)
 
-from .state import Regs, SRegs
+from .state import Fpu, Regs, SRegs
 
 __all__ = ["Engine", "EmulationFailure", "EngineCrash", "Debug", "Hlt", "Interrupted", "IoIn",
            "IoOut", "MmioRead", "MmioWrite", "RdMsr", "Shutdown", "SystemEvent", "VcpuExit", "WrMsr"]
@@ -58,6 +58,10 @@ class Engine(ABC):
         """(IN, OUT) port-I/O exits the engine served itself through ``serve_port_io``."""
         return 0, 0
 
+    def counters(self) -> list[str]:
+        """Engine-specific lines for --stats (exits are counted by the run loop)."""
+        return []
+
     def translate(self, exit_: VcpuExit) -> VcpuExit:
         """Turn an engine-specific exit into one of the neutral kinds (EngineCrash at worst)."""
         return EngineCrash(f"{self.name} engine: unexpected exit {exit_!r}")
@@ -91,6 +95,18 @@ class Engine(ABC):
     @abstractmethod
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """Raise a CPU exception in the guest before its next instruction."""
+
+    def inject_software_interrupt(self, vector: int, insn_length: int) -> None:
+        """Deliver ``INT n`` (``insn_length`` bytes at RIP) as the instruction would."""
+        raise NotImplementedError(f"{self.name} engine cannot inject software interrupts")
+
+    def get_fpu(self) -> Fpu:
+        """SSE registers, MXCSR and the x87 control/status words."""
+        raise NotImplementedError(f"{self.name} engine cannot report FPU state")
+
+    def set_fpu(self, fpu: Fpu) -> None:
+        """Replace what ``get_fpu`` reports."""
+        raise NotImplementedError(f"{self.name} engine cannot set FPU state")
 
     @abstractmethod
     def kick(self) -> None:

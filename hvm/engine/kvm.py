@@ -10,7 +10,7 @@ from kvmffi import exits as kx
 from kvmffi import ffi
 
 from .base import EmulationFailure, Engine, EngineCrash
-from .state import DTable, Regs, Segment, SRegs, GPRS
+from .state import DTable, Fpu, Regs, Segment, SRegs, GPRS
 
 # A real-time signal nobody else uses: its (empty) handler only makes KVM_RUN return EINTR.
 KICK_SIGNAL = signal.SIGRTMIN + 2
@@ -159,6 +159,34 @@ class KvmEngine(Engine):
         ev.exception.error_code = error_code or 0
         ev.flags = 0
         self.vcpu.set_vcpu_events(ev)
+
+    def inject_software_interrupt(self, vector: int, insn_length: int) -> None:
+        """Deliver ``INT n`` as if executed; RIP is at the instruction, ``insn_length`` long.
+
+        RIP is moved past it first: the injected event's return address is RIP (measured on this
+        project's kvm_pvm host, where injecting with RIP at the instruction re-executes it; VMX
+        adds the last exit's instruction length, which is 0 after a userspace injection)."""
+        regs = self.vcpu.get_regs()
+        regs.rip += insn_length
+        self.vcpu.set_regs(regs)
+        ev = self.vcpu.get_vcpu_events()
+        ev.interrupt.injected, ev.interrupt.nr, ev.interrupt.soft = 1, vector, 1
+        ev.flags = 0
+        self.vcpu.set_vcpu_events(ev)
+
+    def get_fpu(self) -> Fpu:
+        """KVM_GET_FPU as Fpu (SSE registers, MXCSR, x87 control/status)."""
+        f = self.vcpu.get_fpu()
+        raw = bytes(ffi.buffer(f.xmm))
+        xmm = [int.from_bytes(raw[i * 16:(i + 1) * 16], "little") for i in range(16)]
+        return Fpu(xmm, f.mxcsr, f.fcw, f.fsw)
+
+    def set_fpu(self, fpu: Fpu) -> None:
+        """KVM_SET_FPU with ``fpu``'s fields; the x87 data registers are kept."""
+        f = self.vcpu.get_fpu()
+        ffi.buffer(f.xmm)[:] = b"".join(v.to_bytes(16, "little") for v in fpu.xmm)
+        f.mxcsr, f.fcw, f.fsw = fpu.mxcsr, fpu.fcw, fpu.fsw
+        self.vcpu.set_fpu(f)
 
     def get_msrs(self, indices: list[int]) -> dict[int, int]:
         """KVM_GET_MSRS."""

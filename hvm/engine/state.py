@@ -97,3 +97,16 @@ class SRegs:
         if self.cr0 & 1 and self.cs.db:
             return 32
         return 16
+
+
+@dataclass
+class Fpu:
+    """The SSE state and the x87 control/status words (what fallback instructions can touch).
+
+    The x87 data registers are not carried: no instruction the fallback executes reads them.
+    """
+
+    xmm: list[int] = field(default_factory=lambda: [0] * 16)  # 128-bit values
+    mxcsr: int = 0x1F80
+    fcw: int = 0x37F
+    fsw: int = 0

@@ -41,7 +41,7 @@ from .events import (
     ERROR_CODE_VECTORS, IF, RF, DeliveryFailed, Delivered, Event, Unsupported, deliver_protected,
     deliver_real_mode,
 )
-from .state import DTable, Regs, Segment, SRegs
+from .state import DTable, Fpu, Regs, Segment, SRegs
 
 UNICORN_VERSION = "2.1.4"  # the version these semantics were validated against (pinned in setup.py)
 
@@ -79,6 +79,15 @@ def _uc():
     return unicorn, x86_const
 
 
+_EXCEPTION_NAMES = ["#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
+                    "#SS", "#GP", "#PF", "15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP"]
+
+
+def _vector_name(vector: int) -> str:
+    name = _EXCEPTION_NAMES[vector] if vector < len(_EXCEPTION_NAMES) else ""
+    return f"{vector:#04x} {name}".rstrip()
+
+
 def _mmio_holes(memory: GuestMemory) -> list[tuple[int, int]]:
     """Page-aligned gaps between RAM regions below 4 GiB: the guest-physical MMIO space."""
     holes, cursor = [], 0
@@ -99,7 +108,7 @@ class UnicornEngine(Engine):
 
     name = "unicorn"
 
-    def __init__(self, memory: GuestMemory, mmio: MmioBus):
+    def __init__(self, memory: GuestMemory, mmio: MmioBus, bits: int | None = None):
         self.memory = memory
         self.mmio = mmio
         self.uc = None
@@ -109,6 +118,7 @@ class UnicornEngine(Engine):
         self._io_write: Callable[[int, int, int], None] = lambda port, size, value: None
         self._io_counts = [0, 0]
         self.slices = 0
+        self.emu_seconds = 0.0  # inside emu_start: guest code and the device hooks it calls
         self.interrupts_delivered: dict[int, int] = {}
         self.exceptions_delivered: dict[int, int] = {}
         self.syscalls = 0
@@ -118,12 +128,18 @@ class UnicornEngine(Engine):
         self._poked = False
         self._wake = threading.Event()
         self._halted = False
+        if bits is not None:
+            self._create(bits)
 
     # -- setup ----------------------------------------------------------------------------------
     def _create(self, bits: int) -> None:
         unicorn, x86 = _uc()
         mode = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}[bits]
         uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
+        # An explicit model, so the instruction set (and what CPUID reports) does not change with
+        # unicorn's default: Broadwell is the newest one whose features QEMU 5's TCG executes
+        # (SSE4.2, POPCNT, AES, PCLMULQDQ, MOVBE, BMI1/2, ADX, SMAP; AVX is filtered out).
+        uc.ctl_set_cpu_model(x86.UC_CPU_X86_BROADWELL)
         for r in self.memory.regions:
             uc.mem_map_ptr(r.gpa, r.size, unicorn.UC_PROT_ALL, r.host_addr)
         for base, size in _mmio_holes(self.memory):
@@ -286,6 +302,17 @@ class UnicornEngine(Engine):
         self.uc.reg_write(x86.UC_X86_REG_SS, done.ss)
         self.set_regs(regs)
 
+    def counters(self) -> list[str]:
+        """What --stats shows of this engine."""
+        lines = [f"unicorn: {self.slices} time slices, {self.emu_seconds:.3f} s inside emu_start "
+                 f"(guest code and the device hooks it calls), {self.syscalls} SYSCALLs"]
+        for title, counts in (("exceptions delivered", self.exceptions_delivered),
+                              ("interrupts delivered", self.interrupts_delivered)):
+            if counts:
+                lines.append(f"{title} by vector:")
+                lines += [f"  {_vector_name(v):<18} {n}" for v, n in sorted(counts.items())]
+        return lines
+
     # -- running --------------------------------------------------------------------------------
     def run(self) -> kx.VcpuExit:
         """Emulate until a stop request, a HLT nothing can wake, or something the engine cannot
@@ -311,13 +338,16 @@ class UnicornEngine(Engine):
                 continue
             self._event = None
             self._poked = False
+            t0 = time.perf_counter()
             try:
                 uc.emu_start(uc.reg_read(self._ip_id), 0, timeout=self._slice_us())
             except unicorn.UcError as exc:
+                self.emu_seconds += time.perf_counter() - t0
                 problem = self._fault(exc)
                 if problem is not None:
                     return problem
                 continue
+            self.emu_seconds += time.perf_counter() - t0
             self.slices += 1
             if self._event is not None:
                 problem = self._take_event()
@@ -438,8 +468,53 @@ class UnicornEngine(Engine):
         uc.reg_write(x86.UC_X86_REG_MSR, (EFER, sregs.efer))
         uc.reg_write(x86.UC_X86_REG_CR3, sregs.cr3)
         uc.reg_write(x86.UC_X86_REG_CR0, sregs.cr0)
+        # CPL before the selectors: loading them checks privilege against it.
+        self._fields.settle(cpl=sregs.cs.dpl if sregs.cr0 & 1 else 0)
         for name in ("cs", "ss", "ds", "es", "fs", "gs"):
             uc.reg_write(getattr(x86, f"UC_X86_REG_{name.upper()}"), getattr(sregs, name).selector)
+        if self.bits == 64:
+            # Long mode ignores FS/GS descriptor bases; the bases live in MSRs the selector
+            # loads just reset.
+            uc.reg_write(x86.UC_X86_REG_FS_BASE, sregs.fs.base)
+            uc.reg_write(x86.UC_X86_REG_GS_BASE, sregs.gs.base)
+
+    def get_fpu(self) -> Fpu:
+        """SSE registers, MXCSR and the x87 control/status words."""
+        uc, x86 = self.uc, self._x86
+        count = 16 if self.bits == 64 else 8
+        xmm = [uc.reg_read(getattr(x86, f"UC_X86_REG_XMM{i}")) for i in range(count)] + [0] * (16 - count)
+        return Fpu(xmm, uc.reg_read(x86.UC_X86_REG_MXCSR), uc.reg_read(x86.UC_X86_REG_FPCW),
+                   uc.reg_read(x86.UC_X86_REG_FPSW))
+
+    def set_fpu(self, fpu: Fpu) -> None:
+        """Write SSE registers, MXCSR and the x87 control/status words."""
+        uc, x86 = self.uc, self._x86
+        for i in range(16 if self.bits == 64 else 8):
+            uc.reg_write(getattr(x86, f"UC_X86_REG_XMM{i}"), fpu.xmm[i])
+        uc.reg_write(x86.UC_X86_REG_MXCSR, fpu.mxcsr)
+        uc.reg_write(x86.UC_X86_REG_FPCW, fpu.fcw)
+        uc.reg_write(x86.UC_X86_REG_FPSW, fpu.fsw)
+
+    def step(self) -> Event | kx.VcpuExit | None:
+        """Execute the one instruction at RIP on the state last set; the exception or interrupt
+        it raised is returned, not delivered (RIP at the instruction, or past it for INT n).
+        Used by the KVM engine's fallback, whose guest memory may have changed since the last
+        step: translated code is dropped first (the TLB goes with set_sregs' CR3 write)."""
+        uc, unicorn = self.uc, self._unicorn
+        uc.ctl_flush_tb()
+        self._event = None
+        try:
+            uc.emu_start(uc.reg_read(self._ip_id), 0, count=1)
+        except unicorn.UcError as exc:
+            if exc.errno == unicorn.UC_ERR_INSN_INVALID:
+                return Event(_VEC_UD)
+            return EngineCrash(f"unicorn: {exc}")
+        event, self._event = self._event, None
+        if event is _SYSCALL:  # KVM runs SYSCALL itself: it never reaches a fallback
+            return EngineCrash("unicorn: SYSCALL cannot be single-stepped for another engine")
+        if event is not None:
+            self._fields.settle()
+        return event
 
     def inject_interrupt(self, vector: int) -> None:
         """Not available yet: needs IDT delivery (the software-engine issue)."""

@@ -404,26 +404,7 @@ field:  cmp $s_de, %rsi
         call putc64
         pop %rax
 1:      call puts64
-        mov %rax, %rbx
-        mov $16, %ecx
-        xor %edx, %edx                  /* set once a nonzero digit was printed */
-4:      rol $4, %rbx
-        mov %bl, %al
-        and $0xf, %al
-        cmp $1, %ecx
-        je 5f
-        test %al, %al
-        jnz 5f
-        test %edx, %edx
-        jz 7f
-5:      mov $1, %edx
-        add $'0', %al
-        cmp $'9', %al
-        jbe 6f
-        add $('a' - '9' - 1), %al
-6:      call putc64
-7:      loop 4b
-        ret
+        jmp puthex64
 
         .include "lib64.S"
 

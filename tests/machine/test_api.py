@@ -88,7 +88,8 @@ def test_emulation_fallback_hook_can_handle_the_instruction(guests):
 
 
 def test_unhandled_emulation_failure_is_a_crash_value(guests):
-    with Machine(MachineConfig(kernel=str(guests("multiboot")), append="popcnt", memory="16M")) as m:
+    with Machine(MachineConfig(kernel=str(guests("multiboot")), append="popcnt", memory="16M",
+                               fallback=False)) as m:
         m.emulation_fallbacks.append(lambda event: False)
         outcome = m.run(timeout=60)
     assert outcome.end == End.CRASH and outcome.exit_code == 2

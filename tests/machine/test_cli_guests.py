@@ -68,7 +68,7 @@ def test_triple_fault_is_a_crash_with_registers(guests):
 
 
 def test_emulation_failure_reported_with_disassembly(guests):
-    r = hvmrun("--kernel", str(guests("multiboot")), "--append", "popcnt", "--timeout", "60")
+    r = hvmrun("--kernel", str(guests("multiboot")), "--append", "popcnt", "--no-fallback", "--timeout", "60")
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert "popcnt on mmio next" in r.stdout.decode()

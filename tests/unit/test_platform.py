@@ -89,9 +89,10 @@ def _supported():
             CpuidEntry(0x80000001, 0, 0, 0, 0, 1 << 5, 1 << 27)]
 
 
-def test_cpuid_policy_on_an_emulation_only_host_hides_what_kvm_cannot_run():
+def test_cpuid_policy_on_an_emulation_only_host_without_fallback_hides_what_kvm_cannot_run():
     host = HostInfo("/dev/kvm", True, "test")
-    table = {(e.function, e.index): e for e in cpuid_policy(_supported(), host, vcpu_id=3, ncpus=4)}
+    table = {(e.function, e.index): e for e in cpuid_policy(_supported(), host, vcpu_id=3, ncpus=4,
+                                                            fallback=False)}
     leaf1 = table[(1, 0)]
     assert not leaf1.ecx & (1 << 13) and not leaf1.ecx & (1 << 23)   # cx16, popcnt hidden
     assert leaf1.ecx & 1 == 0                                           # sse3 hidden
@@ -101,7 +102,20 @@ def test_cpuid_policy_on_an_emulation_only_host_hides_what_kvm_cannot_run():
     assert table[(0x80000001, 0)].ecx == 0 and table[(0x80000001, 0)].edx == 0
     sig = table[(0x40000000, 0)]
     assert (sig.ebx, sig.ecx, sig.edx) == (0x4B4D564B, 0x564B4D56, 0x4D)
-    assert "cx16" in hidden_features(host)
+    assert "cx16" in hidden_features(host, ncpus=4, fallback=False)
+
+
+def test_cpuid_policy_with_fallback_offers_what_unicorn_executes_and_hides_silent_misexecution():
+    host = HostInfo("/dev/kvm", True, "test")
+    one = {(e.function, e.index): e for e in cpuid_policy(_supported(), host, vcpu_id=0, ncpus=1)}
+    assert one[(1, 0)].ecx & (1 << 23) and one[(1, 0)].ecx & 1        # popcnt, sse3 offered
+    assert one[(1, 0)].ecx & (1 << 13)                                  # cx16: atomic with one vCPU
+    assert one[(7, 0)].ebx == 1 | (1 << 8)                              # bmi2 kept, bmi1 (tzcnt) hidden
+    assert one[(0x80000001, 0)].ecx == 0                                # lzcnt hidden
+    assert one[(0x80000001, 0)].edx == 1 << 27                          # rdtscp offered
+    four = {(e.function, e.index): e for e in cpuid_policy(_supported(), host, vcpu_id=0, ncpus=4)}
+    assert not four[(1, 0)].ecx & (1 << 13)                             # cx16 hidden with SMP
+    assert "abm/lzcnt" in hidden_features(host) and "popcnt" not in hidden_features(host)
 
 
 def test_cpuid_policy_on_a_normal_host_keeps_features():

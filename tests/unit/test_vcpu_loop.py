@@ -69,6 +69,7 @@ class FakeMachine:
         self._stopping = threading.Event()
         self.outcomes = []
         self.emulation_fallbacks, self.msr_handlers, self.debug_handler = [], {}, None
+        self.fallback = None
         self.memory = GuestMemory(1 * MiB)
         self.post = PostCode()
 
