@@ -12,7 +12,8 @@ keeps hidden for that (the #PF error code, its "exception in flight", the CPL) i
 ``uc_context``. Interrupts come from Python interrupt controllers and timers
 (``attach_platform``): they are delivered between time slices (a controller raising INTR
 ``poke``s the engine to end the slice at once), and HLT becomes an idle wait for the next
-interrupt. SYSENTER, task gates and more than one vCPU are not done yet; a guest that needs them
+interrupt. SYSENTER is done by ``_do_sysenter`` (unicorn runs SYSEXIT itself). Task gates, vm86
+and more than one vCPU are not done yet; a guest that needs them
 gets an EngineCrash naming it, and one whose IDT cannot deliver an exception a triple fault.
 
 Facts this relies on (unicorn 2.1.4, measured here): the instance's mode (16/32/64) decides which
@@ -51,6 +52,9 @@ EFER, STAR, LSTAR, CSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC000008
 EFER_SCE = 1
 _VEC_UD = 6
 _SYSCALL = object()  # the event a SYSCALL hook records
+_SYSENTER = object()
+SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP = 0x174, 0x175, 0x176
+VM = 1 << 17
 
 
 class InterruptController(Protocol):
@@ -122,6 +126,7 @@ class UnicornEngine(Engine):
         self.interrupts_delivered: dict[int, int] = {}
         self.exceptions_delivered: dict[int, int] = {}
         self.syscalls = 0
+        self.sysenters = 0
         self._event: Event | object | None = None
         self._controller: InterruptController | None = None
         self._timers: list[Timer] = []
@@ -153,6 +158,8 @@ class UnicornEngine(Engine):
         uc.ctl_set_exits([])
         uc.hook_add(unicorn.UC_HOOK_INTR, self._interrupt)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
+        # Unicorn turns SYSENTER into a no-op that calls this hook; SYSEXIT it runs itself.
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._sysenter, None, 1, 0, x86.UC_X86_INS_SYSENTER)
         try:
             self._fields = uc_context.ContextFields(uc, uc_context.layout())
         except uc_context.LayoutError as exc:
@@ -218,10 +225,16 @@ class UnicornEngine(Engine):
         self._event = _SYSCALL  # unicorn moves RIP past the instruction once this returns
         uc.emu_stop()
 
+    def _sysenter(self, uc, _user) -> None:
+        self._event = _SYSENTER
+        uc.emu_stop()
+
     def _take_event(self) -> kx.VcpuExit | None:
         event, self._event = self._event, None
         if event is _SYSCALL:
             return self._do_syscall()
+        if event is _SYSENTER:
+            return self._do_sysenter()
         if event.software:
             event.insn_length = self._int_length(event.vector)
         return self._deliver(event)
@@ -257,6 +270,33 @@ class UnicornEngine(Engine):
         uc.reg_write(x86.UC_X86_REG_RFLAGS, rflags & ~uc.reg_read(x86.UC_X86_REG_MSR, SFMASK) & ~RF)
         uc.reg_write(x86.UC_X86_REG_RIP, target)
         self.syscalls += 1
+        return None
+
+    def _do_sysenter(self) -> kx.VcpuExit | None:
+        # SYSENTER (Intel SDM vol. 2B): CPL0 with CS from IA32_SYSENTER_CS, SS = CS + 8, RSP/RIP
+        # from the other two MSRs (truncated outside IA-32e mode), VM/IF/RF cleared. RIP is
+        # already past the 2-byte instruction. The CPU loads fixed flat descriptors; here they
+        # come from the guest's GDT, which every OS sets up to match.
+        uc, x86 = self.uc, self._x86
+        cs = uc.reg_read(x86.UC_X86_REG_MSR, SYSENTER_CS) & 0xFFFC
+        if not self._read_cr0() & 1 or not cs:
+            uc.reg_write(self._ip_id, uc.reg_read(self._ip_id) - 2)
+            return self._deliver(Event(13, 0))
+        long_mode = uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_LMA
+        mask = (1 << 64) - 1 if long_mode else 0xFFFFFFFF
+        esp = uc.reg_read(x86.UC_X86_REG_MSR, SYSENTER_ESP) & mask
+        eip = uc.reg_read(x86.UC_X86_REG_MSR, SYSENTER_EIP) & mask
+        flags = uc.reg_read(self._flags_id) & ~(VM | IF | RF)
+        self._fields.settle(cpl=0)
+        try:
+            uc.reg_write(x86.UC_X86_REG_CS, cs)
+            uc.reg_write(x86.UC_X86_REG_SS, cs + 8)
+        except self._unicorn.UcError as exc:
+            return EngineCrash(f"unicorn refused SYSENTER's CS {cs:#x} / SS {cs + 8:#x}: {exc}")
+        uc.reg_write(self._flags_id, flags)
+        uc.reg_write(self._gpr_ids[6], esp)
+        uc.reg_write(self._ip_id, eip)
+        self.sysenters += 1
         return None
 
     def _deliver(self, event: Event) -> kx.VcpuExit | None:
@@ -305,7 +345,8 @@ class UnicornEngine(Engine):
     def counters(self) -> list[str]:
         """What --stats shows of this engine."""
         lines = [f"unicorn: {self.slices} time slices, {self.emu_seconds:.3f} s inside emu_start "
-                 f"(guest code and the device hooks it calls), {self.syscalls} SYSCALLs"]
+                 f"(guest code and the device hooks it calls), {self.syscalls} SYSCALLs, "
+                 f"{self.sysenters} SYSENTERs"]
         for title, counts in (("exceptions delivered", self.exceptions_delivered),
                               ("interrupts delivered", self.interrupts_delivered)):
             if counts:
@@ -510,8 +551,8 @@ class UnicornEngine(Engine):
                 return Event(_VEC_UD)
             return EngineCrash(f"unicorn: {exc}")
         event, self._event = self._event, None
-        if event is _SYSCALL:  # KVM runs SYSCALL itself: it never reaches a fallback
-            return EngineCrash("unicorn: SYSCALL cannot be single-stepped for another engine")
+        if event is _SYSCALL or event is _SYSENTER:  # KVM runs these itself: never a fallback's
+            return EngineCrash("unicorn: SYSCALL/SYSENTER cannot be single-stepped for another engine")
         if event is not None:
             self._fields.settle()
         return event

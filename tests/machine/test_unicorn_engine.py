@@ -13,6 +13,7 @@ CASES = [
     ("long64", ["--flat-mode", "long"]),
     ("multiboot", ["-m", "64M", "--append", "hello world poweroff"]),
     ("multiboot", ["--append", "exit=9"]),
+    ("sysenter32", ["--flat-mode", "protected", "-m", "16M"]),  # sysenter=3 ucs=1b uss=23 bad=0
 ]
 
 
@@ -22,6 +23,14 @@ def test_same_output_and_exit_code_as_kvm(guests, guest, args):
     uc = hvmrun("--accel", "unicorn", "--kernel", str(guests(guest)), *args, "--timeout", "60")
     assert uc.stdout == kvm.stdout and uc.stdout
     assert uc.returncode == kvm.returncode, uc.stderr
+
+
+def test_sysenter_sysexit_round_trips(guests):
+    r = hvmrun("--accel", "unicorn", "--kernel", str(guests("sysenter32")), "--flat-mode", "protected",
+               "-m", "16M", "--stats", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"sysenter=3 ucs=1b uss=23 bad=0\n"
+    assert b"4 SYSENTERs" in r.stderr
 
 
 def test_interrupt_driven_uart_through_the_python_pic(guests):
