@@ -37,13 +37,14 @@ from ..errors import HostError
 from ..memory import HIGHMEM_BASE, GuestMemory, GuestMemoryError
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
-from . import uc_context
+from . import uc_context, uc_cpuid
 from .events import (
     ERROR_CODE_VECTORS, IF, RF, DeliveryFailed, Delivered, Event, Unsupported, deliver_protected,
     deliver_real_mode,
 )
 from .state import DTable, Fpu, Regs, Segment, SRegs
 
+CPU_MODEL = "BROADWELL"
 UNICORN_VERSION = "2.1.4"  # the version these semantics were validated against (pinned in setup.py)
 
 # A run is cut into slices so a stop request never waits on a guest that spins without exiting.
@@ -144,7 +145,7 @@ class UnicornEngine(Engine):
         # An explicit model, so the instruction set (and what CPUID reports) does not change with
         # unicorn's default: Broadwell is the newest one whose features QEMU 5's TCG executes
         # (SSE4.2, POPCNT, AES, PCLMULQDQ, MOVBE, BMI1/2, ADX, SMAP; AVX is filtered out).
-        uc.ctl_set_cpu_model(x86.UC_CPU_X86_BROADWELL)
+        uc.ctl_set_cpu_model(getattr(x86, f"UC_CPU_X86_{CPU_MODEL}"))
         for r in self.memory.regions:
             uc.mem_map_ptr(r.gpa, r.size, unicorn.UC_PROT_ALL, r.host_addr)
         for base, size in _mmio_holes(self.memory):
@@ -160,6 +161,8 @@ class UnicornEngine(Engine):
         uc.hook_add(unicorn.UC_HOOK_INSN, self._syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
         # Unicorn turns SYSENTER into a no-op that calls this hook; SYSEXIT it runs itself.
         uc.hook_add(unicorn.UC_HOOK_INSN, self._sysenter, None, 1, 0, x86.UC_X86_INS_SYSENTER)
+        self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=0, ncpus=1)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         try:
             self._fields = uc_context.ContextFields(uc, uc_context.layout())
         except uc_context.LayoutError as exc:
@@ -224,6 +227,17 @@ class UnicornEngine(Engine):
     def _syscall(self, uc, _user) -> None:
         self._event = _SYSCALL  # unicorn moves RIP past the instruction once this returns
         uc.emu_stop()
+
+    def _cpuid(self, uc, _user) -> int:
+        x86 = self._x86
+        answer = uc_cpuid.lookup(self._cpuid_table, uc.reg_read(x86.UC_X86_REG_EAX),
+                                 uc.reg_read(x86.UC_X86_REG_ECX))
+        for reg, value in zip((x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX,
+                               x86.UC_X86_REG_RDX) if self.bits == 64 else
+                              (x86.UC_X86_REG_EAX, x86.UC_X86_REG_EBX, x86.UC_X86_REG_ECX,
+                               x86.UC_X86_REG_EDX), answer):
+            uc.reg_write(reg, value)
+        return 1  # skip unicorn's own answer
 
     def _sysenter(self, uc, _user) -> None:
         self._event = _SYSENTER

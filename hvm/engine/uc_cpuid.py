@@ -1,0 +1,65 @@
+"""What CPUID answers under the unicorn engine: unicorn's own model, edited by hvm's policy.
+
+Unicorn's CPUID (QEMU's Broadwell model with what TCG cannot execute already filtered out) is
+truthful about the instruction set, but not about the platform: it reports a local APIC hvm does
+not model under this engine yet. The table is read once from a scratch CPU of the same model,
+edited, and served from a CPUID hook, so the guest sees one consistent answer.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+APIC = 1 << 9  # leaf 1 EDX
+HYPERVISOR = 1 << 31  # leaf 1 ECX
+# Leaves with subleaves (ECX matters); the others ignore ECX.
+_SUBLEAVES = {4: 8, 7: 2, 0xB: 2, 0xD: 64}
+
+
+@cache
+def model_table(model_name: str) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+    """(leaf, subleaf) -> (EAX, EBX, ECX, EDX) as unicorn's ``model_name`` answers them."""
+    import unicorn
+    from unicorn import x86_const as x86
+
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    uc.ctl_set_cpu_model(getattr(x86, f"UC_CPU_X86_{model_name}"))
+    uc.mem_map(0, 0x1000)
+    uc.mem_write(0, b"\x0f\xa2")
+    regs = (x86.UC_X86_REG_EAX, x86.UC_X86_REG_EBX, x86.UC_X86_REG_ECX, x86.UC_X86_REG_EDX)
+
+    def query(leaf: int, sub: int) -> tuple[int, int, int, int]:
+        uc.reg_write(x86.UC_X86_REG_RAX, leaf)
+        uc.reg_write(x86.UC_X86_REG_RCX, sub)
+        uc.emu_start(0, 2)
+        return tuple(uc.reg_read(r) for r in regs)  # type: ignore[return-value]
+
+    table = {}
+    for base in (0, 0x80000000):
+        top = query(base, 0)[0]
+        for leaf in range(base, top + 1):
+            for sub in range(_SUBLEAVES.get(leaf, 1)):
+                table[(leaf, sub)] = query(leaf, sub)
+    return table
+
+
+def policy_table(model_name: str, vcpu_id: int, ncpus: int) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+    """The table one vCPU's CPUID serves."""
+    table = dict(model_table(model_name))
+    eax, ebx, ecx, edx = table[(1, 0)]
+    ebx = (ebx & 0x0000FFFF) | ((vcpu_id & 0xFF) << 24) | ((max(ncpus, 1) & 0xFF) << 16)
+    table[(1, 0)] = (eax, ebx, ecx | HYPERVISOR, edx & ~APIC)
+    return table
+
+
+def lookup(table: dict, leaf: int, sub: int) -> tuple[int, int, int, int]:
+    """CPUID semantics for a table: subleaf ignored where it does not matter, and a leaf past
+    the maximum answers as the highest basic leaf does (Intel SDM vol. 2A, CPUID)."""
+    key = (leaf, sub if leaf in _SUBLEAVES else 0)
+    if key in table:
+        return table[key]
+    if leaf in _SUBLEAVES and (leaf, 0) in table:
+        return (0, 0, 0, 0)  # past the subleaves it enumerates
+    if 0x40000000 <= leaf < 0x80000000:
+        return (0, 0, 0, 0)  # no hypervisor leaves under this engine
+    top = table[(0, 0)][0]
+    return table.get((top, 0), (0, 0, 0, 0))

@@ -1,0 +1,27 @@
+"""CPUID under the unicorn engine: the model's own answers, edited for the platform hvm models."""
+from __future__ import annotations
+
+from hvm.engine import uc_cpuid
+from hvm.engine.unicorn import CPU_MODEL
+
+POPCNT, SSE42, X2APIC = 1 << 23, 1 << 20, 1 << 21
+
+
+def test_policy_keeps_the_instruction_set_and_drops_the_unmodelled_apic():
+    model = uc_cpuid.model_table(CPU_MODEL)
+    table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=2, ncpus=3)
+    eax, ebx, ecx, edx = uc_cpuid.lookup(table, 1, 0)
+    assert ecx & POPCNT and ecx & SSE42 and not ecx & X2APIC
+    assert ecx & uc_cpuid.HYPERVISOR and not edx & uc_cpuid.APIC
+    assert ebx >> 24 == 2 and (ebx >> 16) & 0xFF == 3
+    assert model[(1, 0)][3] & uc_cpuid.APIC  # the model itself has one: the edit is ours
+    assert uc_cpuid.lookup(table, 7, 0)[1] & (1 << 20)  # SMAP: clac/stac run
+
+
+def test_lookup_follows_cpuid_rules_for_unknown_leaves_and_subleaves():
+    table = uc_cpuid.policy_table(CPU_MODEL, 0, 1)
+    top = table[(0, 0)][0]
+    assert uc_cpuid.lookup(table, top + 5, 0) == table[(top, 0)]
+    assert uc_cpuid.lookup(table, 0x40000000, 0) == (0, 0, 0, 0)
+    assert uc_cpuid.lookup(table, 1, 7) == uc_cpuid.lookup(table, 1, 0)  # ECX ignored for leaf 1
+    assert uc_cpuid.lookup(table, 0x80000000, 0)[0] >= 0x80000001
