@@ -1,0 +1,48 @@
+"""The unicorn engine's slice timer: it stops the armed slice at its deadline, and only that one."""
+from __future__ import annotations
+
+import threading
+import time
+
+from hvm.engine.uc_slicer import Slicer
+
+
+def test_a_slice_past_its_deadline_is_stopped_and_reported_cut():
+    stopped = threading.Event()
+    slicer = Slicer(stopped.set)
+    try:
+        slicer.begin(time.monotonic_ns() + 20_000_000)
+        assert not stopped.wait(0.005)
+        assert stopped.wait(2.0)
+        assert slicer.end() is True
+    finally:
+        slicer.close()
+
+
+def test_a_slice_that_ends_first_is_not_stopped_later():
+    stops = []
+    slicer = Slicer(lambda: stops.append(time.monotonic_ns()))
+    try:
+        slicer.begin(time.monotonic_ns() + 30_000_000)
+        assert slicer.end() is False
+        slicer.begin(time.monotonic_ns() + 10_000_000_000)  # the next slice, far off
+        time.sleep(0.08)
+        assert stops == []
+        assert slicer.end() is False
+    finally:
+        slicer.close()
+
+
+def test_an_earlier_deadline_wakes_the_sleeping_thread():
+    stopped = threading.Event()
+    slicer = Slicer(stopped.set)
+    try:
+        slicer.begin(time.monotonic_ns() + 10_000_000_000)
+        time.sleep(0.01)  # the thread now sleeps toward the far deadline
+        slicer.end()
+        t0 = time.monotonic()
+        slicer.begin(time.monotonic_ns() + 5_000_000)
+        assert stopped.wait(2.0) and time.monotonic() - t0 < 1.0
+        assert slicer.end() is True
+    finally:
+        slicer.close()
