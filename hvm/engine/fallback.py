@@ -38,6 +38,14 @@ _OF = 1 << 11
 _IA32_TSC, _TSC_AUX = 0x10, 0xC0000103
 
 
+_FPU_MNEMONICS = ("ldmxcsr", "stmxcsr", "fxsave", "fxrstor", "fwait", "wait", "emms")
+
+
+def _touches_fpu(decoded) -> bool:
+    """The instruction reads or writes SSE/MMX registers, MXCSR or the x87 status."""
+    return "mm" in decoded.op_str or decoded.mnemonic.startswith(_FPU_MNEMONICS) or decoded.mnemonic.startswith("f")
+
+
 class TscAux:
     """IA32_TSC_AUX served from Python (an MsrHandler): KVM refuses it to a guest whose CPUID
     KVM would not give RDTSCP, yet the fallback's RDTSCP must return what the guest wrote."""
@@ -64,6 +72,7 @@ class FallbackExecutor:
         self._pio = (pio_read, pio_write)
         self._say = say
         self._steppers: dict[int, UnicornEngine] = {}
+        self._loaded: dict[int, object] = {}  # per stepper: the SRegs last loaded into it
         self.by_mnemonic: dict[str, int] = {}
         self.seconds = 0.0
         self.crash: EngineCrash | None = None  # why the last instruction could not be executed
@@ -97,7 +106,7 @@ class FallbackExecutor:
         elif name == "rdtscp":
             handled = self._rdtscp(event.vcpu, regs, decoded.size)
         else:
-            handled = self._step(engine, regs)
+            handled = self._step(engine, regs, _touches_fpu(decoded))
         if handled:
             self.by_mnemonic[name] = self.by_mnemonic.get(name, 0) + 1
         self.seconds += time.perf_counter() - t0
@@ -130,13 +139,21 @@ class FallbackExecutor:
         vcpu.engine.set_regs(regs)
         return True
 
-    def _step(self, engine, regs: Regs) -> bool:
+    def _step(self, engine, regs: Regs, with_fpu: bool) -> bool:
+        # Each state move costs tens of µs through unicorn's binding: the SSE registers move only
+        # for instructions that name them, and the system registers only when they changed
+        # (then the TLB is flushed on its own, as guest page tables may have changed).
         sregs = engine.get_sregs()
-        fpu = engine.get_fpu()
         stepper = self._stepper(sregs.code_bits)
-        stepper.set_sregs(sregs)
+        if sregs != self._loaded.get(stepper.bits):
+            stepper.set_sregs(sregs)
+            self._loaded[stepper.bits] = sregs
+        else:
+            stepper.flush_tlb()
         stepper.set_regs(regs)
-        stepper.set_fpu(fpu)
+        fpu = engine.get_fpu() if with_fpu else None
+        if fpu is not None:
+            stepper.set_fpu(fpu)
         raised = stepper.step()
         if isinstance(raised, EngineCrash):
             self.crash = raised
@@ -149,9 +166,10 @@ class FallbackExecutor:
             regs.rip, regs.rflags = after.rip, after.rflags
             after = regs
         engine.set_regs(after)
-        new_fpu = stepper.get_fpu()
-        if new_fpu != fpu:
-            engine.set_fpu(new_fpu)
+        if fpu is not None:
+            new_fpu = stepper.get_fpu()
+            if new_fpu != fpu:
+                engine.set_fpu(new_fpu)
         if raised is not None:  # an events.Event: what the instruction raised
             if raised.vector == _VEC_PF:
                 sregs.cr2 = stepper.get_sregs().cr2

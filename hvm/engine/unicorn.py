@@ -556,6 +556,12 @@ class UnicornEngine(Engine):
         uc.reg_write(x86.UC_X86_REG_FPCW, fpu.fcw)
         uc.reg_write(x86.UC_X86_REG_FPSW, fpu.fsw)
 
+    def flush_tlb(self) -> None:
+        """Forget cached translations (the Python binding of 2.1.4 has no TLB-flush control;
+        rewriting CR3 makes QEMU flush)."""
+        cr3 = self._x86.UC_X86_REG_CR3
+        self.uc.reg_write(cr3, self.uc.reg_read(cr3))
+
     def step(self) -> Event | kx.VcpuExit | None:
         """Execute the one instruction at RIP on the state last set; the exception or interrupt
         it raised is returned, not delivered (RIP at the instruction, or past it for INT n).
