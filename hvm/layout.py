@@ -19,7 +19,9 @@ KVM_IDENTITY_MAP = 0xFFFBC000
 KVM_TSS = 0xFFFBD000
 
 IOAPIC_BASE = 0xFEC00000
+IOAPIC_SIZE = 0x1000
 LAPIC_BASE = 0xFEE00000
+LAPIC_SIZE = 0x1000
 
 
 def e820_map(mem: GuestMemory) -> list[tuple[int, int, int]]:

@@ -281,28 +281,49 @@ class Machine:
             if self.vm is not None:
                 line = IrqLine(gsi, self.vm.irq_line)
             else:
-                if not 0 <= gsi < 16:
-                    raise ValueError(f"IRQ {gsi}: the software engine has only the 8259 pair (IRQ 0-15) so far")
-                line = self.pic.irq_line(gsi)
+                if not 0 <= gsi < 24:
+                    raise ValueError(f"GSI {gsi}: the IOAPIC has 24 pins (0-23)")
+                line = IrqLine(gsi, self._software_irq)
             self._irqs[gsi] = line
         return line
 
     def _software_platform(self) -> None:
-        # KVM keeps the PIC pair and the PIT in the kernel; under unicorn they are Python devices
-        # at the same ports, and the engine takes interrupts from the PIC between time slices.
+        # KVM keeps the PIC pair, PIT, IOAPIC and LAPIC in the kernel; under unicorn they are
+        # Python devices at the same ports and addresses. The engine takes interrupts from the
+        # LAPIC, which passes the PIC's through LINT0 (virtual wire) until the guest sets it up.
+        from .devices.irq.apic_bus import ApicBus
+        from .devices.irq.ioapic import IoApic
+        from .devices.irq.lapic import LocalApic
         from .devices.irq.pic8259 import Pic8259Pair
         from .devices.irq.pit8254 import Pit8254
         from .engine.unicorn import UnicornEngine
 
-        self._unicorn = UnicornEngine(self.memory, self.mmio)
-        self.pic = Pic8259Pair(on_intr=self._unicorn.poke)
+        self._unicorn = engine = UnicornEngine(self.memory, self.mmio)
+        self.pic = Pic8259Pair(on_intr=engine.poke)
         self.add_port_device(0x20, 2, self.pic.master, "pic-master")
         self.add_port_device(0xA0, 2, self.pic.slave, "pic-slave")
         self.add_port_device(0x4D0, 2, self.pic.elcr, "elcr")
+        self.apic_bus = ApicBus()
+        self.ioapic = IoApic(self.apic_bus.route)
+        self.apic_bus.add_ioapic(self.ioapic)
+        self.add_mmio_device(layout.IOAPIC_BASE, layout.IOAPIC_SIZE, self.ioapic, "ioapic")
+        # No TSC view: unicorn cannot hand WRMSR to hvm, so TSC-deadline mode stays unavailable
+        # (the CPUID unicorn reports does not offer it either).
+        self.lapic = LocalApic(0, send=self.apic_bus.route, eoi=self.apic_bus.eoi, on_intr=engine.poke,
+                               extint=self.pic, x2apic=False)
+        self.apic_bus.add_lapic(self.lapic)
+        self.add_mmio_device(layout.LAPIC_BASE, layout.LAPIC_SIZE, self.lapic, "lapic")
         self.pit = Pit8254(self.irq(0))
         self.add_port_device(0x40, 4, self.pit.ports, "pit")
         self.add_port_device(0x61, 1, self.pit.port61, "port61")
-        self._unicorn.attach_platform(self.pic, [self.pit])
+        engine.attach_platform(self.lapic, [self.pit, self.lapic])
+
+    def _software_irq(self, gsi: int, level: bool) -> None:
+        # An ISA line reaches both the 8259 pair and the IOAPIC; IRQ 0 is IOAPIC pin 2, the
+        # interrupt source override every PC firmware (and QEMU's MADT) declares.
+        if gsi < 16:
+            self.pic.set_irq(gsi, level)
+        self.ioapic.set_irq(2 if gsi == 0 else gsi, level)
 
     def add_port_device(self, base: int, length: int, device: Device, name: str | None = None) -> None:
         """Attach a device to I/O ports ``[base, base+length)``."""

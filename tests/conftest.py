@@ -31,6 +31,7 @@ RECIPES = {
     "events64": GuestRecipe("events64.S", 64, 0x100000),
     "isa64": GuestRecipe("isa64.S", 64, 0x100000),
     "sysenter32": GuestRecipe("sysenter32.S", 32, 0x100000),
+    "apic64": GuestRecipe("apic64.S", 64, 0x100000),
     "multiboot": GuestRecipe("multiboot.S", 32),
     "outloop": GuestRecipe("outloop.S", 32),
     "smp": GuestRecipe("smp.S", 32),

@@ -1,9 +1,9 @@
 """What CPUID answers under the unicorn engine: unicorn's own model, edited by hvm's policy.
 
-Unicorn's CPUID (QEMU's Broadwell model with what TCG cannot execute already filtered out) is
-truthful about the instruction set, but not about the platform: it reports a local APIC hvm does
-not model under this engine yet. The table is read once from a scratch CPU of the same model,
-edited, and served from a CPUID hook, so the guest sees one consistent answer.
+Unicorn's CPUID (QEMU's Broadwell model with what TCG cannot execute already filtered out, x2APIC
+and TSC-deadline among it) is truthful about the instruction set; hvm adds what it knows of the
+platform (the hypervisor bit, APIC ID and CPU count). The table is read once from a scratch CPU of
+the same model, edited, and served from a CPUID hook, so the guest sees one consistent answer.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def policy_table(model_name: str, vcpu_id: int, ncpus: int) -> dict[tuple[int, i
     table = dict(model_table(model_name))
     eax, ebx, ecx, edx = table[(1, 0)]
     ebx = (ebx & 0x0000FFFF) | ((vcpu_id & 0xFF) << 24) | ((max(ncpus, 1) & 0xFF) << 16)
-    table[(1, 0)] = (eax, ebx, ecx | HYPERVISOR, edx & ~APIC)
+    table[(1, 0)] = (eax, ebx, ecx | HYPERVISOR, edx)
     return table
 
 

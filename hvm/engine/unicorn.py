@@ -60,7 +60,7 @@ VM = 1 << 17
 
 
 class InterruptController(Protocol):
-    """What the engine needs of a PIC (or, later, a LAPIC): the INTR line and the INTA cycle."""
+    """What the engine needs of a PIC or LAPIC: the INTR line and the INTA cycle."""
 
     def intr(self) -> bool:
         """An interrupt is requested."""
@@ -70,7 +70,7 @@ class InterruptController(Protocol):
 
 
 class Timer(Protocol):
-    """A device that changes state with time (PIT, later the LAPIC timer, RTC)."""
+    """A device that changes state with time (PIT, LAPIC timer, later the RTC)."""
 
     def tick(self) -> None:
         """Bring the device up to the current time (may raise interrupts)."""

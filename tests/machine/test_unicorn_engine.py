@@ -2,6 +2,8 @@
 and exit codes as under KVM, and exceptions, privilege changes and SYSCALL behave architecturally."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import hvmrun
@@ -31,6 +33,18 @@ def test_sysenter_sysexit_round_trips(guests):
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"sysenter=3 ucs=1b uss=23 bad=0\n"
     assert b"4 SYSENTERs" in r.stderr
+
+
+def test_lapic_timer_and_ioapic_interrupts_arrive_and_not_early(guests):
+    r = hvmrun("--accel", "unicorn", "--kernel", str(guests("apic64")), "--flat-mode", "long", "-m", "16M",
+               "--stats", "--timeout", "60")
+    assert r.returncode == 65, r.stderr
+    assert r.stdout == b"periodic=a oneshot=1 count=0 ioapic=5\n"
+    err = r.stderr.decode()
+    # 11 LAPIC periods of 2 ms (1 GHz bus, divide 1) and 5 PIT periods of 11932 clocks.
+    wall = float(re.search(r"wall time\s+([0-9.]+) s", err).group(1))
+    assert wall >= 11 * 0.002 + 5 * 11932 / 1_193_182, err
+    assert re.search(r"0x40\s+11\n", err) and re.search(r"0x42\s+5\n", err), err
 
 
 def test_interrupt_driven_uart_through_the_python_pic(guests):
