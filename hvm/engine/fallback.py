@@ -20,6 +20,7 @@ instructions are atomic only against one vCPU: with several, the CPUID policy hi
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
@@ -77,6 +78,8 @@ class FallbackExecutor:
         self.seconds = 0.0
         self.crash: EngineCrash | None = None  # why the last instruction could not be executed
         self.tsc_aux = TscAux()
+        # vCPU threads share the unicorn CPUs: one instruction at a time.
+        self._lock = threading.Lock()
         self.tsc_aux_served = False  # set by the machine when it registers ``tsc_aux``
 
     def _stepper(self, bits: int) -> "UnicornEngine":
@@ -91,9 +94,13 @@ class FallbackExecutor:
         return stepper
 
     def __call__(self, event: "EmulationEvent") -> bool:
-        decoded = event.decoded
-        if decoded is None:
+        if event.decoded is None:
             return False
+        with self._lock:
+            return self._execute(event)
+
+    def _execute(self, event: "EmulationEvent") -> bool:
+        decoded = event.decoded
         t0 = time.perf_counter()
         engine = event.vcpu.engine
         name = decoded.mnemonic
