@@ -275,7 +275,8 @@ class Machine:
         return self.serial_ports[0]
 
     def irq(self, gsi: int) -> IrqLine:
-        """The interrupt line ``gsi`` of the in-kernel PIC/IOAPIC, to hand to a device."""
+        """The interrupt line ``gsi`` (PIC/IOAPIC: in the kernel under KVM, in Python under unicorn),
+        to hand to a device."""
         line = self._irqs.get(gsi)
         if line is None:
             if self.vm is not None:
