@@ -132,6 +132,17 @@ class Stats:
         return "\n".join(lines)
 
 
+def _pc_gsi_routes() -> list[tuple[int, int, int]]:
+    """KVM's irqchip routes as on a PC: ISA IRQs to the 8259 pair, GSI n to IOAPIC pin n, except
+    that IRQ 0 (the PIT) is pin 2, the interrupt source override PC firmware declares and the
+    software engine's wiring follows. KVM's default table routes IRQ 0 to pin 0."""
+    routes = [(irq, lib.KVM_IRQCHIP_PIC_MASTER if irq < 8 else lib.KVM_IRQCHIP_PIC_SLAVE, irq % 8)
+              for irq in range(16)]
+    routes += [(0, lib.KVM_IRQCHIP_IOAPIC, 2)]
+    routes += [(gsi, lib.KVM_IRQCHIP_IOAPIC, gsi) for gsi in range(1, 24) if gsi != 2]
+    return routes
+
+
 def _say(message: str) -> None:
     sys.stderr.write(f"hvm: {message}\n")
 
@@ -204,6 +215,7 @@ class Machine:
             for slot, region in enumerate(self.memory.regions):
                 self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
             self.vm.create_irqchip()
+            self.vm.set_gsi_routing(_pc_gsi_routes())
             self.vm.create_pit2()
 
         self.pio = PortIOBus()

@@ -43,6 +43,7 @@ CONSTANTS = [
     "KVM_MSR_FILTER_DEFAULT_DENY", "KVM_MSR_FILTER_MAX_RANGES",
     "KVM_IOEVENTFD_FLAG_DATAMATCH", "KVM_IOEVENTFD_FLAG_PIO", "KVM_IOEVENTFD_FLAG_DEASSIGN",
     "KVM_IRQFD_FLAG_DEASSIGN", "KVM_PIT_SPEAKER_DUMMY",
+    "KVM_IRQ_ROUTING_IRQCHIP", "KVM_IRQCHIP_PIC_MASTER", "KVM_IRQCHIP_PIC_SLAVE", "KVM_IRQCHIP_IOAPIC",
     "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP", "KVM_GUESTDBG_USE_SW_BP",
     "KVM_GUESTDBG_USE_HW_BP", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP",
     # capabilities we name in errors or probe
@@ -100,6 +101,10 @@ typedef struct { uint8_t injected; uint8_t pending; uint8_t masked; uint8_t pad;
 struct kvm_vcpu_events { hvm_events_exception exception; hvm_events_interrupt interrupt;
     hvm_events_nmi nmi; uint32_t sipi_vector; uint32_t flags; ...; };
 struct kvm_clock_data { uint64_t clock; uint32_t flags; ...; };
+struct kvm_irq_routing_irqchip { uint32_t irqchip; uint32_t pin; };
+struct kvm_irq_routing_entry { uint32_t gsi; uint32_t type; uint32_t flags; ...; };
+struct kvm_irq_routing { uint32_t nr; uint32_t flags; struct kvm_irq_routing_entry entries[]; ...; };
+static const int HVM_ROUTE_UNION_OFFSET;
 
 /* The vCPU's exit exchange page: fixed part, then one union member per exit reason. */
 struct kvm_run { uint8_t request_interrupt_window; uint8_t immediate_exit; uint32_t exit_reason;
@@ -149,6 +154,7 @@ typedef struct { __u32 exception; __u32 pad; __u64 pc; __u64 dr6; __u64 dr7; } h
 _Static_assert(sizeof(hvm_run_debug) == sizeof(((struct kvm_run *)0)->debug.arch), "debug layout");
 
 static const int HVM_RUN_EXIT_UNION_OFFSET = offsetof(struct kvm_run, io);
+static const int HVM_ROUTE_UNION_OFFSET = offsetof(struct kvm_irq_routing_entry, u);
 
 /* One typed entry point per argument kind: cffi calls release the GIL, so KVM_RUN blocks
    only its own thread. */

@@ -184,6 +184,20 @@ class Vm:
         arg = ffi.new("struct kvm_irq_level *", {"irq": gsi, "level": 1 if level else 0})
         _ioctl(self.fd, "KVM_IRQ_LINE", arg)
 
+    def set_gsi_routing(self, routes: Sequence[tuple[int, int, int]]) -> None:
+        """KVM_SET_GSI_ROUTING with irqchip routes (gsi, irqchip, pin); replaces the whole table."""
+        entry = ffi.sizeof("struct kvm_irq_routing_entry")
+        buf = ffi.new("char[]", ffi.sizeof("struct kvm_irq_routing") + entry * len(routes))
+        table = ffi.cast("struct kvm_irq_routing *", buf)
+        table.nr = len(routes)
+        for i, (gsi, chip, pin) in enumerate(routes):
+            e = table.entries[i]
+            e.gsi, e.type = gsi, lib.KVM_IRQ_ROUTING_IRQCHIP
+            target = ffi.cast("struct kvm_irq_routing_irqchip *",
+                              ffi.cast("char *", ffi.addressof(e)) + lib.HVM_ROUTE_UNION_OFFSET)
+            target.irqchip, target.pin = chip, pin
+        _ioctl(self.fd, "KVM_SET_GSI_ROUTING", table)
+
     def signal_msi(self, address: int, data: int) -> int:
         """KVM_SIGNAL_MSI: inject one message-signalled interrupt; returns >0 if delivered."""
         msi = ffi.new("struct kvm_msi *", {"address_lo": address & 0xFFFFFFFF,

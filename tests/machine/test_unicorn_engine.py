@@ -16,6 +16,7 @@ CASES = [
     ("multiboot", ["-m", "64M", "--append", "hello world poweroff"]),
     ("multiboot", ["--append", "exit=9"]),
     ("sysenter32", ["--flat-mode", "protected", "-m", "16M"]),  # sysenter=3 ucs=1b uss=23 bad=0
+    ("apic64", ["--flat-mode", "long", "-m", "16M"]),  # LAPIC timer, PIT through IOAPIC pin 2
 ]
 
 
