@@ -7,14 +7,16 @@ a unicorn CPU sharing guest RAM and the buses, that one instruction executes the
 state moves back. What the instruction raises (a #PF on its memory operand, #UD, #GP) is injected
 into KVM, which delivers it through the guest's IDT as the CPU would have.
 
-Three kinds need no unicorn: software interrupts (INT3, INTO, INT1, INT n) are injected as
-events, since delivering them is exactly what KVM still does; and RDTSCP is answered from KVM's
-own TSC and TSC_AUX so the guest sees one clock (unicorn would read the host TSC, KVM's guest TSC
-is offset from it).
+Two kinds need no unicorn: software interrupts (INT3, INTO, INT1, INT n) are injected as events,
+since delivering them is exactly what KVM still does; and RDTSCP is answered from KVM's own TSC
+and TSC_AUX so the guest sees one clock (unicorn would read the host TSC, KVM's guest TSC is
+offset from it).
 
-Moved across: general-purpose registers, RIP, RFLAGS, the SSE registers, MXCSR and the x87
-control/status words; control, segment and descriptor-table registers are loaded into unicorn
-but never taken back (no refused instruction changes them). Memory writes go straight to guest
+Moved across: general-purpose registers, RIP, RFLAGS and, for instructions that name them, the
+SSE registers, MXCSR and the x87 control/status words; control, segment and descriptor-table
+registers are loaded into unicorn when they changed but never taken back (no refused instruction
+changes them). Unicorn fills segment caches from the selectors (the guest's GDT, or selector x 16
+in real mode), so a guest whose caches differ from its tables (unreal mode) is not reproduced. Memory writes go straight to guest
 RAM, so KVM's dirty log does not see them (to be handled with live migration). Locked
 instructions are atomic only against one vCPU: with several, the CPUID policy hides CX16.
 """
@@ -39,12 +41,13 @@ _OF = 1 << 11
 _IA32_TSC, _TSC_AUX = 0x10, 0xC0000103
 
 
-_FPU_MNEMONICS = ("ldmxcsr", "stmxcsr", "fxsave", "fxrstor", "fwait", "wait", "emms")
+# x87 mnemonics all start with "f" (fwait, fxsave, fxrstor among them); these do not.
+_FPU_MNEMONICS = ("f", "ldmxcsr", "stmxcsr", "wait", "emms")
 
 
 def _touches_fpu(decoded) -> bool:
     """The instruction reads or writes SSE/MMX registers, MXCSR or the x87 status."""
-    return "mm" in decoded.op_str or decoded.mnemonic.startswith(_FPU_MNEMONICS) or decoded.mnemonic.startswith("f")
+    return "mm" in decoded.op_str or decoded.mnemonic.startswith(_FPU_MNEMONICS)
 
 
 class TscAux:
