@@ -1,5 +1,5 @@
 /* Local APIC timer and IOAPIC routing (flat binary at 0x100000, entered in 64-bit mode on hvm's
-   identity page tables, which cover the APIC pages). Interrupt handlers count and EOI:
+   identity page tables, which cover the APIC pages; GDT and IDT from sys64.S). Interrupt handlers count and EOI:
      1. LAPIC timer, periodic (vector 0x40, divide 1, 2,000,000 bus clocks): 10 interrupts;
      2. LAPIC timer, one-shot, same count: exactly 1 interrupt, then the current count reads 0;
      3. the PIT (mode 2, 11932 clocks ~ 10 ms) with the 8259 pair masked, through IOAPIC pin 2
@@ -14,9 +14,9 @@
         .code64
         .text
         .globl _start
-_start: lea stack_top(%rip), %rsp
+_start: lea kstack_top(%rip), %rsp
+        call sys64_init
         call build_idt
-        lidt idt_ptr(%rip)
         mov $0xff, %al                  /* both 8259s masked: only the APIC path may deliver */
         out %al, $0x21
         out %al, $0xa1
@@ -80,27 +80,15 @@ eoi:    push %rax
         pop %rax
         iretq
 
-build_idt:                              /* gates 0x40 and 0x42, with the CS we run on */
-        mov %cs, %eax
-        mov %eax, %edx
+build_idt:                              /* gates 0x40 and 0x42 */
+        mov $0x8e00, %edx
+        xor %ecx, %ecx
+        mov $0x40, %ebx
         lea timer_handler(%rip), %rax
-        lea idt + 0x40 * 16(%rip), %rdi
         call set_gate
+        mov $0x42, %ebx
         lea pit_handler(%rip), %rax
-        lea idt + 0x42 * 16(%rip), %rdi
         call set_gate
-        ret
-
-/* gate at %rdi <- handler %rax, selector %dx: present 64-bit interrupt gate, DPL0 */
-set_gate:
-        mov %ax, (%rdi)
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        movl $0, 12(%rdi)
         ret
 
 report:
@@ -125,6 +113,7 @@ report:
         ret
 
         .include "lib64.S"
+        .include "sys64.S"
 
 s_periodic: .asciz "periodic="
 s_oneshot: .asciz " oneshot="
@@ -136,9 +125,6 @@ pit_count: .quad 0
 periodic: .quad 0
 oneshot: .quad 0
 count_left: .quad 0
-idt_ptr: .word 256 * 16 - 1
-        .quad idt
         .balign 4096
-idt:    .space 4096
         .space 4096
-stack_top:
+kstack_top:

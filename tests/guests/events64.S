@@ -11,11 +11,6 @@
              through a DPL0 gate (#GP with error code 0x412), and int $0x81 back to the kernel.
    It prints one line of counters and results, then exits through isa-debug-exit with 0x20
    (status 65) when every check held, 0x21 (status 67) otherwise. */
-        .set KCODE, 0x08
-        .set KDATA, 0x10
-        .set UDATA, 0x1b
-        .set UCODE, 0x23
-        .set TSSSEL, 0x28
         .set DEMAND, 0x40000000         /* 2 MiB of demand-paged virtual space */
         .set BACKING, 0x2000000         /* its physical pages, 32 MiB up */
         .ifndef PASSES
@@ -26,34 +21,11 @@
         .text
         .globl _start
 _start: lea kstack_top(%rip), %rsp
-        lgdt gdt_ptr(%rip)
-        lea 1f(%rip), %rax
-        push $KCODE
-        push %rax
-        lretq
-1:      mov $KDATA, %ax
-        mov %ax, %ds
-        mov %ax, %es
-        mov %ax, %ss
-        /* TSS descriptor: base split over the 16-byte system descriptor. */
-        lea tss(%rip), %rax
-        lea gdt_tss(%rip), %rdi
-        mov %ax, 2(%rdi)
-        shr $16, %rax
-        mov %al, 4(%rdi)
-        mov %ah, 7(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        lea kstack_top(%rip), %rax
-        mov %rax, tss+4(%rip)           /* RSP0 */
+        call sys64_init
         lea ist_top(%rip), %rax
         mov %rax, tss+0x24(%rip)        /* IST1 */
-        mov $TSSSEL, %ax
-        ltr %ax
-
         call build_idt
         call build_page_tables
-        lidt idt_ptr(%rip)
 
         /* SSE for the user part: CR0.EM=0, MP=1; CR4.OSFXSR|OSXMMEXCPT. */
         mov %cr0, %rax
@@ -117,14 +89,9 @@ _start: lea kstack_top(%rip), %rsp
 
         /* To CPL3. */
         mov %rsp, kernel_rsp(%rip)
-        push $UDATA
-        lea ustack_top(%rip), %rax
-        push %rax
-        push $0x202
-        push $UCODE
         lea user_entry(%rip), %rax
-        push %rax
-        iretq
+        lea ustack_top(%rip), %rdx
+        jmp user_iret
 
 back_in_kernel:
         mov kernel_rsp(%rip), %rsp
@@ -303,23 +270,6 @@ build_idt:
         call set_gate
         ret                             /* 0x82 stays DPL0: user int $0x82 is a #GP */
 
-/* gate %ebx <- handler %rax, type/DPL word %edx, IST %ecx */
-set_gate:
-        lea idt(%rip), %rdi
-        shl $4, %rbx
-        add %rbx, %rdi
-        shr $4, %rbx
-        mov %ax, (%rdi)
-        movw $KCODE, 2(%rdi)
-        mov %cl, 4(%rdi)
-        mov %dh, 5(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        movl $0, 12(%rdi)
-        ret
-
 unexpected:
         movq $0x21, result(%rip)
         jmp back_in_kernel
@@ -407,6 +357,7 @@ field:  cmp $s_de, %rsi
         jmp puthex64
 
         .include "lib64.S"
+        .include "sys64.S"
 
 s_de:   .asciz "de="
 s_ud:   .asciz "ud="
@@ -421,19 +372,6 @@ s_gp:   .asciz "gp="
 s_cs:   .asciz "cs="
 
         .balign 8
-gdt:    .quad 0
-        .quad 0x00af9b000000ffff        /* 0x08 kernel code, 64-bit */
-        .quad 0x00cf93000000ffff        /* 0x10 kernel data */
-        .quad 0x00cff3000000ffff        /* 0x18 user data, DPL3 */
-        .quad 0x00affb000000ffff        /* 0x20 user code, 64-bit, DPL3 */
-gdt_tss: .quad 0x0000890000000067       /* 0x28 available 64-bit TSS, base filled in */
-        .quad 0
-gdt_end:
-gdt_ptr: .word gdt_end - gdt - 1
-        .quad gdt
-idt_ptr: .word 256 * 16 - 1
-        .quad idt
-
 result:        .quad 0
 kernel_rsp:    .quad 0
 de_count:      .quad 0
@@ -449,11 +387,7 @@ popcnt_result: .quad 0
 sse_result:    .quad 0
 user_cs:       .quad 0
 
-        .balign 16
-tss:    .space 0x68
-
         .balign 4096
-idt:    .space 4096
 pml4:   .space 4096
 pdpt:   .space 4096
 pd0:    .space 4096

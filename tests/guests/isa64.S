@@ -8,11 +8,6 @@
    then exits through isa-debug-exit with 0x20 (status 65) when every check held, 0x21 (67)
    otherwise. Every value is compared inside the guest too, so a silent mis-execution (lzcnt run
    as bsr) fails it. */
-        .set KCODE, 0x08
-        .set KDATA, 0x10
-        .set UDATA, 0x1b
-        .set UCODE, 0x23
-        .set TSSSEL, 0x28
         .set TSC_AUX, 0xc0000103
         .set AUX_VALUE, 0x2a
         .set UNMAPPED, 0x40000000       /* PDPT[1] is not present */
@@ -21,31 +16,10 @@
         .text
         .globl _start
 _start: lea kstack_top(%rip), %rsp
-        lgdt gdt_ptr(%rip)
-        lea 1f(%rip), %rax
-        push $KCODE
-        push %rax
-        lretq
-1:      mov $KDATA, %ax
-        mov %ax, %ds
-        mov %ax, %es
-        mov %ax, %ss
-        lea tss(%rip), %rax             /* TSS descriptor base, split over 16 bytes */
-        lea gdt_tss(%rip), %rdi
-        mov %ax, 2(%rdi)
-        shr $16, %rax
-        mov %al, 4(%rdi)
-        mov %ah, 7(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        lea kstack_top(%rip), %rax
-        mov %rax, tss+4(%rip)           /* RSP0 */
-        mov $TSSSEL, %ax
-        ltr %ax
+        call sys64_init
         mov %rsp, kernel_rsp(%rip)      /* where back_in_kernel (and `unexpected`) resume */
         call build_idt
         call build_page_tables
-        lidt idt_ptr(%rip)
         mov %cr0, %rax                  /* SSE: CR0.EM=0, MP=1; CR4.OSFXSR|OSXMMEXCPT */
         and $~4, %rax
         or $2, %rax
@@ -157,14 +131,9 @@ int_ret0:
         movq $1, lzcnt_state(%rip)      /* 1: ok */
 9:
         /* ---- to CPL3 ---- */
-        push $UDATA
-        lea ustack_top(%rip), %rax
-        push %rax
-        push $0x202
-        push $UCODE
         lea user_entry(%rip), %rax
-        push %rax
-        iretq
+        lea ustack_top(%rip), %rdx
+        jmp user_iret
 back_in_kernel:
         mov kernel_rsp(%rip), %rsp
         mov $KDATA, %ax
@@ -246,6 +215,7 @@ unexpected:
 
 build_idt:
         xor %ebx, %ebx
+        xor %ecx, %ecx                  /* no IST */
 1:      lea unexpected(%rip), %rax
         mov $0x8e00, %edx
         call set_gate
@@ -264,23 +234,6 @@ build_idt:
         lea int30_handler(%rip), %rax
         mov $0x8e00, %edx
         call set_gate
-        ret
-
-/* gate %ebx <- handler %rax, type/DPL word %edx */
-set_gate:
-        lea idt(%rip), %rdi
-        shl $4, %rbx
-        add %rbx, %rdi
-        shr $4, %rbx
-        mov %ax, (%rdi)
-        movw $KCODE, 2(%rdi)
-        movb $0, 4(%rdi)
-        mov %dh, 5(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        movl $0, 12(%rdi)
         ret
 
 /* PML4[0] -> PDPT[0] -> PD: 16 MiB identity in 2 MiB user-accessible pages. */
@@ -341,6 +294,7 @@ report:
         ret
 
         .include "lib64.S"
+        .include "sys64.S"
 
         .balign 8
 /* name, value address, expected value; the crc values are crc32c(data) from ~0, no final xor */
@@ -389,19 +343,6 @@ vec_a:  .long 1, 2, 3, 0x7fffffff
 vec_b:  .long 0x10, 0x20, 0x30, 1
 vec_sum: .quad 0, 0
 pair:   .quad 1, 2
-gdt:    .quad 0
-        .quad 0x00af9b000000ffff        /* 0x08 kernel code, 64-bit */
-        .quad 0x00cf93000000ffff        /* 0x10 kernel data */
-        .quad 0x00cff3000000ffff        /* 0x18 user data, DPL3 */
-        .quad 0x00affb000000ffff        /* 0x20 user code, 64-bit, DPL3 */
-gdt_tss: .quad 0x0000890000000067       /* 0x28 available 64-bit TSS, base filled in */
-        .quad 0
-gdt_end:
-gdt_ptr: .word gdt_end - gdt - 1
-        .quad gdt
-idt_ptr: .word 256 * 16 - 1
-        .quad idt
-
 result:      .quad 0
 kernel_rsp:  .quad 0
 k_popcnt:    .quad 0
@@ -421,11 +362,7 @@ u_crc:       .quad 0
 u_sse:       .quad 0
 lzcnt_state: .quad 0
 
-        .balign 16
-tss:    .space 0x68
-
         .balign 4096
-idt:    .space 4096
 pml4:   .space 4096
 pdpt:   .space 4096
 pd:     .space 4096
