@@ -239,11 +239,8 @@ class UnicornEngine(Engine):
         x86 = self._x86
         answer = uc_cpuid.lookup(self._cpuid_table, uc.reg_read(x86.UC_X86_REG_EAX),
                                  uc.reg_read(x86.UC_X86_REG_ECX))
-        for reg, value in zip((x86.UC_X86_REG_RAX, x86.UC_X86_REG_RBX, x86.UC_X86_REG_RCX,
-                               x86.UC_X86_REG_RDX) if self.bits == 64 else
-                              (x86.UC_X86_REG_EAX, x86.UC_X86_REG_EBX, x86.UC_X86_REG_ECX,
-                               x86.UC_X86_REG_EDX), answer):
-            uc.reg_write(reg, value)
+        # CPUID zeroes the upper halves in 64-bit mode: the first four state ids are RAX..RDX.
+        uc.reg_write_batch(list(zip(self._gpr_ids[:4], answer)))
         return 1  # skip unicorn's own answer
 
     def _sysenter(self, uc, _user) -> None:
