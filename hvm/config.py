@@ -80,8 +80,6 @@ class MachineConfig:
             raise ConfigError(f"-c {self.cpus}: the number of vCPUs must be between 1 and 255")
         if self.accel not in ACCELS:
             raise ConfigError(f"unknown accelerator {self.accel!r} (choose from {', '.join(ACCELS)})")
-        if self.accel == "unicorn" and self.cpus > 1:
-            raise ConfigError(f"-c {self.cpus}: the unicorn engine runs one vCPU for now")
         if self.kernel is None:
             raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
         if self.initrd is not None and self.modules:

@@ -132,6 +132,21 @@ class Stats:
         return "\n".join(lines)
 
 
+class _CurrentCpuDevice(Device):
+    """A per-CPU device at one address (the local APIC page): each vCPU reaches its own."""
+
+    name = "lapic"
+
+    def __init__(self, devices: list[Device], current: Callable[[], int]):
+        self.devices, self.current = devices, current
+
+    def read(self, offset: int, size: int) -> int:
+        return self.devices[self.current()].read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.devices[self.current()].write(offset, size, value)
+
+
 def _pc_gsi_routes() -> list[tuple[int, int, int]]:
     """KVM's irqchip routes as on a PC: ISA IRQs to the 8259 pair, GSI n to IOAPIC pin n, except
     that IRQ 0 (the PIT) is pin 2, the interrupt source override PC firmware declares and the
@@ -181,8 +196,6 @@ class Machine:
         self.config = config.validate()
         self.host: HostInfo = host_info(config.kvm_path)
         self.accel, self.accel_reason = choose_accel(config.accel, config.kvm_path, self.host)
-        if self.accel == "unicorn" and config.cpus > 1:
-            raise ConfigError(f"-c {config.cpus}: the unicorn engine runs one vCPU for now")
         self.emulation_fallbacks: list[EmulationFallback] = []
         self.msr_handlers: dict[int, MsrHandler] = {}
         self.debug_handler: Callable | None = None
@@ -257,7 +270,7 @@ class Machine:
                 kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus, cfg.fallback))
                 self.vcpus.append(Vcpu(self, index, KvmEngine(kvcpu, irqchip=True)))
         else:
-            self.vcpus.append(Vcpu(self, 0, self._unicorn))
+            self.vcpus += [Vcpu(self, index, engine) for index, engine in enumerate(self._unicorn_engines)]
         if self.fallback is not None and self.host.emulation_only:
             self.add_msr_handler(TSC_AUX, self.fallback.tsc_aux)
             self.fallback.tsc_aux_served = True
@@ -301,18 +314,23 @@ class Machine:
         return line
 
     def _software_platform(self) -> None:
-        # KVM keeps the PIC pair, PIT, IOAPIC and LAPIC in the kernel; under unicorn they are
-        # Python devices at the same ports and addresses. The engine takes interrupts from the
+        # KVM keeps the PIC pair, PIT, IOAPIC and LAPICs in the kernel; under unicorn they are
+        # Python devices at the same ports and addresses. Each vCPU takes interrupts from its
         # LAPIC, which passes the PIC's through LINT0 (virtual wire) until the guest sets it up.
         from .devices.irq.apic_bus import ApicBus
         from .devices.irq.ioapic import IoApic
         from .devices.irq.lapic import LocalApic
         from .devices.irq.pic8259 import Pic8259Pair
         from .devices.irq.pit8254 import Pit8254
+        from .engine.uc_core import UnicornCore
         from .engine.unicorn import UnicornEngine
 
-        self._unicorn = engine = UnicornEngine(self.memory, self.mmio)
-        self.pic = Pic8259Pair(on_intr=engine.poke)
+        ncpus = self.config.cpus
+        core = UnicornCore(self.memory, self.mmio)
+        self._unicorn_engines = engines = [
+            UnicornEngine(self.memory, self.mmio, core=core, index=i, ncpus=ncpus, started=i == 0)
+            for i in range(ncpus)]
+        self.pic = Pic8259Pair(on_intr=engines[0].poke)
         self.add_port_device(0x20, 2, self.pic.master, "pic-master")
         self.add_port_device(0xA0, 2, self.pic.slave, "pic-slave")
         self.add_port_device(0x4D0, 2, self.pic.elcr, "elcr")
@@ -322,14 +340,19 @@ class Machine:
         self.add_mmio_device(layout.IOAPIC_BASE, layout.IOAPIC_SIZE, self.ioapic, "ioapic")
         # No TSC view: unicorn cannot hand WRMSR to hvm, so TSC-deadline mode stays unavailable
         # (the CPUID unicorn reports does not offer it either).
-        self.lapic = LocalApic(0, send=self.apic_bus.route, eoi=self.apic_bus.eoi, on_intr=engine.poke,
-                               extint=self.pic, x2apic=False)
-        self.apic_bus.add_lapic(self.lapic)
-        self.add_mmio_device(layout.LAPIC_BASE, layout.LAPIC_SIZE, self.lapic, "lapic")
+        self.lapics = [LocalApic(i, send=self.apic_bus.route, eoi=self.apic_bus.eoi, on_intr=e.poke,
+                                 extint=self.pic, x2apic=False) for i, e in enumerate(engines)]
+        for lapic in self.lapics:
+            self.apic_bus.add_lapic(lapic)
+        self.lapic = self.lapics[0]
+        self.add_mmio_device(layout.LAPIC_BASE, layout.LAPIC_SIZE,
+                             _CurrentCpuDevice(self.lapics, lambda: core.current.index), "lapic")
         self.pit = Pit8254(self.irq(0))
         self.add_port_device(0x40, 4, self.pit.ports, "pit")
         self.add_port_device(0x61, 1, self.pit.port61, "port61")
-        engine.attach_platform(self.lapic, [self.pit, self.lapic])
+        engines[0].attach_platform(self.lapic, [self.pit, self.lapic])
+        for engine, lapic in zip(engines[1:], self.lapics[1:]):
+            engine.attach_platform(lapic, [lapic])
 
     def _software_irq(self, gsi: int, level: bool) -> None:
         # An ISA line reaches both the 8259 pair and the IOAPIC; IRQ 0 is IOAPIC pin 2, the

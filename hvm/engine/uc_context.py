@@ -7,7 +7,10 @@ Unicorn leaves exception delivery to the embedder but keeps QEMU's bookkeeping f
   never delivers, so after the guest's first #PF every later #PF is promoted to #DF and the third
   to a triple fault (unicorn issue #1883). Resetting it after each delivery is required;
 - ``hflags``' CPL bits: loading CS/SS through the API checks privileges against the current CPL,
-  so a transition to a more privileged ring (interrupt gate, SYSCALL) must lower CPL first.
+  so a transition to a more privileged ring (interrupt gate, SYSCALL) must lower CPL first;
+- the segment caches: an instance created for 64-bit code loads only the selector when CS/DS/
+  ES/SS are written through the API, so real-mode segments (an AP started by SIPI, a real-mode
+  interrupt) are written here with their base, limit and flags.
 
 ``uc_context_save`` copies the leading part of QEMU's CPUX86State (up to ``end_reset_fields``),
 which holds all three. Their offsets are not published, so they are located at run time from
@@ -26,6 +29,11 @@ from functools import cache
 _DR_MARK = 0xD00DF00D  # 32 bits: DR writes are truncated to the width of a 16-bit instance
 _SELECTOR_MARKS = (0x1230, 0x2340, 0x3450, 0x4560, 0x5670, 0x6780)  # ES CS SS DS FS GS (QEMU order)
 HF_CPL_MASK = 3
+# QEMU's hflags bits (target/i386/cpu.h) that a real-mode CPU must not carry.
+HF_CS32, HF_SS32, HF_ADDSEG, HF_LMA, HF_CS64 = 1 << 4, 1 << 5, 1 << 6, 1 << 14, 1 << 15
+# Descriptor flags of real-mode segment caches, as QEMU's CPU reset loads them.
+DESC_P, DESC_S, DESC_CS, DESC_RW, DESC_A = 1 << 15, 1 << 12, 1 << 11, 1 << 9, 1 << 8
+_REAL_CODE, _REAL_DATA = DESC_P | DESC_S | DESC_CS | DESC_RW | DESC_A, DESC_P | DESC_S | DESC_RW | DESC_A
 
 
 class LayoutError(RuntimeError):
@@ -39,6 +47,7 @@ class Layout:
     error_code: int
     old_exception: int
     hflags: int
+    segs: int
 
 
 def _blob(uc) -> tuple[object, int, bytes]:
@@ -65,7 +74,7 @@ def _locate(uc_module, x86) -> Layout:
             raise LayoutError("segment registers are not laid out as QEMU's segs[6]")
     # error_code, exception_is_int, exception_next_eip, then dr[8]; then four breakpoint pointers
     # and old_exception. hflags and hflags2 are the two words right before segs[].
-    return Layout(error_code=dr0 - 16, old_exception=dr0 + 64 + 32, hflags=es - 8)
+    return Layout(error_code=dr0 - 16, old_exception=dr0 + 64 + 32, hflags=es - 8, segs=es)
 
 
 class ContextFields:
@@ -87,6 +96,20 @@ class ContextFields:
         if cpl is not None:
             hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
             ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", (hflags & ~HF_CPL_MASK) | cpl), 4)
+        self.uc.context_restore(ctx)
+
+    def load_real_segments(self, selectors: dict[int, int]) -> None:
+        """Load segment registers (index in QEMU's order ES CS SS DS FS GS) as real mode does
+        (base = selector x 16, 64 KiB limit) and drop the protected/long-mode bits from hflags;
+        CR0.PE must already be clear."""
+        ctx, ptr, blob = _blob(self.uc)
+        for index, selector in selectors.items():
+            flags = _REAL_CODE if index == 1 else _REAL_DATA
+            ctypes.memmove(ptr + self.layout.segs + 24 * index,
+                           struct.pack("<I4xQII", selector, selector << 4, 0xFFFF, flags), 24)
+        hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
+        hflags = (hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_LMA | HF_CS64)) | HF_ADDSEG
+        ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags), 4)
         self.uc.context_restore(ctx)
 
     def cpl(self) -> int:

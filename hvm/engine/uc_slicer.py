@@ -1,15 +1,16 @@
-"""Time slices for the unicorn engine, cut by one long-lived thread instead of unicorn's timeout.
+"""Time slices for the unicorn engine, ended by one long-lived thread instead of unicorn's timeout.
 
 ``emu_start(timeout=...)`` starts a fresh timer thread per call, which polls with usleep(2):
 measured here, an ``emu_start`` with a timeout costs ~125 µs against ~1.3 µs without, and the
 engine calls it again after every exception, interrupt and SYSCALL. This slicer is one thread per
-engine, sleeping until the current slice's deadline and then calling ``emu_stop``.
+unicorn instance, sleeping until the current slice's deadline and then requesting the stop.
 
-It stops only the slice it was armed for: ``begin``/``end`` and the stop happen under one lock,
-so a late stop never cuts into the next slice and ``end`` tells the engine whether this slice
-was cut (else emu_start returned for a reason of its own, such as HLT). A stop issued just before
-``emu_start`` begins is lost (unicorn clears its stop request on entry), so it is repeated until
-the slice ends.
+``stop`` only requests it: the request stays until the engine's block hook turns it into a stop
+at the next translation block entry (``_ucstop_build`` says why), and ``drop`` withdraws one
+that the slice did not live to see. ``begin``/``end`` and the request happen under one lock, so
+a late request never ends the next slice, and ``end`` tells the engine whether this slice was
+ended, at its deadline or early by ``cut`` (else emu_start returned for a reason of its own,
+such as HLT).
 """
 from __future__ import annotations
 
@@ -17,16 +18,14 @@ import threading
 import time
 from typing import Callable
 
-RETRY_S = 0.0005
-
 
 class Slicer:
-    """Calls ``stop`` when the armed slice passes its deadline (monotonic ns)."""
+    """Requests a stop when the armed slice passes its deadline (monotonic ns)."""
 
-    def __init__(self, stop: Callable[[], None]):
-        self._stop = stop
+    def __init__(self, stop: Callable[[], None], drop: Callable[[], None]):
+        self._stop, self._drop = stop, drop
         self._cond = threading.Condition()
-        self._deadline: int | None = None
+        self._deadline: int | None = None  # of the armed slice
         self._asleep_until: int | None = None  # the deadline the thread is waiting for, if any
         self._fired = False
         self._closed = False
@@ -36,13 +35,21 @@ class Slicer:
     def begin(self, deadline: int) -> None:
         """A slice starts and must end by ``deadline``."""
         with self._cond:
+            self._drop()
             self._deadline, self._fired = deadline, False
             # Waking the thread costs a context switch: only when it sleeps past the deadline.
             if self._asleep_until is None or deadline < self._asleep_until:
                 self._cond.notify()
 
+    def cut(self) -> None:
+        """End the armed slice early (any thread); nothing happens between slices."""
+        with self._cond:
+            if self._deadline is not None and not self._fired:
+                self._fired = True
+                self._stop()
+
     def end(self) -> bool:
-        """The slice is over; True if it was cut at its deadline."""
+        """The slice is over; True if it was ended by its deadline or ``cut``."""
         with self._cond:
             self._deadline = None
             return self._fired
@@ -58,7 +65,7 @@ class Slicer:
         with self._cond:
             while not self._closed:
                 deadline = self._deadline
-                if deadline is None:
+                if deadline is None or self._fired:
                     self._asleep_until = None
                     self._cond.wait()
                     continue
@@ -69,5 +76,3 @@ class Slicer:
                     continue
                 self._fired = True
                 self._stop()
-                self._asleep_until = None
-                self._cond.wait(RETRY_S)

@@ -12,32 +12,33 @@ keeps hidden for that (the #PF error code, its "exception in flight", the CPL) i
 ``uc_context``. Interrupts come from Python interrupt controllers and timers
 (``attach_platform``): they are delivered between time slices (a controller raising INTR
 ``poke``s the engine to end the slice at once), and HLT becomes an idle wait for the next
-interrupt. SYSENTER is done by ``_do_sysenter`` (unicorn runs SYSEXIT itself). Task gates, vm86
-and more than one vCPU are not done yet; a guest that needs them
-gets an EngineCrash naming it, and one whose IDT cannot deliver an exception a triple fault.
+interrupt. SYSENTER is done by ``_do_sysenter`` (unicorn runs SYSEXIT itself). Several vCPUs take
+turns on one unicorn instance (``uc_core``); an AP starts when its local APIC has taken INIT and
+STARTUP. Task gates and vm86 are not done yet; a guest that needs them gets an EngineCrash naming
+it, and one whose IDT cannot deliver an exception a triple fault.
 
 Facts this relies on (unicorn 2.1.4, measured here): the instance's mode (16/32/64) decides which
 register names are valid (EIP in 16/32-bit instances, RIP in 64-bit ones) and how CS is loaded;
 HLT makes ``emu_start`` return at once with EIP past it; ``emu_stop`` works from another thread
-(the slicer, ``uc_slicer``, uses it to end time slices and tells their end from a HLT); an undefined opcode is reported as
-``UC_ERR_INSN_INVALID`` rather than through the interrupt hook.
+(the slicer, ``uc_slicer``, uses it to end time slices and tells their end from a HLT); PAUSE
+does not end ``emu_start``; an undefined opcode is reported as ``UC_ERR_INSN_INVALID`` rather
+than through the interrupt hook.
 """
 from __future__ import annotations
 
+import functools
 import threading
-from typing import Callable
-
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from kvmffi import exits as kx
 
 from ..bus import MmioBus
-from ..errors import HostError
-from ..memory import HIGHMEM_BASE, GuestMemory, GuestMemoryError
+from ..memory import GuestMemory, GuestMemoryError
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
-from . import uc_context, uc_cpuid
+from . import uc_cpuid
+from .uc_core import CPU_MODEL, UnicornCore
 from .uc_slicer import Slicer
 from .events import (
     ERROR_CODE_VECTORS, IF, RF, DeliveryFailed, Delivered, Event, Unsupported, deliver_protected,
@@ -45,11 +46,16 @@ from .events import (
 )
 from .state import DTable, Fpu, Regs, Segment, SRegs
 
-CPU_MODEL = "BROADWELL"
 UNICORN_VERSION = "2.1.4"  # the version these semantics were validated against (pinned in setup.py)
 
 # A run is cut into slices so a stop request never waits on a guest that spins without exiting.
 SLICE_US = 100_000
+# How long a vCPU keeps the CPU once another one waits for it. Short enough that a vCPU spinning
+# on another's progress wastes little; long enough that switching (two context copies and a TLB
+# flush, ~20 µs) stays under 1%.
+QUANTUM_NS = 5_000_000
+CR0_PE, CR0_PG, CR4_PAE = 1, 1 << 31, 1 << 5
+RESET_CR0 = 0x6000_0010  # CD, NW, ET (SDM vol. 3A table 9-1)
 EFER, STAR, LSTAR, CSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
 EFER_SCE = 1
 _VEC_UD = 6
@@ -79,12 +85,6 @@ class Timer(Protocol):
         """Monotonic time of the next thing ``tick`` has to do, or None."""
 
 
-def _uc():
-    import unicorn  # imported only when the software engine is chosen
-    from unicorn import x86_const
-    return unicorn, x86_const
-
-
 _EXCEPTION_NAMES = ["#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
                     "#SS", "#GP", "#PF", "15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP"]
 
@@ -98,35 +98,40 @@ def _vector_name(vector: int) -> str:
     return f"{vector:#04x} {name}".rstrip()
 
 
-def _mmio_holes(memory: GuestMemory) -> list[tuple[int, int]]:
-    """Page-aligned gaps between RAM regions below 4 GiB: the guest-physical MMIO space."""
-    holes, cursor = [], 0
-    for r in sorted(memory.regions, key=lambda r: r.gpa):
-        if r.gpa >= HIGHMEM_BASE:
-            break
-        if r.gpa > cursor:
-            holes.append((cursor, r.gpa - cursor))
-        cursor = max(cursor, r.end)
-    if cursor < HIGHMEM_BASE:
-        holes.append((cursor, HIGHMEM_BASE - cursor))
-    return holes
+def _on_cpu(method):
+    """``method`` works on the unicorn CPU: hold the turn with this vCPU's state loaded (the
+    engine's own thread already does while it runs)."""
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        core = self._core
+        if core.current is self and core.turns.holder == threading.get_ident():
+            return method(self, *args)
+        with core.holding(self):
+            return method(self, *args)
+    return wrapper
 
 
 class UnicornEngine(Engine):
-    """One vCPU executed by unicorn. The CPU instance is created when the entry state is set,
-    in the mode that state asks for."""
+    """One vCPU executed by unicorn. The vCPUs of a machine share one ``UnicornCore`` (its
+    unicorn instance is created when the first state is set, in the mode that state asks for);
+    without ``core`` the engine has a CPU of its own. An engine created with ``started=False``
+    is an application processor waiting for INIT and STARTUP IPIs from its local APIC."""
 
     name = "unicorn"
 
-    def __init__(self, memory: GuestMemory, mmio: MmioBus, bits: int | None = None):
+    def __init__(self, memory: GuestMemory, mmio: MmioBus, bits: int | None = None, *,
+                 core: UnicornCore | None = None, index: int = 0, ncpus: int = 1,
+                 started: bool = True):
         self.memory = memory
         self.mmio = mmio
+        self.index = index
         self.uc = None
         self.bits = 0
+        self.context = None  # this vCPU's saved state while another vCPU has the CPU
         self._kicked = threading.Event()
-        self._io_read: Callable[[int, int], int] = lambda port, size: (1 << (8 * size)) - 1
-        self._io_write: Callable[[int, int, int], None] = lambda port, size, value: None
-        self._io_counts = [0, 0]
+        self.io_read: Callable[[int, int], int] = lambda port, size: (1 << (8 * size)) - 1
+        self.io_write: Callable[[int, int, int], None] = lambda port, size, value: None
+        self.io_counts = [0, 0]
         self.slices = 0
         self.emu_seconds = 0.0  # inside emu_start: guest code and the device hooks it calls
         self.interrupts_delivered: dict[int, int] = {}
@@ -135,45 +140,27 @@ class UnicornEngine(Engine):
         self.sysenters = 0
         self._event: Event | object | None = None
         self._controller: InterruptController | None = None
+        self._signals = False  # the controller is a local APIC: NMI, INIT and STARTUP too
         self._timers: list[Timer] = []
         self._poked = False
         self._wake = threading.Event()
         self._halted = False
-        self._slicer: Slicer | None = None
+        self._started = started
+        self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=index, ncpus=ncpus)
+        self._core = core if core is not None else UnicornCore(memory, mmio)
+        self._core.add(self)
         if bits is not None:
-            self._create(bits)
+            with self._core.holding(self):
+                self._core.create(bits, self)
 
     # -- setup ----------------------------------------------------------------------------------
-    def _create(self, bits: int) -> None:
-        unicorn, x86 = _uc()
-        mode = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}[bits]
-        uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
-        # An explicit model, so the instruction set (and what CPUID reports) does not change with
-        # unicorn's default: Broadwell is the newest one whose features QEMU 5's TCG executes
-        # (SSE4.2, POPCNT, AES, PCLMULQDQ, MOVBE, BMI1/2, ADX, SMAP; AVX is filtered out).
-        uc.ctl_set_cpu_model(getattr(x86, f"UC_CPU_X86_{CPU_MODEL}"))
-        for r in self.memory.regions:
-            uc.mem_map_ptr(r.gpa, r.size, unicorn.UC_PROT_ALL, r.host_addr)
-        for base, size in _mmio_holes(self.memory):
-            uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._in, None, 1, 0, x86.UC_X86_INS_IN)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._out, None, 1, 0, x86.UC_X86_INS_OUT)
-        # No `until` address: emu_start walks the guest's page tables for it, and when it is not
-        # mapped (any sentinel is not) the failed walk overwrites CR2, which a #PF handler reads
-        # (measured with 2.1.4). An empty exit list means "run until stopped" without that walk.
-        uc.ctl_exits_enabled(True)
-        uc.ctl_set_exits([])
-        uc.hook_add(unicorn.UC_HOOK_INTR, self._interrupt)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
-        # Unicorn turns SYSENTER into a no-op that calls this hook; SYSEXIT it runs itself.
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._sysenter, None, 1, 0, x86.UC_X86_INS_SYSENTER)
-        self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=0, ncpus=1)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
-        try:
-            self._fields = uc_context.ContextFields(uc, uc_context.layout())
-        except uc_context.LayoutError as exc:
-            raise HostError(f"unicorn {unicorn.__version__} cannot be used by hvm: {exc}") from None
-        self.uc, self.bits = uc, bits
+    def bind(self, core: UnicornCore) -> None:
+        """Take the instance's handles once ``core`` has created it."""
+        import unicorn
+        from unicorn import x86_const as x86
+
+        uc, bits = core.uc, core.bits
+        self.uc, self.bits, self._fields = uc, bits, core.fields
         wide = bits == 64
         names = ["AX", "BX", "CX", "DX", "SI", "DI", "SP", "BP"]
         self._gpr_ids = [getattr(x86, f"UC_X86_REG_{'R' if wide else 'E'}{n}") for n in names]
@@ -186,66 +173,57 @@ class UnicornEngine(Engine):
         self._unicorn = unicorn
 
     def attach_platform(self, controller: InterruptController, timers: list[Timer]) -> None:
-        """Take interrupts from ``controller`` and keep ``timers`` ticking while the guest runs."""
+        """Take interrupts from ``controller`` and keep ``timers`` ticking while the guest runs.
+        A controller with ``take_nmi``/``take_init``/``take_sipi`` (a local APIC) also brings
+        NMIs and starts or stops the vCPU."""
         self._controller, self._timers = controller, list(timers)
+        self._signals = all(hasattr(controller, name) for name in ("take_nmi", "take_init", "take_sipi"))
 
     def poke(self) -> None:
-        """An interrupt may be pending (any thread): end the current slice or idle wait now."""
+        """An interrupt may be pending (any thread): end the current slice or idle wait now.
+        When another vCPU has the CPU its slice ends too, so this one gets its turn soon."""
         self._poked = True
         self._wake.set()
-        if self.uc is not None:
-            self.uc.emu_stop()
+        self._core.cut()
 
     def serve_port_io(self, read, write) -> None:
         """IN/OUT hooks call the port bus directly: port I/O never ends ``run``."""
-        self._io_read, self._io_write = read, write
+        self.io_read, self.io_write = read, write
 
     def io_exit_counts(self) -> tuple[int, int]:
         """(IN, OUT) instructions served through the hooks."""
-        return self._io_counts[0], self._io_counts[1]
+        return self.io_counts[0], self.io_counts[1]
 
-    # -- hooks (called on the vCPU thread, inside emu_start) -----------------------------------
-    def _in(self, uc, port: int, size: int, _user) -> int:
-        self._io_counts[0] += 1
-        return self._io_read(port, size)
-
-    def _out(self, uc, port: int, size: int, value: int, _user) -> None:
-        self._io_counts[1] += 1
-        self._io_write(port, size, value)
-
-    def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
-        return self.mmio.read(base + offset, size)
-
-    def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
-        self.mmio.write(base + offset, size, value)
-
+    # -- hooks (UnicornCore calls them on the vCPU thread, inside emu_start) --------------------
     # Hooks only record what happened and stop the emulation; the state changes are made between
     # emu_start calls. Writing RIP from inside a hook makes unicorn restart translation, and a
-    # time-slice stop arriving then can leave RIP at a block start after that block's stores
-    # already ran (measured with 2.1.4: a #PF handler's pushes executed twice).
-    def _interrupt(self, uc, vector: int, _user) -> None:
+    # stop arriving then can leave RIP at a block start after that block's stores already ran
+    # (measured with 2.1.4: a #PF handler's pushes executed twice). These hooks run where no
+    # store of the current instruction is pending, so they may call emu_stop themselves; every
+    # other stop goes through the core's block hook (``_ucstop_build`` says why).
+    def on_interrupt(self, vector: int) -> None:
         # RIP is at the faulting instruction, or past it for INT n / INT3 / INTO.
         error_code, software = self._fields.exception()
         if software or vector not in ERROR_CODE_VECTORS:
             error_code = None
         self._event = Event(vector, error_code, software=software)
-        uc.emu_stop()
+        self.uc.emu_stop()
 
-    def _syscall(self, uc, _user) -> None:
+    def on_syscall(self) -> None:
         self._event = _SYSCALL  # unicorn moves RIP past the instruction once this returns
-        uc.emu_stop()
+        self.uc.emu_stop()
 
-    def _cpuid(self, uc, _user) -> int:
-        x86 = self._x86
+    def on_cpuid(self) -> int:
+        uc, x86 = self.uc, self._x86
         answer = uc_cpuid.lookup(self._cpuid_table, uc.reg_read(x86.UC_X86_REG_EAX),
                                  uc.reg_read(x86.UC_X86_REG_ECX))
         # CPUID zeroes the upper halves in 64-bit mode: the first four state ids are RAX..RDX.
         uc.reg_write_batch(list(zip(self._gpr_ids[:4], answer)))
         return 1  # skip unicorn's own answer
 
-    def _sysenter(self, uc, _user) -> None:
+    def on_sysenter(self) -> None:
         self._event = _SYSENTER
-        uc.emu_stop()
+        self.uc.emu_stop()
 
     def _take_event(self) -> kx.VcpuExit | None:
         event, self._event = self._event, None
@@ -328,7 +306,7 @@ class UnicornEngine(Engine):
                 return kx.Shutdown()
             self._fields.settle()
             self.set_regs(regs)
-            self.uc.reg_write(self._x86.UC_X86_REG_CS, sregs.cs.selector)
+            self._fields.load_real_segments({1: sregs.cs.selector})
         else:
             cpl = sregs.cs.dpl  # get_sregs already read the CPL from the saved context
             _, tr_base, _, _ = self.uc.reg_read(self._x86.UC_X86_REG_TR)
@@ -362,9 +340,13 @@ class UnicornEngine(Engine):
 
     def counters(self) -> list[str]:
         """What --stats shows of this engine."""
-        lines = [f"unicorn: {self.slices} time slices, {self.emu_seconds:.3f} s inside emu_start "
+        core = self._core
+        name = f"unicorn vCPU {self.index}" if len(core.engines) > 1 else "unicorn"
+        lines = [f"{name}: {self.slices} time slices, {self.emu_seconds:.3f} s inside emu_start "
                  f"(guest code and the device hooks it calls), {self.syscalls} SYSCALLs, "
                  f"{self.sysenters} SYSENTERs"]
+        if self.index == 0 and len(core.engines) > 1:
+            lines.append(f"unicorn: {core.switches} switches between vCPUs")
         for title, counts in (("exceptions delivered", self.exceptions_delivered),
                               ("interrupts delivered", self.interrupts_delivered)):
             if counts:
@@ -375,42 +357,73 @@ class UnicornEngine(Engine):
     # -- running --------------------------------------------------------------------------------
     def run(self) -> kx.VcpuExit:
         """Emulate until a stop request, a HLT nothing can wake, or something the engine cannot
-        continue past. Interrupts are delivered between slices; HLT waits for one."""
-        uc = self.uc
-        if uc is None:
+        continue past. Interrupts are delivered between slices; HLT (and an AP waiting for its
+        STARTUP IPI) waits without holding the CPU."""
+        core = self._core
+        if core.uc is None:
             return EngineCrash("unicorn engine: no CPU state was set")
-        unicorn = self._unicorn
-        if self._slicer is None:
-            self._slicer = Slicer(uc.emu_stop)
+        turns = core.turns
         while True:
             if self._kicked.is_set():
                 return kx.Interrupted()
+            if self._halted or not self._started:
+                self._wake.wait(self._idle_timeout())
+                self._wake.clear()
+            turns.acquire()
+            try:
+                core.switch_to(self)
+                if core.slicer is None:
+                    core.slicer = Slicer(core.request_stop, core.drop_stop)
+                problem = self._turn()
+            finally:
+                turns.release()
+            if problem is not None:
+                return problem
+
+    def _turn(self) -> kx.VcpuExit | None:
+        """Run slices until the vCPU idles, has used its quantum while another vCPU waits, or
+        needs the VMM (the exit, returned)."""
+        uc, unicorn, core = self.uc, self._unicorn, self._core
+        slicer, turns = core.slicer, core.turns
+        began = time.monotonic_ns()
+        while True:
+            if self._kicked.is_set():
+                return kx.Interrupted()
+            self._poked = False
             for timer in self._timers:
                 timer.tick()
+            if self._signals:
+                problem = self._take_signals()
+                if problem is not None:
+                    return problem
+            if not self._started:
+                return None
             problem = self._deliver_pending()
             if problem is not None:
                 return problem
             if self._halted:
-                if self._controller is None or not uc.reg_read(self._flags_id) & IF:
+                if self._controller is None:
                     self._halted = False
                     return kx.Hlt()  # nothing can wake it: the run loop treats it as KVM's HLT exit
-                self._wake.wait(self._idle_timeout())
-                self._wake.clear()
-                continue
+                return None
+            quantum_end = began + QUANTUM_NS
+            if turns.wanted and time.monotonic_ns() >= quantum_end:
+                return None
             self._event = None
-            self._poked = False
             t0 = time.perf_counter()
-            self._slicer.begin(self._slice_deadline())
+            slicer.begin(self._slice_deadline(quantum_end if turns.wanted else None))
+            if self._poked or self._kicked.is_set():
+                slicer.cut()  # it came after the checks above, when there was no slice to end
             try:
                 uc.emu_start(uc.reg_read(self._ip_id), 0)
             except unicorn.UcError as exc:
-                self._slicer.end()
+                slicer.end()
                 self.emu_seconds += time.perf_counter() - t0
                 problem = self._fault(exc)
                 if problem is not None:
                     return problem
                 continue
-            cut = self._slicer.end()
+            cut = slicer.end()
             self.emu_seconds += time.perf_counter() - t0
             self.slices += 1
             if self._event is not None:
@@ -421,6 +434,47 @@ class UnicornEngine(Engine):
             if self._kicked.is_set() or self._poked or cut:
                 continue
             self._halted = True  # emu_start returned on its own: the guest executed HLT
+
+    def _take_signals(self) -> kx.VcpuExit | None:
+        """INIT, STARTUP and NMI from the local APIC."""
+        apic = self._controller
+        if apic.take_init():
+            if apic.bsp:
+                return EngineCrash("INIT of the boot processor (a CPU reset) is not modelled by the "
+                                   "unicorn engine")
+            self._started = self._halted = False
+        if not self._started:
+            vector = apic.take_sipi()
+            if vector is None:
+                return None
+            self._start_at(vector)
+        if apic.take_nmi():
+            self._halted = False
+            return self._deliver(Event(2, external=True))
+        return None
+
+    def _start_at(self, vector: int) -> None:
+        """The state a STARTUP IPI gives an AP after INIT (SDM vol. 3A 9.1.1 and 9.4.4): real mode
+        at CS = vector x 256, IP 0, everything else as after reset."""
+        uc, x86, core = self.uc, self._x86, self._core
+        core.load_reset_state()
+        if uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_LMA:
+            # WRMSR cannot clear EFER.LMA (a fresh 64-bit instance starts with it set); turning
+            # paging on and off again leaves long mode the architectural way. CR3 is 0 and
+            # nothing is accessed in between.
+            uc.reg_write(x86.UC_X86_REG_CR4, CR4_PAE)
+            uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE | CR0_PG)
+            uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE)
+        uc.reg_write(x86.UC_X86_REG_MSR, (EFER, 0))
+        uc.reg_write(x86.UC_X86_REG_CR4, 0)
+        uc.reg_write(x86.UC_X86_REG_CR3, 0)
+        uc.reg_write(x86.UC_X86_REG_CR0, RESET_CR0)
+        for reg in (x86.UC_X86_REG_GDTR, x86.UC_X86_REG_IDTR):
+            uc.reg_write(reg, (0, 0, 0xFFFF, 0))
+        self._fields.load_real_segments({0: 0, 1: vector << 8, 2: 0, 3: 0, 4: 0, 5: 0})
+        signature = uc_cpuid.lookup(self._cpuid_table, 1, 0)[0]  # EDX after INIT (SDM 9.1.4)
+        self.set_regs(Regs(rdx=signature, rip=0, rflags=2))
+        self._started, self._halted = True, False
 
     def _deliver_pending(self) -> kx.VcpuExit | None:
         ctl = self._controller
@@ -436,10 +490,9 @@ class UnicornEngine(Engine):
         deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]
         return min(deadlines) if deadlines else None
 
-    def _slice_deadline(self) -> int:
-        limit = time.monotonic_ns() + SLICE_US * 1000
-        deadline = self._next_deadline()
-        return limit if deadline is None else min(limit, deadline)
+    def _slice_deadline(self, quantum_end: int | None) -> int:
+        ends = [time.monotonic_ns() + SLICE_US * 1000, self._next_deadline(), quantum_end]
+        return min(end for end in ends if end is not None)
 
     def _idle_timeout(self) -> float:
         deadline = self._next_deadline()
@@ -460,8 +513,8 @@ class UnicornEngine(Engine):
         """Stop the emulation loop from any thread; ``run`` then returns Interrupted."""
         self._kicked.set()
         self._wake.set()
-        if self.uc is not None:
-            self.uc.emu_stop()
+        if self._core.current is self:
+            self._core.cut()
 
     def acknowledge_kick(self) -> None:
         """Let the next ``run`` proceed."""
@@ -471,21 +524,24 @@ class UnicornEngine(Engine):
     def _read_cr0(self) -> int:
         return self.uc.reg_read(self._x86.UC_X86_REG_CR0)
 
+    @_on_cpu
     def get_regs(self) -> Regs:
         """General-purpose registers (r8-r15 read as 0 outside a 64-bit instance)."""
         # One batched call: a per-register reg_read costs ~2.5 µs of Python in unicorn's binding.
         *gprs, rip, rflags = self.uc.reg_read_batch(self._state_ids)
         return Regs(*gprs, *([0] * (16 - len(gprs))), rip, rflags)
 
+    @_on_cpu
     def set_regs(self, regs: Regs) -> None:
         """Write general-purpose registers, RIP and RFLAGS."""
         if self.uc is None:
-            self._create(64)
+            self._core.create(64, self)
         mask = (1 << self.bits) - 1 if self.bits < 64 else (1 << 64) - 1
         values = [getattr(regs, name) & mask for name in _STATE_NAMES[:len(self._gpr_ids)]]
         values += [regs.rip & mask, regs.rflags & mask]
         self.uc.reg_write_batch(list(zip(self._state_ids, values)))
 
+    @_on_cpu
     def get_sregs(self) -> SRegs:
         """Control registers, descriptor tables and selectors; segment bases are reconstructed
         for real mode and assumed flat otherwise (unicorn does not expose the hidden cache)."""
@@ -513,11 +569,12 @@ class UnicornEngine(Engine):
             setattr(s, name, Segment(selector=sel, base=base, limit=limit, type=flags & 0xF, s=0))
         return s
 
+    @_on_cpu
     def set_sregs(self, sregs: SRegs) -> None:
         """Create the CPU in the mode ``sregs`` describes, then load control registers,
         descriptor tables and selectors (protected-mode selectors load from the guest's GDT)."""
         if self.uc is None:
-            self._create(sregs.code_bits)
+            self._core.create(sregs.code_bits, self)
         uc, x86 = self.uc, self._x86
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, sregs.gdt.base, sregs.gdt.limit, 0))
         uc.reg_write(x86.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))
@@ -536,6 +593,7 @@ class UnicornEngine(Engine):
             uc.reg_write(x86.UC_X86_REG_FS_BASE, sregs.fs.base)
             uc.reg_write(x86.UC_X86_REG_GS_BASE, sregs.gs.base)
 
+    @_on_cpu
     def get_fpu(self) -> Fpu:
         """SSE registers, MXCSR and the x87 control/status words."""
         uc, x86 = self.uc, self._x86
@@ -544,6 +602,7 @@ class UnicornEngine(Engine):
         return Fpu(xmm, uc.reg_read(x86.UC_X86_REG_MXCSR), uc.reg_read(x86.UC_X86_REG_FPCW),
                    uc.reg_read(x86.UC_X86_REG_FPSW))
 
+    @_on_cpu
     def set_fpu(self, fpu: Fpu) -> None:
         """Write SSE registers, MXCSR and the x87 control/status words."""
         uc, x86 = self.uc, self._x86
@@ -553,12 +612,14 @@ class UnicornEngine(Engine):
         uc.reg_write(x86.UC_X86_REG_FPCW, fpu.fcw)
         uc.reg_write(x86.UC_X86_REG_FPSW, fpu.fsw)
 
+    @_on_cpu
     def flush_tlb(self) -> None:
         """Forget cached translations (the Python binding of 2.1.4 has no TLB-flush control;
         rewriting CR3 makes QEMU flush)."""
         cr3 = self._x86.UC_X86_REG_CR3
         self.uc.reg_write(cr3, self.uc.reg_read(cr3))
 
+    @_on_cpu
     def step(self) -> Event | kx.VcpuExit | None:
         """Execute the one instruction at RIP on the state last set; the exception or interrupt
         it raised is returned, not delivered (RIP at the instruction, or past it for INT n).
@@ -589,8 +650,11 @@ class UnicornEngine(Engine):
         raise NotImplementedError("the unicorn engine cannot deliver exceptions yet")
 
     def close(self) -> None:
-        """Drop the CPU instance (guest RAM belongs to GuestMemory) and the slicer thread."""
-        if self._slicer is not None:
-            self._slicer.close()
-            self._slicer = None
+        """Drop the CPU instance (guest RAM belongs to GuestMemory) and the slicer thread once
+        no vCPU uses them."""
+        core = self._core
+        if self in core.engines:
+            core.engines.remove(self)
+            if not core.engines:
+                core.close()
         self.uc = None

@@ -140,7 +140,7 @@ def test_smp_application_processors_start(guests, cpus):
     with Machine(MachineConfig(kernel=str(guests("smp")), append=f"want={cpus}", cpus=cpus, memory="16M")) as m:
         outcome = m.run(timeout=60)
         assert outcome.end == End.POWEROFF
-        assert m.serial.text == f"cpus={cpus}\n"
+        assert m.serial.text == f"cpus={cpus} sum={cpus * 1000}\n"
 
 
 def test_overlapping_device_refused(guests):

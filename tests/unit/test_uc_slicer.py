@@ -1,4 +1,5 @@
-"""The unicorn engine's slice timer: it stops the armed slice at its deadline, and only that one."""
+"""The unicorn engine's slice timer: it requests the stop of the armed slice at its deadline or
+when cut, and only of that one; a request the slice did not live to see is dropped."""
 from __future__ import annotations
 
 import threading
@@ -9,7 +10,7 @@ from hvm.engine.uc_slicer import Slicer
 
 def test_a_slice_past_its_deadline_is_stopped_and_reported_cut():
     stopped = threading.Event()
-    slicer = Slicer(stopped.set)
+    slicer = Slicer(stopped.set, lambda: None)
     try:
         slicer.begin(time.monotonic_ns() + 20_000_000)
         assert not stopped.wait(0.005)
@@ -21,7 +22,7 @@ def test_a_slice_past_its_deadline_is_stopped_and_reported_cut():
 
 def test_a_slice_that_ends_first_is_not_stopped_later():
     stops = []
-    slicer = Slicer(lambda: stops.append(time.monotonic_ns()))
+    slicer = Slicer(lambda: stops.append(time.monotonic_ns()), lambda: None)
     try:
         slicer.begin(time.monotonic_ns() + 30_000_000)
         assert slicer.end() is False
@@ -35,7 +36,7 @@ def test_a_slice_that_ends_first_is_not_stopped_later():
 
 def test_an_earlier_deadline_wakes_the_sleeping_thread():
     stopped = threading.Event()
-    slicer = Slicer(stopped.set)
+    slicer = Slicer(stopped.set, lambda: None)
     try:
         slicer.begin(time.monotonic_ns() + 10_000_000_000)
         time.sleep(0.01)  # the thread now sleeps toward the far deadline
@@ -44,5 +45,23 @@ def test_an_earlier_deadline_wakes_the_sleeping_thread():
         slicer.begin(time.monotonic_ns() + 5_000_000)
         assert stopped.wait(2.0) and time.monotonic() - t0 < 1.0
         assert slicer.end() is True
+    finally:
+        slicer.close()
+
+
+def test_cut_requests_the_stop_once_and_only_while_armed():
+    requests, drops = [], []
+    slicer = Slicer(lambda: requests.append(1), lambda: drops.append(1))
+    try:
+        slicer.cut()  # between slices: nothing to end
+        assert requests == []
+        slicer.begin(time.monotonic_ns() + 10_000_000_000)
+        assert drops == [1]  # a request left from before this slice is withdrawn
+        slicer.cut()
+        slicer.cut()
+        assert requests == [1]
+        assert slicer.end() is True
+        slicer.begin(time.monotonic_ns() + 10_000_000_000)
+        assert slicer.end() is False and drops == [1, 1]
     finally:
         slicer.close()

@@ -218,6 +218,12 @@ class LocalApic(Device):
         return self._apic_base & ~0xFFF
 
     @property
+    def bsp(self) -> bool:
+        """The boot processor's APIC (IA32_APIC_BASE.BSP): INIT resets it instead of making it
+        wait for a STARTUP IPI."""
+        return bool(self._apic_base & BASE_BSP)
+
+    @property
     def present(self) -> bool:
         """Globally enabled: a disabled APIC takes no part in bus messages (SDM 11.4.3)."""
         return bool(self._apic_base & BASE_EN)

@@ -1,0 +1,264 @@
+"""One unicorn CPU that all vCPUs of a machine take turns on, as in QEMU's single-threaded TCG.
+
+Why one instance and not one per vCPU: unicorn keeps translated code per instance and drops it
+only when that same instance writes to the page, so a second instance would go on running code
+another vCPU has since patched (Linux rewrites its own text at run time: static keys, jump
+labels, alternatives). With one instance, translated blocks (keyed by physical address and CPU
+mode flags) are shared exactly as in QEMU's round-robin TCG. Each vCPU's architectural state is a
+saved context, switched in when its turn comes: ``uc_context_save``/``restore`` copy QEMU's
+CPUX86State up to ``end_reset_fields`` (registers, segment caches, control registers, MSRs,
+FPU/SSE, hflags). The TLB and the jump cache it carries, both keyed by virtual address, are
+flushed on every switch (``UC_CTL_TLB_FLUSH``).
+
+Turns go round robin in arrival order (``Turns``): the holder runs for at least a quantum once
+another vCPU waits, then queues behind it; an idle (halted) vCPU gives the CPU up. Every vCPU
+keeps its own host thread, as under KVM, but only the turn holder executes guest code, so locked
+instructions stay atomic and devices see one vCPU at a time.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from ..bus import MmioBus
+from ..errors import HostError
+from ..memory import HIGHMEM_BASE, GuestMemory
+from . import uc_context
+from .uc_slicer import Slicer
+
+if TYPE_CHECKING:
+    from .unicorn import UnicornEngine
+
+CPU_MODEL = "BROADWELL"
+
+
+def _uc():
+    import unicorn  # imported only when the software engine is chosen
+    from unicorn import x86_const
+    return unicorn, x86_const
+
+
+def _mmio_holes(memory: GuestMemory) -> list[tuple[int, int]]:
+    """Page-aligned gaps between RAM regions below 4 GiB: the guest-physical MMIO space."""
+    holes, cursor = [], 0
+    for r in sorted(memory.regions, key=lambda r: r.gpa):
+        if r.gpa >= HIGHMEM_BASE:
+            break
+        if r.gpa > cursor:
+            holes.append((cursor, r.gpa - cursor))
+        cursor = max(cursor, r.end)
+    if cursor < HIGHMEM_BASE:
+        holes.append((cursor, HIGHMEM_BASE - cursor))
+    return holes
+
+
+def _stop_hook(uc):
+    """Install the C block hook through which every slice ends (see ``_ucstop_build``: a stop
+    requested any other way can make unicorn run a storing instruction twice); returns the
+    struct whose ``wanted`` field requests the stop."""
+    import ctypes
+
+    import unicorn
+    from unicorn.unicorn_py3.unicorn import uclib  # the binding's own handle on libunicorn
+
+    from ._ucstop import ffi, lib
+
+    state = ffi.new("hvm_stop_t *")
+    state.stop = ffi.cast("void *", ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
+    handle = ctypes.c_size_t()
+    status = uclib.uc_hook_add(
+        uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
+        ctypes.c_void_p(int(ffi.cast("uintptr_t", lib.hvm_block_hook_address()))),
+        ctypes.c_void_p(int(ffi.cast("uintptr_t", state))), ctypes.c_uint64(1), ctypes.c_uint64(0))
+    if status != unicorn.UC_ERR_OK:
+        raise HostError(f"unicorn refused hvm's block hook: {unicorn.UcError(status)}")
+    return state
+
+
+class Turns:
+    """A re-entrant lock handed over in arrival order (a plain Lock lets its releaser take it
+    straight back, which would starve the other vCPUs)."""
+
+    def __init__(self, on_wait: Callable[[], None] = lambda: None):
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[int] = deque()
+        self.holder: int | None = None
+        self._depth = 0
+        self.on_wait = on_wait  # called when a thread starts waiting: the holder may yield early
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        if self.holder == me:  # only this thread can have made it equal
+            self._depth += 1
+            return
+        with self._cond:
+            if self.holder is None and not self._queue:
+                self.holder, self._depth = me, 1
+                return
+            self._queue.append(me)
+        self.on_wait()
+        with self._cond:
+            while self.holder is not None or self._queue[0] != me:
+                self._cond.wait()
+            self._queue.popleft()
+            self.holder, self._depth = me, 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if not self._depth:
+            with self._cond:
+                self.holder = None
+                self._cond.notify_all()
+
+    @property
+    def wanted(self) -> bool:
+        """Another thread waits for its turn."""
+        return bool(self._queue)
+
+
+class UnicornCore:
+    """The unicorn instance, its hooks (which act for the vCPU whose turn it is), the slicer
+    thread that ends time slices, and the switching of vCPU contexts."""
+
+    def __init__(self, memory: GuestMemory, mmio: MmioBus):
+        self.memory, self.mmio = memory, mmio
+        self.uc = None
+        self.bits = 0
+        self.current: UnicornEngine | None = None
+        self.engines: list[UnicornEngine] = []
+        self.turns = Turns(self.cut)
+        self.slicer: Slicer | None = None
+        self.switches = 0
+        self._stop = None
+        self._reset = None  # a fresh CPU's context: where a started AP's state is built
+
+    def add(self, engine: "UnicornEngine") -> None:
+        self.engines.append(engine)
+        if self.uc is not None:
+            engine.bind(self)
+
+    def create(self, bits: int, engine: "UnicornEngine") -> None:
+        """Create the instance in the mode of the first state set (16/32/64-bit); ``engine``
+        owns that state."""
+        unicorn, x86 = _uc()
+        mode = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}[bits]
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
+        # An explicit model, so the instruction set (and what CPUID reports) does not change with
+        # unicorn's default: Broadwell is the newest one whose features QEMU 5's TCG executes
+        # (SSE4.2, POPCNT, AES, PCLMULQDQ, MOVBE, BMI1/2, ADX, SMAP; AVX is filtered out).
+        uc.ctl_set_cpu_model(getattr(x86, f"UC_CPU_X86_{CPU_MODEL}"))
+        for r in self.memory.regions:
+            uc.mem_map_ptr(r.gpa, r.size, unicorn.UC_PROT_ALL, r.host_addr)
+        for base, size in _mmio_holes(self.memory):
+            uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._in, None, 1, 0, x86.UC_X86_INS_IN)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._out, None, 1, 0, x86.UC_X86_INS_OUT)
+        # No `until` address: emu_start walks the guest's page tables for it, and when it is not
+        # mapped (any sentinel is not) the failed walk overwrites CR2, which a #PF handler reads
+        # (measured with 2.1.4). An empty exit list means "run until stopped" without that walk.
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._interrupt)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
+        # Unicorn turns SYSENTER into a no-op that calls this hook; SYSEXIT it runs itself.
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._sysenter, None, 1, 0, x86.UC_X86_INS_SYSENTER)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
+        self._stop = _stop_hook(uc)
+        try:
+            self.fields = uc_context.ContextFields(uc, uc_context.layout())
+        except uc_context.LayoutError as exc:
+            raise HostError(f"unicorn {unicorn.__version__} cannot be used by hvm: {exc}") from None
+        self.uc, self.bits = uc, bits
+        self._tlb_flush = (unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+        self._reset = uc.context_save()
+        self.current = engine
+        for e in self.engines:
+            e.bind(self)
+
+    # -- turns ----------------------------------------------------------------------------------
+    def switch_to(self, engine: "UnicornEngine") -> None:
+        """Make ``engine``'s state the CPU's (the caller holds the turn)."""
+        current = self.current
+        if current is engine or self.uc is None:
+            self.current = engine
+            return
+        uc = self.uc
+        if current is not None:
+            if current.context is None:
+                current.context = uc.context_save()
+            else:
+                uc.context_update(current.context)
+        uc.context_restore(engine.context if engine.context is not None else self._reset)
+        uc.ctl(*self._tlb_flush)
+        self.current = engine
+        self.switches += 1
+
+    def load_reset_state(self) -> None:
+        """Give the current vCPU a fresh CPU's state (the caller then sets what it needs)."""
+        self.uc.context_restore(self._reset)
+        self.uc.ctl(*self._tlb_flush)
+
+    @contextmanager
+    def holding(self, engine: "UnicornEngine") -> Iterator[None]:
+        """Hold the turn with ``engine``'s state on the CPU; the state that was there comes
+        back afterwards (a device on one vCPU's turn may look at another vCPU)."""
+        self.turns.acquire()
+        previous = self.current
+        try:
+            self.switch_to(engine)
+            yield
+        finally:
+            if previous is not None and previous is not engine:
+                self.switch_to(previous)
+            self.turns.release()
+
+    def cut(self) -> None:
+        """End the current time slice early (any thread)."""
+        if self.slicer is not None:
+            self.slicer.cut()
+
+    def request_stop(self) -> None:
+        """Make emulation stop at the next translation block entry (any thread, any time)."""
+        self._stop.wanted = 1
+
+    def drop_stop(self) -> None:
+        """Forget a stop requested for a slice that has ended (before the next one begins)."""
+        self._stop.wanted = 0
+
+    def close(self) -> None:
+        if self.slicer is not None:
+            self.slicer.close()
+            self.slicer = None
+        self.uc = None
+        self._stop = None
+
+    # -- hooks: called inside emu_start, for the vCPU whose turn it is --------------------------
+    def _in(self, uc, port: int, size: int, _user) -> int:
+        engine = self.current
+        engine.io_counts[0] += 1
+        return engine.io_read(port, size)
+
+    def _out(self, uc, port: int, size: int, value: int, _user) -> None:
+        engine = self.current
+        engine.io_counts[1] += 1
+        engine.io_write(port, size, value)
+
+    def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
+        return self.mmio.read(base + offset, size)
+
+    def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
+        self.mmio.write(base + offset, size, value)
+
+    def _interrupt(self, uc, vector: int, _user) -> None:
+        self.current.on_interrupt(vector)
+
+    def _syscall(self, uc, _user) -> None:
+        self.current.on_syscall()
+
+    def _sysenter(self, uc, _user) -> None:
+        self.current.on_sysenter()
+
+    def _cpuid(self, uc, _user) -> int:
+        return self.current.on_cpuid()
