@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debugcon", default="none", metavar="DEV",
                    help="where port 0xE9 output goes: none | stdio | file:PATH | unix:PATH")
     p.add_argument("--accel", choices=["kvm", "unicorn", "auto"], default="kvm",
-                   help="how guest code runs: kvm (default), unicorn (software CPU: one vCPU, PIC, PIT, IOAPIC "
-                        "and LAPIC in Python), auto (unicorn where KVM is missing or only emulates)")
+                   help="how guest code runs: kvm (default), unicorn (software CPU: vCPUs take turns on one "
+                        "host CPU; PIC, PIT, IOAPIC and LAPICs in Python), auto (unicorn where KVM is missing or only emulates)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
     p.add_argument("--no-fallback", action="store_true",
                    help="under KVM, end the run with a crash report when KVM's instruction emulator refuses an "
