@@ -91,8 +91,9 @@ def _update_lists() -> None:
         raise AptUnavailable(f"`apt-get update` failed ({_tail(r.stderr)}); {_HINT}")
 
 
-def candidate(package: str) -> Deb:
-    """The version apt would pick for ``package`` (``apt-cache show --no-all-versions``)."""
+def record(package: str) -> dict[str, str]:
+    """apt's index record of the version it would pick for ``package``
+    (``apt-cache show --no-all-versions``)."""
     if _lists_missing() and os.geteuid() == 0:
         _update_lists()
     r = subprocess.run([_tool("apt-cache"), "show", "--no-all-versions", package],
@@ -101,7 +102,12 @@ def candidate(package: str) -> Deb:
     if r.returncode != 0 or not records:
         raise AptUnavailable(f"apt-cache knows no package {package!r} ({_tail(r.stderr) or 'no record'}); "
                              f"{_HINT}")
-    rec = records[0]
+    return records[0]
+
+
+def candidate(package: str) -> Deb:
+    """The version apt would pick for ``package``, as a Deb to fetch."""
+    rec = record(package)
     missing = [k for k in ("Version", "Architecture", "SHA256", "Size") if k not in rec]
     if missing:
         raise VerificationError(f"apt-cache show {package}: record lacks {', '.join(missing)}")

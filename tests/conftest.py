@@ -85,3 +85,19 @@ def hvmrun(*args: str, input: bytes | None = None, timeout: float = 120) -> subp
     env = dict(os.environ)
     return subprocess.run([*hvmrun_cmd(), *args], input=input, capture_output=True, timeout=timeout, env=env,
                           stdin=None if input is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def linux_image() -> Path:
+    """The ``images`` linux recipe's directory (vmlinuz, initramfs.cpio), built once into the
+    user's cache. Only a host without a usable apt gets a skip, and never CI."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import images
+
+    try:
+        return images.build("linux")
+    except images.AptUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot fetch the kernel from Debian: {exc}")
+        pytest.skip(f"cannot fetch the kernel from Debian here: {exc}")
