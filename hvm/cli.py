@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
                    help="guest RAM, e.g. 64M, 1G (default 128M; a bare number means MiB)")
     p.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
-    p.add_argument("--kernel", metavar="PATH", help="multiboot v1 kernel or flat binary to boot")
+    p.add_argument("--kernel", metavar="PATH", help="kernel to boot: multiboot v1, Linux bzImage (64-bit boot protocol) or a flat binary")
     p.add_argument("--initrd", metavar="PATH", help="initial ramdisk (passed as the first multiboot module)")
     p.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
     p.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",

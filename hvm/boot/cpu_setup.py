@@ -14,9 +14,13 @@ from ..memory import GuestMemory
 from .entry import EntryState, Mode
 
 SEL_CODE64, SEL_DATA, SEL_CODE32 = 0x08, 0x10, 0x18
+# Linux's boot protocol: __BOOT_CS 0x10 (64-bit code for the 64-bit entry), __BOOT_DS 0x18.
+LINUX_SEL_CODE, LINUX_SEL_DATA = 0x10, 0x18
 
-# Flat descriptors: 64-bit code, data, 32-bit code (type/flags as the Intel SDM vol. 3 §3.4.5 lays out).
-_GDT = [0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CF9B000000FFFF]
+# Flat descriptors (type/flags as the Intel SDM vol. 3 §3.4.5 lays out).
+_CODE64, _DATA, _CODE32 = 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CF9B000000FFFF
+_GDT = [0, _CODE64, _DATA, _CODE32]
+_LINUX_GDT = [0, 0, _CODE64, _DATA]
 
 CR0_PE, CR0_ET, CR0_PG = 1, 0x10, 1 << 31
 CR4_PAE = 1 << 5
@@ -66,14 +70,20 @@ def entry_cpu_state(mem: GuestMemory, entry: EntryState) -> tuple[Regs, SRegs]:
         _system_segments(sregs)
         return regs, sregs
 
-    mem.write(BOOT_GDT, struct.pack(f"<{len(_GDT)}Q", *_GDT))
-    sregs.gdt = DTable(BOOT_GDT, len(_GDT) * 8 - 1)
+    long = entry.mode == Mode.LONG
+    if entry.linux_selectors:
+        if not long:
+            raise ConfigError("Linux's selectors are only laid out for the 64-bit entry")
+        gdt, code, data = _LINUX_GDT, LINUX_SEL_CODE, LINUX_SEL_DATA
+    else:
+        gdt, code, data = _GDT, SEL_CODE64 if long else SEL_CODE32, SEL_DATA
+    mem.write(BOOT_GDT, struct.pack(f"<{len(gdt)}Q", *gdt))
+    sregs.gdt = DTable(BOOT_GDT, len(gdt) * 8 - 1)
     sregs.idt = DTable(0, 0)
     regs.rip = entry.entry
-    long = entry.mode == Mode.LONG
-    sregs.cs = _flat(SEL_CODE64 if long else SEL_CODE32, True, long)
+    sregs.cs = _flat(code, True, long)
     for name in ("ds", "es", "fs", "gs", "ss"):
-        setattr(sregs, name, _flat(SEL_DATA, False))
+        setattr(sregs, name, _flat(data, False))
     sregs.cr0 = CR0_PE | CR0_ET
     if long:
         sregs.cr3 = _identity_page_tables(mem)

@@ -22,3 +22,6 @@ class EntryState:
     regs: dict[str, int] = field(default_factory=dict)
     real_cs: int | None = None      # real mode only: the CS selector to use (IP = entry - CS*16)
     description: str = ""           # e.g. "multiboot v1 ELF32", shown by -v
+    # Protected/long mode: the selectors the kernel expects (Linux's boot protocol wants its
+    # __BOOT_CS 0x10 and __BOOT_DS 0x18; hvm's own layout is 0x08 code, 0x10 data).
+    linux_selectors: bool = False

@@ -9,6 +9,7 @@ from ..memory import GuestMemory
 from .detect import detect_format
 from .entry import EntryState
 from .flat import load_flat
+from .linux import load_bzimage
 from .multiboot import load_multiboot
 
 
@@ -45,7 +46,8 @@ def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int,
         raise ImageError(path, "ELF image without a multiboot header (hvm boots multiboot v1 kernels and "
                                "flat binaries; Linux vmlinux/PVH boot is not supported yet)")
     if fmt == "bzimage":
-        raise ImageError(path, "Linux bzImage boot is not supported yet")
+        initrd = (cfg.initrd, _read(cfg.initrd, mem.size)) if cfg.initrd else None
+        return load_bzimage(mem, path, data, cfg.append, initrd, e820)
     if cfg.initrd:
         raise ImageError(path, "--initrd needs a kernel that takes one; a flat binary does not")
     return load_flat(mem, path, data, cfg.flat_mode, cfg.load_addr)
