@@ -87,17 +87,23 @@ def hvmrun(*args: str, input: bytes | None = None, timeout: float = 120) -> subp
                           stdin=None if input is not None else subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="session")
-def linux_image() -> Path:
-    """The ``images`` linux recipe's directory (vmlinuz, initramfs.cpio), built once into the
-    user's cache. Only a host without a usable apt gets a skip, and never CI."""
+def recipe_image(name: str, what: str) -> Path:
+    """Build (or reuse from the user's cache) the ``images`` recipe ``name``. Only a host without
+    a usable apt index or network gets a skip, and never CI; any other failure of the recipe
+    (checksum, build step) is a real failure."""
     if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+        sys.path.insert(0, str(REPO))  # images sits at the repository root, outside the package
     import images
 
     try:
-        return images.build("linux")
+        return images.build(name)
     except images.AptUnavailable as exc:
         if os.environ.get("CI"):
-            pytest.fail(f"cannot fetch the kernel from Debian: {exc}")
-        pytest.skip(f"cannot fetch the kernel from Debian here: {exc}")
+            pytest.fail(f"cannot fetch {what} from Debian: {exc}")
+        pytest.skip(f"cannot fetch {what} from Debian here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def linux_image() -> Path:
+    """The linux recipe's directory (vmlinuz, initramfs.cpio)."""
+    return recipe_image("linux", "the kernel")

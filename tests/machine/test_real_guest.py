@@ -1,22 +1,14 @@
 """A real guest from Debian packages: GRUB 2 built by the ``images`` grub recipe, booted by hvmrun."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, hvmrun
-
-# The images package sits at the repository root and is not part of the installed distribution.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import images  # noqa: E402
+from conftest import hvmrun, recipe_image
 
 BANNER = re.compile(rb"GRUB 2\.\S+ \(i386-coreboot\) booted as a multiboot kernel\r?\n")
 REGION = re.compile(rb"base_addr = (0x[0-9a-f]+), length = (0x[0-9a-f]+), (available|reserved) RAM")
@@ -24,16 +16,8 @@ REGION = re.compile(rb"base_addr = (0x[0-9a-f]+), length = (0x[0-9a-f]+), (avail
 
 @pytest.fixture(scope="module")
 def grub_image() -> Path:
-    """The recipe's image, built once into the user's cache (reused when already there)."""
-    try:
-        return images.build("grub")
-    except images.AptUnavailable as exc:
-        # Only a host without a usable apt index or network gets here; any other failure of the
-        # recipe (checksum, grub-mkimage, wrapping) is a real failure and is not skipped. CI has
-        # apt, so there it is a failure too.
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot fetch GRUB from Debian: {exc}")
-        pytest.skip(f"cannot fetch GRUB from Debian here: {exc}")
+    """The grub recipe's image, built once into the user's cache (reused when already there)."""
+    return recipe_image("grub", "GRUB")
 
 
 def _regions(stdout: bytes) -> dict[int, tuple[int, bytes]]:
