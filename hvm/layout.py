@@ -6,7 +6,7 @@ from .memory import HIGHMEM_BASE, GuestMemory
 
 # Conventional memory ends below the EBDA, as on a PC; 0xA0000-0xFFFFF is VGA and ROM space.
 EBDA_START = 0x9FC00
-BIOS_AREA = (0xF0000, 0x10000)
+BIOS_AREA = (0xE0000, 0x20000)  # extended BIOS ROM area and BIOS; ACPI tables live in it
 
 # Scratch the loaders' CPU setup owns: a GDT and identity page tables for 64-bit entry.
 BOOT_GDT = 0x500

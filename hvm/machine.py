@@ -22,13 +22,15 @@ from .bus import MmioBus, PortIOBus
 from .config import MachineConfig
 from .cpuid import cpuid_policy
 from .errors import ConfigError
-from .devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACPI_PM_LENGTH
+from .devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACPI_PM_LENGTH, SLP_TYP_S5
 from .devices.base import Device
 from .devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT as DEBUG_EXIT_LEN, DebugExit
 from .devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
+from .devices.reset_control import RESET_PORT, RESET_VALUE, ResetControl
 from .devices.post import DEFAULT_PORT as POST_PORT, PostCode
 from .devices.uart16550 import Uart16550
 from .engine.kvm import KvmEngine
+from .firmware.acpi import ACPI_BASE, ACPI_LIMIT, AcpiPlatform, AcpiTables, IsaDevice, build as build_acpi
 from .host import HostInfo, choose_accel, host_info, open_kvm
 from .irq import IrqLine
 from .memory import GuestMemory
@@ -256,13 +258,17 @@ class Machine:
         self.add_port_device(ACPI_PM_BASE, ACPI_PM_LENGTH,
                              AcpiPm(lambda: self.finish(Outcome(End.POWEROFF, message="guest powered off"))))
 
+        self.add_port_device(RESET_PORT, 1, ResetControl(self.guest_reset))
+
         self.fallback = None
         if self.vm is not None and cfg.fallback:
             from .engine.fallback import FallbackExecutor
 
             self.fallback = FallbackExecutor(self.memory, self.mmio, self.pio.read, self.pio.write,
                                              say=_say if cfg.verbose else None)
-        self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory))
+        self.acpi = self._write_acpi_tables()
+        self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory),
+                                             rsdp=self.acpi.rsdp if self.acpi else None)
         if self.vm is not None:
             supported = self.kvm.supported_cpuid()
             for index in range(cfg.cpus):
@@ -278,6 +284,21 @@ class Machine:
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
         bsp.set_regs(regs)
+
+    def _write_acpi_tables(self) -> AcpiTables | None:
+        """Describe the machine in ACPI tables below 1 MiB, as firmware would (the kernel is booted
+        directly, so hvm stands in for it). None when RAM does not reach that area."""
+        if not any(r.gpa == 0 and r.end >= ACPI_BASE + ACPI_LIMIT for r in self.memory.regions):
+            return None
+        devices = [IsaDevice(f"COM{i + 1}", "PNP0501", [(base, 8)], [gsi], uid=i + 1)
+                   for i, (base, gsi) in enumerate(SERIAL_PORTS[:len(self.serial_ports)])]
+        tables = build_acpi(AcpiPlatform(
+            cpus=self.config.cpus, ioapic_id=self.config.cpus, ioapic_address=layout.IOAPIC_BASE,
+            lapic_address=layout.LAPIC_BASE, pm_base=ACPI_PM_BASE, s5_sleep_type=SLP_TYP_S5,
+            reset_port=RESET_PORT, reset_value=RESET_VALUE, has_8042=False, century_cmos_index=None,
+            isa_devices=devices))
+        self.memory.write(tables.base, tables.blob)
+        return tables
 
     def add_serial_port(self, backend: SerialBackend | None = None) -> SerialPort:
         """Add the next COM port (COM1 first); ``backend`` None keeps output in memory only."""
@@ -383,6 +404,10 @@ class Machine:
         both = lib.KVM_MSR_FILTER_READ | lib.KVM_MSR_FILTER_WRITE
         # One single-MSR range per handled index; a 0 bit in the bitmap means "deny", i.e. exit.
         self.vm.set_msr_filter([(both, i, 1, b"\x00") for i in sorted(self.msr_handlers)])
+
+    def guest_reset(self, how: str) -> None:
+        """The guest reset the machine (reset register, keyboard controller, triple fault)."""
+        self.finish(Outcome(End.RESET, message=f"guest reset the machine: {how}"))
 
     def _debug_exit(self, value: int) -> None:
         self.finish(Outcome(End.DEBUG_EXIT, value=value, message=f"isa-debug-exit {value:#x}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError, ImageError
 from ..formats.bzimage import (
-    BOOT_PARAMS_SIZE, E820_ENTRIES_OFFSET, E820_MAX, E820_TABLE_OFFSET, HEADER_OFFSET,
+    ACPI_RSDP_OFFSET, BOOT_PARAMS_SIZE, E820_ENTRIES_OFFSET, E820_MAX, E820_TABLE_OFFSET, HEADER_OFFSET,
     LOADER_UNDEFINED, XLF_KERNEL_64, E820Table, SetupHeader,
 )
 from ..layout import BOOT_AREA_END
@@ -20,6 +20,7 @@ LOAD_ADDR = 0x100000        # where the protected-mode kernel goes, as QEMU load
 BOOT_PARAMS = BOOT_AREA_END  # the zero page, right after the loader's GDT and page tables
 CMDLINE_ADDR = 0x20000
 MIN_VERSION = 0x020C        # 2.12: xloadflags and the 64-bit entry point
+RSDP_VERSION = 0x020E       # 2.14: boot_params.acpi_rsdp_addr (older kernels scan for the RSDP)
 _HEADER_END = HEADER_OFFSET + SetupHeader.sizeof()
 
 
@@ -28,7 +29,8 @@ def _version(v: int) -> str:
 
 
 def load_bzimage(mem: GuestMemory, path: str, data: bytes, cmdline: str,
-                 initrd: tuple[str, bytes] | None, e820: list[tuple[int, int, int]]) -> EntryState:
+                 initrd: tuple[str, bytes] | None, e820: list[tuple[int, int, int]],
+                 rsdp: int | None = None) -> EntryState:
     """Load a bzImage for its 64-bit entry; returns the entry state."""
     if len(data) < _HEADER_END:
         raise ImageError(path, f"truncated bzImage: {len(data)} bytes, shorter than the setup header")
@@ -82,6 +84,8 @@ def load_bzimage(mem: GuestMemory, path: str, data: bytes, cmdline: str,
     table += [dict(addr=0, size=0, type=0)] * (E820_MAX - len(table))
     zero_page[E820_TABLE_OFFSET:E820_TABLE_OFFSET + E820Table.sizeof()] = E820Table.build(table)
     zero_page[E820_ENTRIES_OFFSET] = len(e820)
+    if rsdp is not None and hdr.version >= RSDP_VERSION:
+        zero_page[ACPI_RSDP_OFFSET:ACPI_RSDP_OFFSET + 8] = rsdp.to_bytes(8, "little")
     mem.write(BOOT_PARAMS, bytes(zero_page))
     return EntryState(Mode.LONG, LOAD_ADDR + 0x200, {"rsi": BOOT_PARAMS}, linux_selectors=True,
                       description=f"Linux bzImage (boot protocol {_version(hdr.version)}), 64-bit entry")

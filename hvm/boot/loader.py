@@ -28,8 +28,10 @@ def _read(path: str, limit: int) -> bytes:
         raise ImageError(path, "permission denied") from None
 
 
-def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int, int]]) -> EntryState:
-    """Load ``cfg.kernel`` (and its modules) into guest memory; returns where the CPU starts."""
+def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int, int]],
+                rsdp: int | None = None) -> EntryState:
+    """Load ``cfg.kernel`` (and its modules) into guest memory; returns where the CPU starts.
+    ``rsdp`` is where the machine's ACPI tables start, for the protocols that pass it on."""
     path = cfg.kernel
     data = _read(path, mem.size)
     if not data:
@@ -47,7 +49,7 @@ def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int,
                                "flat binaries; Linux vmlinux/PVH boot is not supported yet)")
     if fmt == "bzimage":
         initrd = (cfg.initrd, _read(cfg.initrd, mem.size)) if cfg.initrd else None
-        return load_bzimage(mem, path, data, cfg.append, initrd, e820)
+        return load_bzimage(mem, path, data, cfg.append, initrd, e820, rsdp)
     if cfg.initrd:
         raise ImageError(path, "--initrd needs a kernel that takes one; a flat binary does not")
     return load_flat(mem, path, data, cfg.flat_mode, cfg.load_addr)

@@ -61,12 +61,15 @@ def _stop_hook(uc):
     import ctypes
 
     import unicorn
+    from unicorn import x86_const
     from unicorn.unicorn_py3.unicorn import uclib  # the binding's own handle on libunicorn
 
     from ._ucstop import ffi, lib
 
     state = ffi.new("hvm_stop_t *")
     state.stop = ffi.cast("void *", ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
+    state.reg_read = ffi.cast("void *", ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value)
+    state.eflags_id = x86_const.UC_X86_REG_EFLAGS
     handle = ctypes.c_size_t()
     status = uclib.uc_hook_add(
         uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
@@ -226,6 +229,15 @@ class UnicornCore:
     def drop_stop(self) -> None:
         """Forget a stop requested for a slice that has ended (before the next one begins)."""
         self._stop.wanted = 0
+
+    def watch_window(self, on: bool) -> None:
+        """Stop at the next block entered with EFLAGS.IF set (an interrupt is waiting for it)."""
+        self._stop.window = int(on)
+
+    @property
+    def window_stops(self) -> int:
+        """How many slices ended because IF became set."""
+        return self._stop.window_stops
 
     def close(self) -> None:
         if self.slicer is not None:

@@ -59,6 +59,8 @@ RESET_CR0 = 0x6000_0010  # CD, NW, ET (SDM vol. 3A table 9-1)
 EFER, STAR, LSTAR, CSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
 EFER_SCE = 1
 _VEC_UD = 6
+_HLT = 0xF4
+_WINDOW = object()  # an interrupt waits for EFLAGS.IF
 _SYSCALL = object()  # the event a SYSCALL hook records
 _SYSENTER = object()
 SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP = 0x174, 0x175, 0x176
@@ -345,8 +347,11 @@ class UnicornEngine(Engine):
         lines = [f"{name}: {self.slices} time slices, {self.emu_seconds:.3f} s inside emu_start "
                  f"(guest code and the device hooks it calls), {self.syscalls} SYSCALLs, "
                  f"{self.sysenters} SYSENTERs"]
-        if self.index == 0 and len(core.engines) > 1:
-            lines.append(f"unicorn: {core.switches} switches between vCPUs")
+        if self.index == 0:
+            lines.append(f"unicorn: {core.window_stops} slices ended by the guest setting IF for a "
+                         f"waiting interrupt")
+            if len(core.engines) > 1:
+                lines.append(f"unicorn: {core.switches} switches between vCPUs")
         for title, counts in (("exceptions delivered", self.exceptions_delivered),
                               ("interrupts delivered", self.interrupts_delivered)):
             if counts:
@@ -398,9 +403,9 @@ class UnicornEngine(Engine):
                     return problem
             if not self._started:
                 return None
-            problem = self._deliver_pending()
-            if problem is not None:
-                return problem
+            waiting = self._deliver_pending()
+            if isinstance(waiting, kx.VcpuExit):
+                return waiting
             if self._halted:
                 if self._controller is None:
                     self._halted = False
@@ -414,6 +419,8 @@ class UnicornEngine(Engine):
             slicer.begin(self._slice_deadline(quantum_end if turns.wanted else None))
             if self._poked or self._kicked.is_set():
                 slicer.cut()  # it came after the checks above, when there was no slice to end
+            core.watch_window(waiting is _WINDOW)
+            windows = core.window_stops
             try:
                 uc.emu_start(uc.reg_read(self._ip_id), 0)
             except unicorn.UcError as exc:
@@ -424,8 +431,12 @@ class UnicornEngine(Engine):
                     return problem
                 continue
             cut = slicer.end()
+            core.watch_window(False)
             self.emu_seconds += time.perf_counter() - t0
             self.slices += 1
+            if core.window_stops != windows:
+                self._window_opened()
+                continue
             if self._event is not None:
                 problem = self._take_event()
                 if problem is not None:
@@ -476,15 +487,33 @@ class UnicornEngine(Engine):
         self.set_regs(Regs(rdx=signature, rip=0, rflags=2))
         self._started, self._halted = True, False
 
-    def _deliver_pending(self) -> kx.VcpuExit | None:
+    def _deliver_pending(self) -> kx.VcpuExit | object | None:
+        """Deliver the interrupt the controller has for this vCPU: an exit if the guest cannot go
+        on, _WINDOW if one waits for EFLAGS.IF."""
         ctl = self._controller
-        if ctl is None or not ctl.intr() or not self.uc.reg_read(self._flags_id) & IF:
+        if ctl is None or not ctl.intr():
             return None
+        if not self.uc.reg_read(self._flags_id) & IF:
+            return _WINDOW
         vector = ctl.acknowledge()
         if vector is None:
             return None
         self._halted = False
         return self._deliver(Event(vector, external=True))
+
+    def _window_opened(self) -> None:
+        """The guest set IF with an interrupt waiting. If the block it stopped at begins with HLT
+        (`sti; hlt`, the idle loop's STI shadow), the interrupt is taken as waking that HLT, RIP
+        past it: delivered before it, the HLT would then sleep with the wake-up already spent."""
+        s = self.get_sregs()
+        rip = self.uc.reg_read(self._ip_id)
+        try:
+            opcode = read_virtual(self.memory, PagingMode(s.cr0, s.cr3, s.cr4, s.efer),
+                                  s.cs.base + rip, 1)
+        except (PageFault, GuestMemoryError):
+            return
+        if opcode[0] == _HLT:
+            self.uc.reg_write(self._ip_id, rip + 1)
 
     def _next_deadline(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]

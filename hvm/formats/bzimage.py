@@ -13,6 +13,7 @@ HEADER_OFFSET = 0x1F1  # where the setup header starts, in the image and in boot
 BOOT_PARAMS_SIZE = 0x1000
 E820_TABLE_OFFSET, E820_MAX = 0x2D0, 128
 E820_ENTRIES_OFFSET = 0x1E8
+ACPI_RSDP_OFFSET = 0x070
 
 LOADFLAG_LOADED_HIGH = 0x01
 XLF_KERNEL_64 = 0x01   # xloadflags: the kernel has the 64-bit entry point at load address + 0x200
@@ -63,5 +64,5 @@ assert SetupHeader.sizeof() == 0x26C - HEADER_OFFSET
 
 E820Table = Array(E820_MAX, E820Entry)
 
-__all__ = ["SetupHeader", "E820Table", "HEADER_OFFSET", "BOOT_PARAMS_SIZE", "E820_TABLE_OFFSET",
+__all__ = ["ACPI_RSDP_OFFSET", "SetupHeader", "E820Table", "HEADER_OFFSET", "BOOT_PARAMS_SIZE", "E820_TABLE_OFFSET",
            "E820_MAX", "E820_ENTRIES_OFFSET", "LOADFLAG_LOADED_HIGH", "XLF_KERNEL_64", "LOADER_UNDEFINED"]
