@@ -17,6 +17,8 @@ setup(
         "capstone>=5.0,<6",
         "pyelftools>=0.29",
         "unicorn==2.1.4",  # the software engine; its semantics are validated against this version
+        "zstandard>=0.19",  # host-side decompression of zstd-compressed kernels
+        "lz4>=4.0",  # ... and lz4 ones (gzip, xz, lzma, bzip2 are in the standard library)
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["hvmrun = hvm.cli:main"]},

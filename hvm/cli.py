@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
                    help="guest RAM, e.g. 64M, 1G (default 128M; a bare number means MiB)")
     p.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
-    p.add_argument("--kernel", metavar="PATH", help="kernel to boot: multiboot v1, Linux bzImage (64-bit boot protocol) or a flat binary")
-    p.add_argument("--initrd", metavar="PATH", help="initial ramdisk (passed as the first multiboot module)")
+    p.add_argument("--kernel", metavar="PATH", help="kernel to boot: multiboot v1, Linux bzImage (64-bit boot protocol), an ELF vmlinux "
+                        "(PVH entry note, else the 64-bit boot protocol) or a flat binary")
+    p.add_argument("--initrd", metavar="PATH", help="initial ramdisk (Linux: the initrd; multiboot: the first module)")
     p.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
     p.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                    help="multiboot module with its argument string (repeatable)")
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accel", choices=["kvm", "unicorn", "auto"], default="kvm",
                    help="how guest code runs: kvm (default), unicorn (software CPU: vCPUs take turns on one "
                         "host CPU; PIC, PIT, IOAPIC and LAPICs in Python), auto (unicorn where KVM is missing or only emulates)")
+    p.add_argument("--decompress", choices=["auto", "host", "guest"], default="auto",
+                   help="who decompresses a bzImage: host (hvm, cached; the vmlinux inside is entered "
+                        "directly), guest (the kernel's decompressor), auto (host where guest code is "
+                        "emulated: unicorn, or a KVM that only emulates)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
     p.add_argument("--no-fallback", action="store_true",
                    help="under KVM, end the run with a crash report when KVM's instruction emulator refuses an "
@@ -98,7 +103,8 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module], flat_mode=Mode(args.flat_mode),
         load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
-        timeout=args.timeout, accel=args.accel, fallback=not args.no_fallback, verbose=args.verbose)
+        timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,
+        verbose=args.verbose)
 
 
 def _say(msg: str) -> None:

@@ -41,6 +41,9 @@ class ModuleSpec:
         return cls(path, args)
 
 
+DECOMPRESS_CHOICES = ("auto", "host", "guest")
+
+
 @dataclass
 class MachineConfig:
     """Everything a Machine is built from."""
@@ -65,6 +68,10 @@ class MachineConfig:
     # Under KVM, execute the instructions KVM's emulator refuses in unicorn (hvm.engine.fallback)
     # instead of ending the run with a crash report.
     fallback: bool = True
+    # Who decompresses a bzImage's payload: "host" (hvm, then the vmlinux inside is entered
+    # directly), "guest" (the kernel's own decompressor) or "auto" (host where guest code is
+    # emulated: the unicorn engine, or KVM on a host whose KVM only emulates).
+    decompress: str = "auto"
     # HVM_KVM_DEVICE lets tests and odd hosts point hvm at another KVM device node.
     kvm_path: str = field(default_factory=lambda: os.environ.get("HVM_KVM_DEVICE", "/dev/kvm"))
     verbose: int = 0
@@ -80,6 +87,9 @@ class MachineConfig:
             raise ConfigError(f"-c {self.cpus}: the number of vCPUs must be between 1 and 255")
         if self.accel not in ACCELS:
             raise ConfigError(f"unknown accelerator {self.accel!r} (choose from {', '.join(ACCELS)})")
+        if self.decompress not in DECOMPRESS_CHOICES:
+            raise ConfigError(f"unknown --decompress {self.decompress!r} (choose from "
+                              f"{', '.join(DECOMPRESS_CHOICES)})")
         if self.kernel is None:
             raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
         if self.initrd is not None and self.modules:

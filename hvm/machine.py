@@ -268,7 +268,8 @@ class Machine:
                                              say=_say if cfg.verbose else None)
         self.acpi = self._write_acpi_tables()
         self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory),
-                                             rsdp=self.acpi.rsdp if self.acpi else None)
+                                             rsdp=self.acpi.rsdp if self.acpi else None,
+                                             host_decompress=self.host_decompress)
         if self.vm is not None:
             supported = self.kvm.supported_cpuid()
             for index in range(cfg.cpus):
@@ -277,6 +278,8 @@ class Machine:
                 self.vcpus.append(Vcpu(self, index, KvmEngine(kvcpu, irqchip=True)))
         else:
             self.vcpus += [Vcpu(self, index, engine) for index, engine in enumerate(self._unicorn_engines)]
+            for engine in self._unicorn_engines:
+                engine.min_bits = self.entry.kernel_bits or engine.min_bits
         if self.fallback is not None and self.host.emulation_only:
             self.add_msr_handler(TSC_AUX, self.fallback.tsc_aux)
             self.fallback.tsc_aux_served = True
@@ -284,6 +287,13 @@ class Machine:
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
         bsp.set_regs(regs)
+
+    @property
+    def host_decompress(self) -> bool:
+        """Whether a bzImage's payload is decompressed by hvm (see MachineConfig.decompress)."""
+        if self.config.decompress != "auto":
+            return self.config.decompress == "host"
+        return self.accel != "kvm" or self.host.emulation_only
 
     def _write_acpi_tables(self) -> AcpiTables | None:
         """Describe the machine in ACPI tables below 1 MiB, as firmware would (the kernel is booted

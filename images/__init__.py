@@ -7,11 +7,12 @@ returns its path.  Building is idempotent: a second run reuses the cached result
 from __future__ import annotations
 
 import fcntl
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from hvm.cache import cache_root
 
 # Exit codes of ``python3 -m images``, distinct per failure so scripts and CI can tell them apart
 # (the sysexits.h values, as hvm's own CLI uses).
@@ -61,14 +62,6 @@ class Recipe:
     summary: str
     build: Callable[[Path | None], Path]
     path: Callable[[Path | None], Path]
-
-
-def cache_root(override: Path | None = None) -> Path:
-    """The cache directory: ``override``, else ``$HVM_CACHE``, else ``~/.cache/hvm``."""
-    if override is not None:
-        return Path(override)
-    env = os.environ.get("HVM_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "hvm"
 
 
 @contextmanager

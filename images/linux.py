@@ -7,7 +7,9 @@ it for init's standard streams before anything is mounted) and ``/init``, which 
 and devtmpfs, runs the command given as ``hvm.run=...`` on the kernel command line (quoted with
 '...' or "...", or a single word) or else starts a shell on the console, then powers off.
 
-The recipe's result is a directory holding ``vmlinuz`` and ``initramfs.cpio``.
+The recipe's result is a directory holding ``vmlinuz``, ``vmlinux`` (the ELF kernel inside it,
+decompressed by hvm's own host-side decompressor: the image a PVH boot takes) and
+``initramfs.cpio``.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import tarfile
 from pathlib import Path
 
 from . import AptUnavailable, NotBuilt, Recipe, RecipeError, VerificationError, cache_root, locked
+from hvm.boot import decompress
+
 from . import apt, cpio
 
 META_PACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
-KERNEL_NAME, INITRAMFS_NAME = "vmlinuz", "initramfs.cpio"
+KERNEL_NAME, VMLINUX_NAME, INITRAMFS_NAME = "vmlinuz", "vmlinux", "initramfs.cpio"
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # hvm's initramfs init: mount the kernel's file systems, run hvm.run=... or a shell, power off.
@@ -60,7 +64,7 @@ def recipe_dir(cache: Path | None = None) -> Path:
 def built_path(cache: Path | None = None) -> Path:
     """The result directory if it has been built; raises NotBuilt otherwise."""
     path = recipe_dir(cache) / "out"
-    if not (path / KERNEL_NAME).is_file() or not (path / INITRAMFS_NAME).is_file():
+    if not all((path / name).is_file() for name in (KERNEL_NAME, VMLINUX_NAME, INITRAMFS_NAME)):
         raise NotBuilt(f"the linux image is not built yet; run `python3 -m images linux` (would be in {path})")
     return path
 
@@ -116,6 +120,18 @@ def initramfs(busybox: bytes) -> bytes:
     ])
 
 
+def extract_vmlinux(bzimage: Path) -> bytes:
+    """The ELF kernel inside a bzImage, through the decompressor hvm boots with."""
+    from hvm.boot.linux import payload, setup_header
+    from hvm.errors import ImageError
+
+    data = bzimage.read_bytes()
+    try:
+        return decompress.decompress(str(bzimage), payload(str(bzimage), data, setup_header(str(bzimage), data)))
+    except ImageError as exc:
+        raise VerificationError(str(exc)) from None
+
+
 def build(cache: Path | None = None) -> Path:
     """Fetch and verify the kernel and busybox packages, write the initramfs; returns the directory."""
     workdir = recipe_dir(cache)
@@ -124,11 +140,11 @@ def build(cache: Path | None = None) -> Path:
         debs = apt.fetch([kernel_pkg, BUSYBOX_PACKAGE], workdir / "debs")
         inputs = hashlib.sha256("\n".join([
             *(f"{d.package} {d.version} {d.sha256}" for d in debs.values()),
-            Path(__file__).read_text(), Path(cpio.__file__).read_text(),
+            *(Path(m.__file__).read_text() for m in (sys.modules[__name__], cpio, decompress)),
         ]).encode()).hexdigest()
         out, stamp = workdir / "out", workdir / "out.inputs"
-        if (out / KERNEL_NAME).is_file() and (out / INITRAMFS_NAME).is_file() and stamp.is_file() \
-                and stamp.read_text().strip() == inputs:
+        if all((out / name).is_file() for name in (KERNEL_NAME, VMLINUX_NAME, INITRAMFS_NAME)) \
+                and stamp.is_file() and stamp.read_text().strip() == inputs:
             return out
         tmp = workdir / "out.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -142,6 +158,7 @@ def build(cache: Path | None = None) -> Path:
         for leftover in tmp.iterdir():
             if leftover.name != KERNEL_NAME:
                 leftover.unlink()
+        (tmp / VMLINUX_NAME).write_bytes(extract_vmlinux(tmp / KERNEL_NAME))
         bb_dir = workdir / "busybox"
         shutil.rmtree(bb_dir, ignore_errors=True)
         bb_dir.mkdir()
@@ -153,7 +170,7 @@ def build(cache: Path | None = None) -> Path:
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         stamp.write_text(inputs + "\n")
-        _log(f"built {out}: {KERNEL_NAME} from {kernel_pkg} {debs[kernel_pkg].version}, "
+        _log(f"built {out}: {KERNEL_NAME} (and {VMLINUX_NAME}) from {kernel_pkg} {debs[kernel_pkg].version}, "
              f"{INITRAMFS_NAME} with busybox {debs[BUSYBOX_PACKAGE].version}")
         return out
 

@@ -10,6 +10,7 @@ from .detect import detect_format
 from .entry import EntryState
 from .flat import load_flat
 from .linux import load_bzimage
+from .vmlinux import load_vmlinux
 from .multiboot import load_multiboot
 
 
@@ -29,9 +30,10 @@ def _read(path: str, limit: int) -> bytes:
 
 
 def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int, int]],
-                rsdp: int | None = None) -> EntryState:
+                rsdp: int | None = None, host_decompress: bool = False) -> EntryState:
     """Load ``cfg.kernel`` (and its modules) into guest memory; returns where the CPU starts.
-    ``rsdp`` is where the machine's ACPI tables start, for the protocols that pass it on."""
+    ``rsdp`` is where the machine's ACPI tables start, for the protocols that pass it on;
+    ``host_decompress`` makes a bzImage's payload decompressed here rather than by the guest."""
     path = cfg.kernel
     data = _read(path, mem.size)
     if not data:
@@ -44,12 +46,11 @@ def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int,
         return load_multiboot(mem, path, data, cfg.append, modules, e820)
     if cfg.modules:
         raise ImageError(path, "--module needs a multiboot kernel, and this image has no multiboot header")
-    if fmt == "elf":
-        raise ImageError(path, "ELF image without a multiboot header (hvm boots multiboot v1 kernels and "
-                               "flat binaries; Linux vmlinux/PVH boot is not supported yet)")
-    if fmt == "bzimage":
+    if fmt in ("elf", "bzimage"):
         initrd = (cfg.initrd, _read(cfg.initrd, mem.size)) if cfg.initrd else None
-        return load_bzimage(mem, path, data, cfg.append, initrd, e820, rsdp)
+        if fmt == "elf":
+            return load_vmlinux(mem, path, data, cfg.append, initrd, e820, rsdp)
+        return load_bzimage(mem, path, data, cfg.append, initrd, e820, rsdp, host_decompress)
     if cfg.initrd:
         raise ImageError(path, "--initrd needs a kernel that takes one; a flat binary does not")
     return load_flat(mem, path, data, cfg.flat_mode, cfg.load_addr)

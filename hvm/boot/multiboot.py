@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import ImageError
 from ..formats import ConstructError
-from ..formats.elf import EM_386, EM_X86_64, PT_LOAD, ElfFormatError, read_headers
+from ..formats.elf import EM_386, EM_X86_64
 from ..formats.multiboot import (
     HDR_AOUT_KLUDGE, HDR_MEMORY_INFO, HDR_PAGE_ALIGN, HDR_REQUIRED_MASK, HDR_VIDEO_MODE,
     MBI_BOOT_DEVICE, MBI_BOOT_LOADER_NAME, MBI_CMDLINE, MBI_MEMORY, MBI_MMAP, MBI_MODS,
@@ -28,6 +28,7 @@ from ..formats.multiboot import (
 from ..formats.e820 import E820_RAM
 from ..layout import EBDA_START
 from ..memory import HIGHMEM_BASE, GuestMemory
+from .elf_segments import Chunk, elf_chunks
 from .entry import EntryState, Mode
 from .flat import require_clear_of_scratch, require_ram
 
@@ -125,17 +126,7 @@ def _no_header_reason(data: bytes) -> str:
     return "no multiboot header found in the first 8 KiB"
 
 
-@dataclass
-class _Chunk:
-    """A piece of the kernel image: ``data`` copied to ``addr``, then zeroed up to ``memsz``."""
-
-    addr: int
-    data: memoryview
-    memsz: int
-    what: str
-
-
-def _aout_chunks(path: str, data: bytes, hdr: MultibootHeader) -> tuple[list[_Chunk], int]:
+def _aout_chunks(path: str, data: bytes, hdr: MultibootHeader) -> tuple[list[Chunk], int]:
     """The kernel image and entry point described by the header's address fields."""
     if hdr.header_addr is None:
         raise ImageError(path, f"truncated file: multiboot header at offset {hdr.offset:#x} sets "
@@ -165,46 +156,8 @@ def _aout_chunks(path: str, data: bytes, hdr: MultibootHeader) -> tuple[list[_Ch
             raise ImageError(path, f"invalid multiboot bss_end_addr {hdr.bss_end_addr:#x}: below "
                                    f"the end of the loaded image {hdr.load_addr + load_size:#x}")
         memsz = hdr.bss_end_addr - hdr.load_addr
-    chunk = _Chunk(hdr.load_addr, memoryview(data)[file_off:file_off + load_size], memsz, "kernel image")
+    chunk = Chunk(hdr.load_addr, memoryview(data)[file_off:file_off + load_size], memsz, "kernel image")
     return [chunk], hdr.entry_addr
-
-
-def _elf_chunks(path: str, data: bytes) -> tuple[list[_Chunk], int, int]:
-    """PT_LOAD segments at their physical addresses, the physical entry point, and the ELF class."""
-    if data[:4] != b"\x7fELF":
-        raise ImageError(path, "not ELF and no multiboot address fields (header flag bit 16)")
-    try:
-        ehdr, headers = read_headers(data)
-    except (ElfFormatError, ConstructError) as exc:
-        raise ImageError(path, f"malformed ELF: {exc}") from None
-    if ehdr.e_machine not in _X86_MACHINES:
-        raise ImageError(path, f"ELF is for machine {ehdr.e_machine}, not x86")
-    phdrs = [ph for ph in headers if ph.p_type == PT_LOAD]
-    e_entry, elfclass = ehdr.e_entry, 32 if ehdr.ident.elfclass == 1 else 64
-    if not phdrs:
-        raise ImageError(path, "ELF has no PT_LOAD segment")
-
-    chunks = []
-    for i, ph in enumerate(phdrs):
-        what = f"ELF segment {i} (paddr {ph.p_paddr:#x})"
-        if ph.p_filesz > ph.p_memsz:
-            raise ImageError(path, f"malformed ELF: {what} has p_filesz {ph.p_filesz:#x} > "
-                                   f"p_memsz {ph.p_memsz:#x}")
-        if ph.p_offset + ph.p_filesz > len(data):
-            raise ImageError(path, f"truncated file: {what} needs file bytes [{ph.p_offset:#x}, "
-                                   f"{ph.p_offset + ph.p_filesz:#x}) but the file has {len(data):#x}")
-        if ph.p_memsz:
-            chunks.append(_Chunk(ph.p_paddr, memoryview(data)[ph.p_offset:ph.p_offset + ph.p_filesz],
-                                 ph.p_memsz, what))
-
-    # e_entry is a virtual address; for a higher-half kernel (vaddr != paddr) the CPU starts with
-    # paging off, so it must be moved into the segment's physical placement.
-    entry = e_entry
-    for ph in phdrs:
-        if ph.p_vaddr != ph.p_paddr and ph.p_vaddr <= e_entry < ph.p_vaddr + ph.p_memsz:
-            entry = e_entry - ph.p_vaddr + ph.p_paddr
-            break
-    return chunks, entry, elfclass
 
 
 def _align(value: int, alignment: int) -> int:
@@ -240,11 +193,14 @@ def load_multiboot(mem: GuestMemory, path: str, data: bytes, cmdline: str,
         # The spec says to refuse; QEMU only warns and boots, and so do we.
         log.warning("%s: multiboot header requires unknown features %#x; booting anyway", path, unknown)
 
+    elfclass = 0  # the a.out kludge says nothing of the kernel's width
     if hdr.has_address_fields:
         chunks, entry = _aout_chunks(path, data, hdr)
         description = "multiboot v1 a.out kludge"
     else:
-        chunks, entry, elfclass = _elf_chunks(path, data)
+        if data[:4] != b"\x7fELF":
+            raise ImageError(path, "not ELF and no multiboot address fields (header flag bit 16)")
+        chunks, entry, elfclass = elf_chunks(path, data, _X86_MACHINES)
         description = f"multiboot v1 ELF{elfclass}"
 
     # --- check the kernel ---------------------------------------------------------------------
@@ -313,4 +269,4 @@ def load_multiboot(mem: GuestMemory, path: str, data: bytes, cmdline: str,
 
     return EntryState(Mode.PROTECTED, entry,
                       regs={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": info_addr},
-                      description=description)
+                      description=description, kernel_bits=elfclass if elfclass == 64 else 0)

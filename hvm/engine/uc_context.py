@@ -33,6 +33,7 @@ HF_CPL_MASK = 3
 HF_CS32, HF_SS32, HF_ADDSEG, HF_LMA, HF_CS64 = 1 << 4, 1 << 5, 1 << 6, 1 << 14, 1 << 15
 # Descriptor flags of real-mode segment caches, as QEMU's CPU reset loads them.
 DESC_P, DESC_S, DESC_CS, DESC_RW, DESC_A = 1 << 15, 1 << 12, 1 << 11, 1 << 9, 1 << 8
+DESC_B, DESC_G, DESC_DPL_SHIFT, DESC_TYPE_SHIFT = 1 << 22, 1 << 23, 13, 8
 _REAL_CODE, _REAL_DATA = DESC_P | DESC_S | DESC_CS | DESC_RW | DESC_A, DESC_P | DESC_S | DESC_RW | DESC_A
 
 
@@ -109,6 +110,24 @@ class ContextFields:
                            struct.pack("<I4xQII", selector, selector << 4, 0xFFFF, flags), 24)
         hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
         hflags = (hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_LMA | HF_CS64)) | HF_ADDSEG
+        ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags), 4)
+        self.uc.context_restore(ctx)
+
+    def load_protected_segments(self, segments: dict[int, tuple[int, int, int, int]], cpl: int) -> None:
+        """Load segment caches (index in QEMU's order ES CS SS DS FS GS -> selector, base, limit,
+        descriptor flags as QEMU keeps them) for legacy protected mode, with hflags to match
+        (CS32/SS32 from the D/B bits, not in long mode); CR0.PE set and EFER.LMA clear already."""
+        ctx, ptr, blob = _blob(self.uc)
+        for index, (selector, base, limit, flags) in segments.items():
+            ctypes.memmove(ptr + self.layout.segs + 24 * index,
+                           struct.pack("<I4xQII", selector, base, limit, flags), 24)
+        hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
+        hflags &= ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_LMA | HF_CS64)
+        hflags |= HF_ADDSEG | cpl
+        if segments[1][3] & DESC_B:
+            hflags |= HF_CS32
+        if segments[2][3] & DESC_B:
+            hflags |= HF_SS32
         ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags), 4)
         self.uc.context_restore(ctx)
 

@@ -37,7 +37,7 @@ from ..bus import MmioBus
 from ..memory import GuestMemory, GuestMemoryError
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
-from . import uc_cpuid
+from . import uc_context, uc_cpuid
 from .uc_core import CPU_MODEL, UnicornCore
 from .uc_slicer import Slicer
 from .events import (
@@ -129,6 +129,9 @@ class UnicornEngine(Engine):
         self.index = index
         self.uc = None
         self.bits = 0
+        # The narrowest instance this vCPU may get: a 32-bit entry state whose kernel goes on to
+        # long mode needs a 64-bit one (a narrower instance truncates RIP to its width).
+        self.min_bits = 16
         self.context = None  # this vCPU's saved state while another vCPU has the CPU
         self._kicked = threading.Event()
         self.io_read: Callable[[int, int], int] = lambda port, size: (1 << (8 * size)) - 1
@@ -603,7 +606,10 @@ class UnicornEngine(Engine):
         """Create the CPU in the mode ``sregs`` describes, then load control registers,
         descriptor tables and selectors (protected-mode selectors load from the guest's GDT)."""
         if self.uc is None:
-            self._core.create(sregs.code_bits, self)
+            self._core.create(max(sregs.code_bits, self.min_bits), self)
+        if self.bits == 64 and sregs.cr0 & 1 and not sregs.efer & EFER_LMA:
+            self._set_legacy_protected(sregs)
+            return
         uc, x86 = self.uc, self._x86
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, sregs.gdt.base, sregs.gdt.limit, 0))
         uc.reg_write(x86.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))
@@ -621,6 +627,31 @@ class UnicornEngine(Engine):
             # loads just reset.
             uc.reg_write(x86.UC_X86_REG_FS_BASE, sregs.fs.base)
             uc.reg_write(x86.UC_X86_REG_GS_BASE, sregs.gs.base)
+
+    def _set_legacy_protected(self, s: SRegs) -> None:
+        """32-bit protected mode in a 64-bit instance (whose API loads selectors only): leave
+        long mode as _start_at does, then write the segment caches from ``s`` directly."""
+        uc, x86 = self.uc, self._x86
+        if uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_LMA:
+            uc.reg_write(x86.UC_X86_REG_CR4, CR4_PAE)
+            uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE | CR0_PG)
+            uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE)
+        uc.reg_write(x86.UC_X86_REG_GDTR, (0, s.gdt.base, s.gdt.limit, 0))
+        uc.reg_write(x86.UC_X86_REG_IDTR, (0, s.idt.base, s.idt.limit, 0))
+        uc.reg_write(x86.UC_X86_REG_MSR, (EFER, s.efer))
+        uc.reg_write(x86.UC_X86_REG_CR4, s.cr4)
+        uc.reg_write(x86.UC_X86_REG_CR3, s.cr3)
+        uc.reg_write(x86.UC_X86_REG_CR0, s.cr0)
+
+        def cache(seg) -> tuple[int, int, int, int]:
+            flags = (seg.type << uc_context.DESC_TYPE_SHIFT) | (seg.dpl << uc_context.DESC_DPL_SHIFT)
+            flags |= (uc_context.DESC_S if seg.s else 0) | (uc_context.DESC_P if seg.present else 0)
+            flags |= (uc_context.DESC_B if seg.db else 0) | (uc_context.DESC_G if seg.g else 0)
+            return seg.selector, seg.base, seg.limit, flags
+
+        order = ("es", "cs", "ss", "ds", "fs", "gs")
+        self._fields.load_protected_segments({i: cache(getattr(s, n)) for i, n in enumerate(order)},
+                                             cpl=s.cs.dpl)
 
     @_on_cpu
     def get_fpu(self) -> Fpu:

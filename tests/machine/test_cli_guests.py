@@ -120,13 +120,13 @@ def test_usage_errors():
     assert r.returncode == 64 and b"nothing to boot" in r.stderr
 
 
-def test_elf_without_multiboot_header_refused(tmp_path):
+def test_elf_without_entry_note_refused(tmp_path):
     import shutil
     elf = tmp_path / "true.elf"
     shutil.copy("/bin/true", elf)
     r = hvmrun("--kernel", str(elf))
     assert r.returncode == 65
-    assert str(elf).encode() in r.stderr and b"without a multiboot header" in r.stderr
+    assert str(elf).encode() in r.stderr and b"ELF image without an entry note" in r.stderr
 
 
 def test_truncated_multiboot_image_refused(guests, tmp_path):

@@ -1,14 +1,23 @@
-"""Linux through the 64-bit boot protocol: malformed bzImages are refused with exit code 65 and a
-message naming the file; Debian's stock kernel is loaded and runs to its init."""
+"""Linux through its boot protocols: malformed kernels are refused with exit code 65 and a message
+naming the file; Debian's stock kernel boots to its initramfs, runs hvm.run= and powers off through
+the bzImage path (decompressed by hvm) and through PVH, with one and with two vCPUs."""
 from __future__ import annotations
+
+import lzma
+import os
+import select
+import subprocess
+import time
 
 import pytest
 
-from conftest import hvmrun
+from conftest import hvmrun, hvmrun_cmd
 from hvm.formats.bzimage import HEADER_OFFSET, SetupHeader
 
+COUNT_CPUS = "console=ttyS0 hvm.run='grep -c processor /proc/cpuinfo'"
 
-def _bzimage(tmp_path, version=0x020F, xloadflags=1, syssize=0x100, kernel_bytes=0x1000):
+
+def _bzimage(tmp_path, version=0x020F, xloadflags=1, syssize=0x100, kernel_bytes=0x1000, payload=b""):
     header = dict(setup_sects=1, root_flags=0, syssize=syssize, ram_size=0, vid_mode=0, root_dev=0,
                   boot_flag=0xAA55, jump=0x66EB, header=b"HdrS", version=version, realmode_swtch=0,
                   start_sys_seg=0, kernel_version=0, type_of_loader=0, loadflags=1, setup_move_size=0,
@@ -16,10 +25,12 @@ def _bzimage(tmp_path, version=0x020F, xloadflags=1, syssize=0x100, kernel_bytes
                   heap_end_ptr=0, ext_loader_ver=0, ext_loader_type=0, cmd_line_ptr=0,
                   initrd_addr_max=0x7FFFFFFF, kernel_alignment=0x200000, relocatable_kernel=1,
                   min_alignment=21, xloadflags=xloadflags, cmdline_size=2047, hardware_subarch=0,
-                  hardware_subarch_data=0, payload_offset=0, payload_length=0, setup_data=0,
+                  hardware_subarch_data=0, payload_offset=0x100 if payload else 0,
+                  payload_length=len(payload), setup_data=0,
                   pref_address=0x1000000, init_size=0x10000, handover_offset=0, kernel_info_offset=0)
-    data = bytearray(1024 + kernel_bytes)
+    data = bytearray(1024 + max(kernel_bytes, 0x100 + len(payload)))
     data[HEADER_OFFSET:HEADER_OFFSET + SetupHeader.sizeof()] = SetupHeader.build(header)
+    data[1024 + 0x100:1024 + 0x100 + len(payload)] = payload
     path = tmp_path / "bzImage-test"
     path.write_bytes(bytes(data))
     return path
@@ -32,7 +43,7 @@ def _bzimage(tmp_path, version=0x020F, xloadflags=1, syssize=0x100, kernel_bytes
 ])
 def test_malformed_bzimage_is_refused(tmp_path, kwargs, reason):
     path = _bzimage(tmp_path, **kwargs)
-    r = hvmrun("--accel", "unicorn", "--kernel", str(path))
+    r = hvmrun("--accel", "unicorn", "--decompress", "guest", "--kernel", str(path))
     assert r.returncode == 65
     assert str(path).encode() in r.stderr and reason.encode() in r.stderr
 
@@ -40,17 +51,68 @@ def test_malformed_bzimage_is_refused(tmp_path, kwargs, reason):
 def test_initrd_larger_than_ram_is_refused(tmp_path):
     initrd = tmp_path / "big.cpio"
     initrd.write_bytes(b"\0" * (15 << 20))
-    r = hvmrun("--accel", "unicorn", "-m", "16M", "--kernel", str(_bzimage(tmp_path)), "--initrd", str(initrd))
+    r = hvmrun("--accel", "unicorn", "--decompress", "guest", "-m", "16M", "--kernel", str(_bzimage(tmp_path)),
+               "--initrd", str(initrd))
     assert r.returncode == 65 and str(initrd).encode() in r.stderr and b"does not fit" in r.stderr
 
 
+@pytest.mark.parametrize("payload,reason", [
+    (b"\x00\x01\x02\x03 not a compressor's magic", "unknown compression of the kernel payload"),
+    (b"\xfd7zXZ\x00" + b"\x00" * 64, "xz-compressed kernel payload is damaged"),
+    (lzma.compress(b"no ELF inside", format=lzma.FORMAT_XZ), "not an ELF file"),
+])
+def test_undecompressible_payload_is_refused(tmp_path, monkeypatch, payload, reason):
+    monkeypatch.setenv("HVM_CACHE", str(tmp_path / "cache"))
+    path = _bzimage(tmp_path, payload=payload)
+    r = hvmrun("--accel", "unicorn", "--decompress", "host", "--kernel", str(path))
+    assert r.returncode == 65
+    assert str(path).encode() in r.stderr and reason.encode() in r.stderr, r.stderr
+
+
 @pytest.mark.slow
-def test_debian_kernel_runs_to_its_init_under_unicorn(linux_image):
-    # The bzImage path with the kernel's own decompressor, 64-bit entry, e820 map and initrd from
-    # boot_params. No ACPI tables yet, so the guest cannot power off: the run ends by timeout.
-    r = hvmrun("--accel", "unicorn", "-m", "256M", "--kernel", str(linux_image / "vmlinuz"),
-               "--initrd", str(linux_image / "initramfs.cpio"), "--append", "console=ttyS0",
-               "--timeout", "40", timeout=120)
+@pytest.mark.parametrize("cpus", [1, 2])
+@pytest.mark.parametrize("kernel", ["vmlinuz", "vmlinux"])
+def test_debian_kernel_counts_its_cpus_and_powers_off(linux_image, kernel, cpus):
+    # vmlinuz: the bzImage path, payload decompressed by hvm (auto on this host), 64-bit entry;
+    # vmlinux: the same kernel as an ELF with its PVH note, 32-bit entry with hvm_start_info.
+    r = hvmrun("--accel", "auto", "-m", "256M", "-c", str(cpus), "--kernel", str(linux_image / kernel),
+               "--initrd", str(linux_image / "initramfs.cpio"), "--append", COUNT_CPUS, "--stats",
+               timeout=300)
     out = r.stdout.decode(errors="replace")
-    assert "Command line: console=ttyS0" in out
-    assert "Run /init as init process" in out, out[-2000:]
+    assert r.returncode == 0, (r.stderr.decode(errors="replace")[-3000:], out[-3000:])
+    lines = [line.strip() for line in out.splitlines()]
+    assert str(cpus) in lines, out[-2000:]       # grep -c's answer, on a line of its own
+    assert "reboot: Power down" in out
+    expected = "decompressed by hvm" if kernel == "vmlinuz" else "PVH"
+    assert expected in r.stderr.decode(), r.stderr.decode()[-2000:]
+
+
+def _read_until(proc, needle: bytes, timeout: float) -> bytes:
+    buf = b""
+    end = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < end and proc.poll() is None:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            buf += os.read(proc.stdout.fileno(), 65536)
+    return buf
+
+
+@pytest.mark.slow
+def test_initramfs_shell_is_interactive_on_serial_stdio(linux_image):
+    proc = subprocess.Popen([*hvmrun_cmd(), "--accel", "auto", "-m", "256M", "--serial", "stdio",
+                             "--kernel", str(linux_image / "vmlinuz"),
+                             "--initrd", str(linux_image / "initramfs.cpio"), "--append", "console=ttyS0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert b"starting a shell" in _read_until(proc, b"starting a shell", 120)
+        proc.stdin.write(b"ls /\n")
+        proc.stdin.flush()
+        listing = _read_until(proc, b"proc", 60)
+        for name in (b"bin", b"dev", b"init", b"proc", b"sys"):
+            assert name in listing, listing[-500:]
+        proc.stdin.write(b"exit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
