@@ -26,6 +26,8 @@ from .devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACP
 from .devices.base import Device
 from .devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT as DEBUG_EXIT_LEN, DebugExit
 from .devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
+from .devices.cmos_rtc import CENTURY, PORT as RTC_PORT, CmosRtc
+from .devices.i8042 import COMMAND_PORT as I8042_COMMAND, DATA_PORT as I8042_DATA, I8042
 from .devices.reset_control import RESET_PORT, RESET_VALUE, ResetControl
 from .devices.post import DEFAULT_PORT as POST_PORT, PostCode
 from .devices.uart16550 import Uart16550
@@ -259,6 +261,11 @@ class Machine:
                              AcpiPm(lambda: self.finish(Outcome(End.POWEROFF, message="guest powered off"))))
 
         self.add_port_device(RESET_PORT, 1, ResetControl(self.guest_reset))
+        self.rtc = CmosRtc(self.memory.below_4g, self.memory.above_4g, cfg.cpus)
+        self.add_port_device(RTC_PORT, 2, self.rtc, "rtc")
+        self.i8042 = I8042(self.irq(1), self.guest_reset)
+        self.add_port_device(I8042_DATA, 1, self.i8042.data_port, "i8042")
+        self.add_port_device(I8042_COMMAND, 1, self.i8042.command_port, "i8042")
 
         self.fallback = None
         if self.vm is not None and cfg.fallback:
@@ -302,10 +309,12 @@ class Machine:
             return None
         devices = [IsaDevice(f"COM{i + 1}", "PNP0501", [(base, 8)], [gsi], uid=i + 1)
                    for i, (base, gsi) in enumerate(SERIAL_PORTS[:len(self.serial_ports)])]
+        devices += [IsaDevice("RTC", "PNP0B00", [(RTC_PORT, 2)], [8]),
+                    IsaDevice("KBD", "PNP0303", [(I8042_DATA, 1), (I8042_COMMAND, 1)], [1])]
         tables = build_acpi(AcpiPlatform(
             cpus=self.config.cpus, ioapic_id=self.config.cpus, ioapic_address=layout.IOAPIC_BASE,
             lapic_address=layout.LAPIC_BASE, pm_base=ACPI_PM_BASE, s5_sleep_type=SLP_TYP_S5,
-            reset_port=RESET_PORT, reset_value=RESET_VALUE, has_8042=False, century_cmos_index=None,
+            reset_port=RESET_PORT, reset_value=RESET_VALUE, has_8042=True, century_cmos_index=CENTURY,
             isa_devices=devices))
         self.memory.write(tables.base, tables.blob)
         return tables

@@ -1,0 +1,127 @@
+"""CMOS/RTC and the i8042 keyboard controller as register state machines (no KVM): what Linux's
+rtc-cmos, mc146818 time reading, i8042 and atkbd probing see, and the 0xFE reset pulse."""
+from __future__ import annotations
+
+import calendar
+
+from hvm.devices.cmos_rtc import CmosRtc
+from hvm.devices.i8042 import I8042
+from hvm.irq import IrqLine
+
+MiB = 1 << 20
+T0 = calendar.timegm((2026, 11, 25, 21, 7, 9))  # a Wednesday
+
+
+def _rtc(clock=lambda: T0, **kw):
+    return CmosRtc(kw.pop("below_4g", 256 * MiB), clock=clock, **kw)
+
+
+def cmos(rtc, index, value=None):
+    rtc.write(0, 1, index)
+    if value is None:
+        return rtc.read(1, 1)
+    rtc.write(1, 1, value)
+    return None
+
+
+def test_time_in_bcd_24h_and_binary_12h():
+    rtc = _rtc()
+    assert [cmos(rtc, i) for i in (0, 2, 4, 6, 7, 8, 9, 0x32)] == [0x09, 0x07, 0x21, 0x04, 0x25, 0x11, 0x26, 0x20]
+    cmos(rtc, 0x0B, 0x04)  # binary, 12-hour
+    assert [cmos(rtc, i) for i in (4, 7, 9)] == [0x80 | 9, 25, 26]
+
+
+def test_guest_setting_the_clock_moves_an_offset_not_the_host():
+    now = [T0]
+    rtc = _rtc(clock=lambda: now[0])
+    cmos(rtc, 0x0B, 0x82)           # SET, 24h, BCD
+    cmos(rtc, 9, 0x30)              # year 2030
+    cmos(rtc, 0x0B, 0x02)           # clear SET: the new time takes effect
+    assert cmos(rtc, 9) == 0x30 and cmos(rtc, 0) == 0x09
+    now[0] += 61
+    assert (cmos(rtc, 0), cmos(rtc, 2), cmos(rtc, 9)) == (0x10, 0x08, 0x30)
+
+
+def test_status_and_memory_bytes():
+    now = [T0]
+    rtc = _rtc(clock=lambda: now[0], below_4g=3 * 1024 * MiB, above_4g=2 * 1024 * MiB, cpus=4)
+    assert cmos(rtc, 0x0A) & 0x80 == 0 and cmos(rtc, 0x0D) == 0x80
+    now[0] += 1
+    assert cmos(rtc, 0x0C) & 0x10 and not cmos(rtc, 0x0C) & 0x10   # update-ended: read clears
+    assert cmos(rtc, 0x15) | cmos(rtc, 0x16) << 8 == 640
+    assert cmos(rtc, 0x17) | cmos(rtc, 0x18) << 8 == 0xFFFF                # capped at 64 MiB-1 KiB
+    assert cmos(rtc, 0x34) | cmos(rtc, 0x35) << 8 == (3 * 1024 - 16) * 16    # 64 KiB units above 16 MiB
+    assert cmos(rtc, 0x5B) | cmos(rtc, 0x5C) << 8 | cmos(rtc, 0x5D) << 16 == 2 * 1024 * 16
+    assert cmos(rtc, 0x5F) == 3
+    rtc.write(0, 1, 0x80 | 0x0F)
+    assert rtc.nmi_masked and rtc.index == 0x0F
+
+
+class _Line:
+    def __init__(self):
+        self.levels = []
+
+    def __call__(self, gsi, level):
+        self.levels.append(level)
+
+
+def _kbc():
+    line, resets = _Line(), []
+    return I8042(IrqLine(1, line), resets.append), line, resets
+
+
+def _cmd(kbc, cmd, data=None):
+    kbc.command_port.write(0, 1, cmd)
+    if data is not None:
+        kbc.data_port.write(0, 1, data)
+
+
+def _drain(kbc):
+    out = []
+    while kbc.command_port.read(0, 1) & 1:
+        out.append(kbc.data_port.read(0, 1))
+    return out
+
+
+def test_controller_self_test_ctr_and_keyboard_probe():
+    kbc, line, _ = _kbc()
+    _cmd(kbc, 0xAA)
+    assert _drain(kbc) == [0x55] and kbc.command_port.read(0, 1) & 0x04   # SYS flag
+    _cmd(kbc, 0x20)
+    [ctr] = _drain(kbc)
+    _cmd(kbc, 0x60, ctr & ~0x01)                 # keyboard interrupt off while probing
+    seen = len(line.levels)
+    kbc.data_port.write(0, 1, 0xF2)
+    assert _drain(kbc) == [0xFA, 0xAB, 0x83]
+    kbc.data_port.write(0, 1, 0xED)
+    kbc.data_port.write(0, 1, 0x07)
+    assert _drain(kbc) == [0xFA, 0xFA]
+    assert not any(line.levels[seen:])          # nothing raised with the interrupt disabled
+    _cmd(kbc, 0x60, ctr | 0x01)
+    seen = len(line.levels)
+    kbc.data_port.write(0, 1, 0xFF)
+    assert line.levels[-1] is True
+    assert _drain(kbc) == [0xFA, 0xAA] and line.levels[-1] is False
+    assert line.levels[seen:].count(True) == 2   # one edge per byte
+
+
+def test_aux_port_reports_itself_absent_without_timeouts():
+    kbc, _, _ = _kbc()
+    _cmd(kbc, 0xD3, 0x5A)
+    status = kbc.command_port.read(0, 1)
+    assert status & 0x01 and not status & 0x20   # a byte, but not on the AUX channel
+    assert _drain(kbc) == [0x5A]
+    _cmd(kbc, 0xA9)
+    assert _drain(kbc) == [0x01]                 # clock line stuck low
+
+
+def test_reset_pulse_and_output_port():
+    kbc, _, resets = _kbc()
+    _cmd(kbc, 0xD0)
+    assert _drain(kbc) == [0x03]
+    _cmd(kbc, 0xFF)                              # pulses nothing: bit 0 set
+    assert resets == []
+    _cmd(kbc, 0xFE)
+    assert len(resets) == 1 and "0xfe" in resets[0]
+    _cmd(kbc, 0xD1, 0x02)
+    assert len(resets) == 2
