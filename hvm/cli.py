@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .host import host_info
-    from .machine import Machine
+    from .machine import KVM_USERSPACE_LIMIT, Machine
 
     cfg = config_from_args(args)
     if cfg.kernel is None:
@@ -141,6 +141,9 @@ def _run(args: argparse.Namespace) -> int:
             _say(f"--accel auto chose {machine.accel}: {machine.accel_reason}")
         elif banner and machine.accel == "kvm":
             _say(banner.removeprefix("hvm: "))
+        if machine.accel == "kvm" and machine.host.emulation_only and \
+                machine.entry.description.startswith(("Linux", "PVH")):
+            _say(f"warning: {KVM_USERSPACE_LIMIT}")
         if args.verbose:
             _say(f"booting {cfg.kernel}: {machine.entry.description or machine.entry.mode.value} "
                  f"entry {machine.entry.entry:#x}, {cfg.memory >> 20} MiB, {cfg.cpus} vCPU(s)")

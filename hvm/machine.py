@@ -36,7 +36,8 @@ from .firmware.acpi import ACPI_BASE, ACPI_LIMIT, AcpiPlatform, AcpiTables, IsaD
 from .host import HostInfo, choose_accel, host_info, open_kvm
 from .irq import IrqLine
 from .memory import GuestMemory
-from .outcome import End, Outcome
+from .console_watch import PanicWatch, last_lines
+from .outcome import End, GuestCrash, Outcome
 from .serial import BufferBackend, SerialBackend, StdioBackend, backend_from_spec
 from .vcpu import EmulationFallback, Vcpu
 
@@ -44,6 +45,10 @@ from .vcpu import EmulationFallback, Vcpu
 TRANSCRIPT_LIMIT = 1 << 20
 
 TSC_AUX = 0xC0000103
+CRASH_CONSOLE_LINES = 15
+KVM_USERSPACE_LIMIT = ("this host's KVM (kvm_pvm, emulation only) cannot run guest user space: SYSCALL from "
+                       "CPL3 does not enter the guest kernel, so Linux cannot start init here; "
+                       "--accel auto or --accel unicorn runs this guest")
 
 # COM1-COM4: the PC's standard base ports and ISA IRQs.
 SERIAL_PORTS = [(0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3)]
@@ -74,6 +79,23 @@ class _Tee(SerialBackend):
 
     def close(self) -> None:
         self.other.close()
+
+
+class _Watched(SerialBackend):
+    """A console's output, also shown to a PanicWatch."""
+
+    def __init__(self, inner: SerialBackend, watch: PanicWatch):
+        self.inner, self.watch = inner, watch
+
+    def start(self, sink: Callable[[bytes], None]) -> None:
+        self.inner.start(sink)
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+        self.watch.feed(data)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class SerialPort:
@@ -327,6 +349,8 @@ class Machine:
         base, gsi = SERIAL_PORTS[index]
         transcript = BufferBackend(limit=None if backend is None else TRANSCRIPT_LIMIT)
         out = transcript if backend is None else _Tee(transcript, backend)
+        if index == 0:
+            out = _Watched(out, PanicWatch(self._guest_panicked))
         uart = Uart16550(self.irq(gsi), out, name=f"com{index + 1}")
         self.add_port_device(base, 8, uart, f"com{index + 1}")
         port = SerialPort(f"com{index + 1}", uart, transcript, out)
@@ -428,6 +452,13 @@ class Machine:
         """The guest reset the machine (reset register, keyboard controller, triple fault)."""
         self.finish(Outcome(End.RESET, message=f"guest reset the machine: {how}"))
 
+    def _guest_panicked(self, reason: str) -> None:
+        notes = []
+        if self.accel == "kvm" and self.host.emulation_only:
+            notes.append(KVM_USERSPACE_LIMIT)
+        self.finish(Outcome(End.CRASH, crash=GuestCrash(f"guest kernel panic: {reason}", notes=notes),
+                            message=f"guest kernel panic: {reason}"))
+
     def _debug_exit(self, value: int) -> None:
         self.finish(Outcome(End.DEBUG_EXIT, value=value, message=f"isa-debug-exit {value:#x}"))
 
@@ -448,7 +479,29 @@ class Machine:
         if not self._done.wait(timeout):
             self.finish(Outcome(End.TIMEOUT, message=f"timed out after {timeout:g} s"))
         self._join()
+        crash = self.outcome.crash
+        if crash is not None:
+            self._complete_report(crash)
         return self.outcome
+
+    def _complete_report(self, crash: GuestCrash) -> None:
+        """What a crash seen from a device (a panic on the console) lacks, once the vCPUs stand
+        still: the registers of the vCPU, and for every crash the console's last lines."""
+        if crash.regs is None and self.vcpus:
+            try:
+                filled = self.vcpus[crash.vcpu].crash(crash.reason)
+            except (OSError, RuntimeError):
+                filled = None
+            if filled is not None:
+                crash.regs, crash.sregs, crash.insn, crash.decoded = (
+                    filled.regs, filled.sregs, filled.insn, filled.decoded)
+        if not crash.console and self.serial_ports:
+            crash.console = last_lines(self.serial.text, CRASH_CONSOLE_LINES)
+        if crash.symbol is None and crash.regs is not None and self.config.kernel:
+            from .kallsyms import for_kernel
+
+            symbols = for_kernel(self.config.kernel)
+            crash.symbol = symbols.lookup(crash.regs.rip) if symbols else None
 
     def run(self, timeout: float | None = None) -> Outcome:
         """Start, and wait until the guest powers off, exits, crashes or times out."""

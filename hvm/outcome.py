@@ -32,6 +32,8 @@ class GuestCrash(HvmError):
     insn: bytes = b""
     decoded: Instruction | None = None
     notes: list[str] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)  # the guest console's last lines
+    symbol: str | None = None  # RIP as function+offset, from the kernel's kallsyms
 
     def __str__(self) -> str:
         return f"guest crashed on vCPU {self.vcpu}: {self.reason}"
@@ -49,7 +51,8 @@ class GuestCrash(HvmError):
                      "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
             for i in range(0, 16, 4):
                 lines.append("  " + " ".join(f"{n:>3}={getattr(r, n):016x}" for n in names[i:i + 4]))
-            lines.append(f"  rip={r.rip:016x} rflags={r.rflags:08x}")
+            where = f"  ({self.symbol})" if self.symbol else ""
+            lines.append(f"  rip={r.rip:016x} rflags={r.rflags:08x}{where}")
         if self.sregs is not None:
             s = self.sregs
             lines.append("  " + " ".join(f"{n}={getattr(s, n).selector:04x}" for n in SRegs.SEGMENTS[:6])
@@ -57,6 +60,9 @@ class GuestCrash(HvmError):
             lines.append(f"  cr0={s.cr0:08x} cr2={s.cr2:016x} cr3={s.cr3:016x} cr4={s.cr4:08x} efer={s.efer:x}")
             lines.append(f"  gdt={s.gdt.base:x}/{s.gdt.limit:x} idt={s.idt.base:x}/{s.idt.limit:x}")
         lines += [f"  {n}" for n in self.notes]
+        if self.console:
+            lines.append("  last console lines:")
+            lines += [f"    | {line}" for line in self.console]
         return "\n".join(lines)
 
 
