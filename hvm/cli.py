@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import NoReturn, Sequence
 
 from . import __version__
@@ -16,7 +17,7 @@ EX_CRASH = 2
 EX_USAGE = 64
 EX_DATAERR = 65      # unusable image
 EX_NOINPUT = 66      # missing file
-EX_UNAVAILABLE = 69  # no usable /dev/kvm
+EX_UNAVAILABLE = 69  # no usable /dev/kvm, or a host that cannot run what the guest needs
 EX_SOFTWARE = 70     # hvm itself failed
 EX_TIMEOUT = 124     # like timeout(1)
 
@@ -34,7 +35,7 @@ def exit_code_for(outcome: Outcome) -> int:
     if outcome.end == End.DEBUG_EXIT:
         return ((outcome.value << 1) | 1) & 0xFF  # QEMU's isa-debug-exit rule; the OS keeps 8 bits
     return {End.POWEROFF: EX_OK, End.QUIT: EX_OK, End.RESET: EX_OK, End.CRASH: EX_CRASH,
-            End.TIMEOUT: EX_TIMEOUT, End.ERROR: EX_SOFTWARE}[outcome.end]
+            End.TIMEOUT: EX_TIMEOUT, End.ERROR: EX_SOFTWARE, End.HOST_LIMIT: EX_UNAVAILABLE}[outcome.end]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hvmrun", description="Run a virtual machine on KVM.",
                 epilog="Exit status: 0 guest powered off; (v<<1)|1 isa-debug-exit with value v; "
                        "2 guest crashed; 124 timeout; 64 usage error; 65 unusable image; "
-                       "66 missing file; 69 no usable /dev/kvm; 70 internal error.")
+                       "66 missing file; 69 no usable /dev/kvm, or the guest needs what this host's KVM cannot do; "
+                       "70 internal error.")
     p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
                    help="guest RAM, e.g. 64M, 1G (default 128M; a bare number means MiB)")
     p.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
-    p.add_argument("--kernel", metavar="PATH", help="kernel to boot: multiboot v1, Linux bzImage (64-bit boot protocol), an ELF vmlinux "
+    p.add_argument("--kernel", metavar="PATH",
+                   help="kernel to boot: multiboot v1, Linux bzImage (64-bit boot protocol), an ELF vmlinux "
                         "(PVH entry note, else the 64-bit boot protocol) or a flat binary")
     p.add_argument("--initrd", metavar="PATH", help="initial ramdisk (Linux: the initrd; multiboot: the first module)")
     p.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
@@ -87,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who decompresses a bzImage: host (hvm, cached; the vmlinux inside is entered "
                         "directly), guest (the kernel's decompressor), auto (host where guest code is "
                         "emulated: unicorn, or a KVM that only emulates)")
+    p.add_argument("--no-reboot", action="store_true",
+                   help="when the guest resets the machine, exit (status 0) instead of booting again")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
     p.add_argument("--no-fallback", action="store_true",
                    help="under KVM, end the run with a crash report when KVM's instruction emulator refuses an "
@@ -129,25 +134,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .host import host_info
-    from .machine import KVM_USERSPACE_LIMIT, Machine
 
     cfg = config_from_args(args)
     if cfg.kernel is None:
         raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
     banner = host_info(cfg.kvm_path).banner()
+    first = True
+    # --timeout bounds the whole run, reboots included.
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout is not None else None
+    while True:
+        code = _boot(cfg, args, banner, first, deadline)
+        if code is not None:
+            return code
+        _say("the guest reset the machine: booting again (--no-reboot exits instead)")
+        first = False
+
+
+def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool,
+          deadline: float | None) -> int | None:
+    """One boot of the machine: its exit status, or None when the guest reset it and it is to
+    boot again (a reset under direct kernel boot is a new boot of the same kernel: the machine is
+    built afresh, as a PC's reset line returns every device to its power-on state)."""
+    from .machine import KVM_USERSPACE_LIMIT, Machine
+
     machine = Machine(cfg)
     try:
-        if cfg.accel == "auto":
+        if first and cfg.accel == "auto":
             _say(f"--accel auto chose {machine.accel}: {machine.accel_reason}")
-        elif banner and machine.accel == "kvm":
+        elif first and banner and machine.accel == "kvm":
             _say(banner.removeprefix("hvm: "))
-        if machine.accel == "kvm" and machine.host.emulation_only and \
-                machine.entry.description.startswith(("Linux", "PVH")):
-            _say(f"warning: {KVM_USERSPACE_LIMIT}")
+        if first and machine.entry.description.startswith(("Linux", "PVH")):
+            for arg, why in machine.cmdline_additions:
+                _say(f"added {arg!r} to the kernel command line: {why}")
+            if machine.accel == "kvm" and machine.host.emulation_only:
+                _say(f"warning: {KVM_USERSPACE_LIMIT}")
         if args.verbose:
             _say(f"booting {cfg.kernel}: {machine.entry.description or machine.entry.mode.value} "
                  f"entry {machine.entry.entry:#x}, {cfg.memory >> 20} MiB, {cfg.cpus} vCPU(s)")
-        outcome = machine.run()
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        outcome = machine.run(timeout=None if left is None else left)
+        if outcome.end == End.RESET and not args.no_reboot:
+            return None
+        if outcome.end == End.TIMEOUT and cfg.timeout is not None:
+            outcome.message = f"timed out after {cfg.timeout:g} s"   # counted across reboots
         _report(outcome, args.verbose)
         if args.stats:
             sys.stderr.write(machine.stats().format() + "\n")
@@ -160,7 +189,7 @@ def _report(outcome: Outcome, verbose: int) -> None:
     if outcome.end == End.CRASH and outcome.crash is not None:
         sys.stdout.flush()
         sys.stderr.write("\n" + outcome.crash.report() + "\n")
-    elif outcome.end in (End.TIMEOUT, End.ERROR, End.RESET):
+    elif outcome.end in (End.TIMEOUT, End.ERROR, End.RESET, End.HOST_LIMIT):
         _say(outcome.message)
     elif verbose:
         _say(outcome.message or outcome.end.value)

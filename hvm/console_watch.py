@@ -1,22 +1,25 @@
-"""Reads a guest console as it streams past, for what the VMM must act on: a Linux kernel panic.
+"""Reads a guest console as it streams past, for the lines the VMM must act on.
 
 Linux ends every panic with "Kernel panic - not syncing: <reason>" on its consoles and then spins
 forever (panic=0, the default); hvm ends the run there with a crash report instead of leaving the
-user in front of a silent VM. Only a bounded tail of the output is kept.
+user in front of a silent VM. On a host that cannot run guest user space, "Run /init as init
+process" is the last thing the kernel can do there. Only a bounded tail of the output is kept.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
-PANIC_MARKER = b"Kernel panic - not syncing: "
+PANIC = re.compile(rb"Kernel panic - not syncing: ([^\r\n]*)\r?\n")
+RUN_INIT = re.compile(rb"Run (\S+) as init process\r?\n")
 _KEEP = 4096
 
 
-class PanicWatch:
-    """Calls ``on_panic(reason)`` once, when a complete panic line has been seen."""
+class LineWatch:
+    """Calls ``on_match(group 1)`` once, when a complete line matching ``pattern`` has been seen."""
 
-    def __init__(self, on_panic: Callable[[str], None]):
-        self._on_panic = on_panic
+    def __init__(self, pattern: re.Pattern[bytes], on_match: Callable[[str], None]):
+        self.pattern, self._on_match = pattern, on_match
         self._tail = b""
         self.fired = False
 
@@ -24,15 +27,11 @@ class PanicWatch:
         if self.fired:
             return
         self._tail = (self._tail + data)[-_KEEP:]
-        at = self._tail.find(PANIC_MARKER)
-        if at < 0:
+        m = self.pattern.search(self._tail)
+        if m is None:
             return
-        end = self._tail.find(b"\n", at)
-        if end < 0:
-            return  # the reason is still arriving
         self.fired = True
-        reason = self._tail[at + len(PANIC_MARKER):end].decode(errors="replace").strip()
-        self._on_panic(reason)
+        self._on_match(m.group(1).decode(errors="replace").strip())
 
 
 def last_lines(text: str, count: int) -> list[str]:

@@ -16,6 +16,7 @@ class End(str, Enum):
     DEBUG_EXIT = "debug-exit"    # isa-debug-exit written
     CRASH = "crash"              # triple fault, unhandled emulation failure, engine failure
     RESET = "reset"              # the guest asked for a reset (reboot is a later feature)
+    HOST_LIMIT = "host-limit"    # the guest needs what this host cannot give (e.g. user space on kvm_pvm)
     TIMEOUT = "timeout"          # --timeout expired
     QUIT = "quit"                # the user quit (Ctrl-A x) or the API called stop()
     ERROR = "error"              # hvm itself failed while serving the guest

@@ -2,8 +2,11 @@
 QEMU's -kernel and Firecracker do it: no real-mode setup code runs. The protected-mode kernel is
 loaded at 1 MiB, boot_params (the "zero page") gets the setup header, command line, initrd and
 e820 map, and the CPU starts in 64-bit mode at load address + 0x200 with RSI pointing at
-boot_params, identity-mapped page tables and flat __BOOT_CS/__BOOT_DS. The kernel's own
-decompressor then runs in the guest.
+boot_params, identity-mapped page tables and flat __BOOT_CS/__BOOT_DS; the kernel's own
+decompressor then runs in the guest. With host-side decompression (hvm.boot.decompress) the
+vmlinux inside the payload is loaded at its physical addresses instead and entered at its own
+64-bit entry (startup_64), with the same boot_params: what the decompressor would have handed it.
+The helpers here (command line, initrd placement, zero page) serve the vmlinux loader too.
 """
 from __future__ import annotations
 

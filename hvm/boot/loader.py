@@ -30,10 +30,12 @@ def _read(path: str, limit: int) -> bytes:
 
 
 def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int, int]],
-                rsdp: int | None = None, host_decompress: bool = False) -> EntryState:
+                rsdp: int | None = None, host_decompress: bool = False,
+                linux_cmdline_additions: tuple[str, ...] = ()) -> EntryState:
     """Load ``cfg.kernel`` (and its modules) into guest memory; returns where the CPU starts.
     ``rsdp`` is where the machine's ACPI tables start, for the protocols that pass it on;
-    ``host_decompress`` makes a bzImage's payload decompressed here rather than by the guest."""
+    ``host_decompress`` makes a bzImage's payload decompressed here rather than by the guest;
+    ``linux_cmdline_additions`` are appended to a Linux kernel's command line (the caller says so)."""
     path = cfg.kernel
     data = _read(path, mem.size)
     if not data:
@@ -48,9 +50,10 @@ def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int,
         raise ImageError(path, "--module needs a multiboot kernel, and this image has no multiboot header")
     if fmt in ("elf", "bzimage"):
         initrd = (cfg.initrd, _read(cfg.initrd, mem.size)) if cfg.initrd else None
+        cmdline = " ".join([cfg.append, *linux_cmdline_additions]).strip()
         if fmt == "elf":
-            return load_vmlinux(mem, path, data, cfg.append, initrd, e820, rsdp)
-        return load_bzimage(mem, path, data, cfg.append, initrd, e820, rsdp, host_decompress)
+            return load_vmlinux(mem, path, data, cmdline, initrd, e820, rsdp)
+        return load_bzimage(mem, path, data, cmdline, initrd, e820, rsdp, host_decompress)
     if cfg.initrd:
         raise ImageError(path, "--initrd needs a kernel that takes one; a flat binary does not")
     return load_flat(mem, path, data, cfg.flat_mode, cfg.load_addr)

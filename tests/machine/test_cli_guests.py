@@ -163,3 +163,15 @@ def test_second_serial_port(guests, tmp_path):
     assert r.returncode == 0, r.stderr
     assert com2.read_bytes() == b"hello on COM2\n"
     assert com1.read_bytes().startswith(b"cmdline=[")
+
+
+@pytest.mark.parametrize("how", [1, 2])       # 1: port 0xCF9, 2: the i8042's reset pulse
+@pytest.mark.parametrize("accel", ["kvm", "unicorn"])
+def test_guest_reset_reboots_or_exits_with_no_reboot(guests, how, accel):
+    kernel = str(guests("hello16", RESET_WITH=how))
+    r = hvmrun("--accel", accel, "--kernel", kernel, "--no-reboot", "--timeout", "60")
+    assert r.returncode == 0 and r.stdout.count(b"Hello from real mode!") == 1
+    assert b"guest reset the machine" in r.stderr
+    r = hvmrun("--accel", accel, "--kernel", kernel, "--timeout", "4")
+    assert r.returncode == 124 and r.stdout.count(b"Hello from real mode!") >= 2   # booted again, and again
+    assert b"booting again" in r.stderr

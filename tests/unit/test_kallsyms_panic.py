@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from hvm.console_watch import PanicWatch, last_lines
+from hvm.console_watch import PANIC, RUN_INIT, LineWatch, last_lines
 from hvm.kallsyms import parse
 
 BASE = 0xFFFFFFFF81000000
@@ -49,9 +49,18 @@ def test_no_tables_no_symbols():
 
 def test_panic_line_is_caught_across_writes():
     seen = []
-    watch = PanicWatch(seen.append)
+    watch = LineWatch(PANIC, seen.append)
     for chunk in (b"[ 1.0] boot\r\n[ 2.0] Kernel pan", b"ic - not syncing: Attempted to kill in", b"it!\r\n"):
         watch.feed(chunk)
     watch.feed(b"Kernel panic - not syncing: again\n")
     assert seen == ["Attempted to kill init!"]
     assert last_lines("a\r\n\r\nb\r\nc\r\n", 2) == ["b", "c"]
+
+
+def test_init_line_is_caught():
+    seen = []
+    watch = LineWatch(RUN_INIT, seen.append)
+    watch.feed(b"[    4.1] Run /init as init")
+    assert seen == []
+    watch.feed(b" process\r\n")
+    assert seen == ["/init"]
