@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench_linux_boot: {exc}", file=sys.stderr)
         return EX_BROKEN
-    print(f"\n| -c | hvm to poweroff | QEMU TCG to poweroff | hvm/QEMU | target |")
+    print("\n| -c | hvm to poweroff | QEMU TCG to poweroff | hvm/QEMU | target |")
     print("|---|---|---|---|---|")
     for cpus, hvm, qem, ratio in rows:
         samples = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731

@@ -268,7 +268,7 @@ class StdioBackend(SerialBackend):
         except termios.error:
             return
         mode = termios.tcgetattr(fd)
-        iflag, oflag, cflag, lflag, cc = 0, 1, 2, 3, 6
+        iflag, cflag, lflag, cc = 0, 2, 3, 6  # tcgetattr order; oflag (1) stays as it is
         mode[iflag] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
                          | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
         # Output post-processing stays on (as QEMU does): the terminal is shared with hvm's own

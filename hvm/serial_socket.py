@@ -11,7 +11,7 @@ import socket
 import stat
 import threading
 
-from .serial import _READ_CHUNK, SerialBackend
+from .serial import _READ_CHUNK, SerialBackend, Sink
 
 UNIX_BACKLOG_LIMIT = 64 * 1024
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the terminating NUL

@@ -107,3 +107,13 @@ def recipe_image(name: str, what: str) -> Path:
 def linux_image() -> Path:
     """The linux recipe's directory (vmlinuz, initramfs.cpio)."""
     return recipe_image("linux", "the kernel")
+
+
+@pytest.fixture
+def mem():
+    """64 MiB of real guest RAM from address 0, no KVM (tests needing another size define their own)."""
+    from hvm.memory import GuestMemory
+
+    m = GuestMemory(64 << 20)
+    yield m
+    m.close()

@@ -7,7 +7,7 @@ that needs them; the boot path avoids it because pyelftools loads its DWARF read
 """
 from __future__ import annotations
 
-from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
+from construct import Const, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
 ELFCLASS32 = 1
 ELFCLASS64 = 2

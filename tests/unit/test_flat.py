@@ -6,17 +6,9 @@ import pytest
 from hvm.boot.entry import Mode
 from hvm.boot.flat import load_flat
 from hvm.errors import ImageError
-from hvm.memory import GuestMemory
 
 MiB = 1 << 20
 CODE = bytes((i * 31 + 1) & 0xFF for i in range(512))
-
-
-@pytest.fixture
-def mem():
-    m = GuestMemory(64 * MiB)
-    yield m
-    m.close()
 
 
 def test_real_mode_defaults_like_a_boot_sector(mem):

@@ -22,13 +22,6 @@ E820 = [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2), (0x100000, 
 PAYLOAD = bytes((i * 7 + 3) & 0xFF for i in range(0x1800))
 
 
-@pytest.fixture
-def mem():
-    m = GuestMemory(64 * MiB)
-    yield m
-    m.close()
-
-
 # --- image builders ---------------------------------------------------------------------------
 
 def mb_header(flags: int = 0, *, checksum: int | None = None, addr: tuple[int, ...] | None = None,

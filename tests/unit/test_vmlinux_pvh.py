@@ -10,18 +10,10 @@ import pytest
 from hvm.boot.entry import Mode
 from hvm.boot.vmlinux import load_vmlinux
 from hvm.errors import ImageError
-from hvm.memory import GuestMemory
 
 MiB = 1 << 20
 E820 = [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xE0000, 0x20000, 2), (0x100000, 63 * MiB, 1)]
 TEXT = bytes((i * 13 + 5) & 0xFF for i in range(0x3000))
-
-
-@pytest.fixture
-def mem():
-    m = GuestMemory(64 * MiB)
-    yield m
-    m.close()
 
 
 def _note(owner: bytes, kind: int, desc: bytes) -> bytes:
