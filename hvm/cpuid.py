@@ -87,3 +87,21 @@ def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpu
 def hidden_features(host: HostInfo, ncpus: int = 1, fallback: bool = True) -> list[str]:
     """Names of the features this host's policy hides from guests."""
     return [name for *_rest, name in _hidden(host, ncpus, fallback)]
+
+
+# Linux's names (/proc/cpuinfo flags, accepted by clearcpuid= since 5.18) for hvm's feature names.
+_LINUX_NAMES = {"sse3": "pni", "abm/lzcnt": "abm"}
+# Shown to guest kernels by this host's KVM whatever the CPUID table says, and beyond hvm too.
+_HOST_ONLY = ["avx512f"]
+
+
+def linux_clearcpuid(host: HostInfo) -> list[str]:
+    """Features a Linux kernel must be told not to use on this host (empty where KVM_SET_CPUID2 is
+    obeyed). An emulating KVM answers the guest kernel's CPUID with the host's feature bits
+    (HOST-KVM.md), so hiding them in the table is not enough: without this the stock kernel runs
+    its SSSE3/AVX-512 crypto through the fallback one instruction at a time (~250 us each) or
+    takes #UD."""
+    if not host.emulation_only:
+        return []
+    hidden = [name for *_rest, name in KVM_MISEXECUTES + FALLBACK_CANNOT + FALLBACK_EXECUTES]
+    return [_LINUX_NAMES.get(name, name) for name in hidden] + _HOST_ONLY

@@ -20,7 +20,7 @@ from .boot.entry import EntryState
 from .boot.loader import load_kernel
 from .bus import MmioBus, PortIOBus
 from .config import MachineConfig
-from .cpuid import cpuid_policy
+from .cpuid import cpuid_policy, linux_clearcpuid
 from .errors import ConfigError
 from .devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACPI_PM_LENGTH, SLP_TYP_S5
 from .devices.base import Device
@@ -53,6 +53,8 @@ CRASH_CONSOLE_LINES = 15
 NOXSAVE = "noxsave"
 NOXSAVE_WHY = ("this host's KVM shows guest kernels the host's AVX/AVX-512, which neither it nor hvm's "
                "fallback can execute")
+CLEARCPUID_WHY = ("this host's KVM shows guest kernels CPU features its emulator refuses; hvm would "
+                  "execute them one at a time (SSSE3 crypto at boot took minutes)")
 KVM_USERSPACE_LIMIT = ("this host's KVM (kvm_pvm, emulation only) cannot run guest user space: SYSCALL from "
                        "CPL3 does not enter the guest kernel, so Linux cannot start init here; "
                        "--accel auto or --accel unicorn runs this guest")
@@ -331,7 +333,8 @@ class Machine:
         """(argument, why) for what hvm must add to a Linux kernel's command line on this host
         (the CLI prints both: nothing is added silently)."""
         if self.accel == "kvm" and self.host.emulation_only:
-            return [(NOXSAVE, NOXSAVE_WHY)]
+            return [(NOXSAVE, NOXSAVE_WHY),
+                    ("clearcpuid=" + ",".join(linux_clearcpuid(self.host)), CLEARCPUID_WHY)]
         return []
 
     @property
