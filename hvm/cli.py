@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reboot", action="store_true",
                    help="when the guest resets the machine, exit (status 0) instead of booting again")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
+    p.add_argument("--stall-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="on a host whose KVM only emulates guest kernel code, stop a Linux boot that writes "
+                        "nothing to its console for this long, naming the host limitation (default 300)")
     p.add_argument("--no-fallback", action="store_true",
                    help="under KVM, end the run with a crash report when KVM's instruction emulator refuses an "
                         "instruction, instead of executing it in unicorn")
@@ -109,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         modules=[ModuleSpec.parse(m) for m in args.module], flat_mode=Mode(args.flat_mode),
         load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
         timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,
-        verbose=args.verbose)
+        stall_timeout=args.stall_timeout, verbose=args.verbose)
 
 
 def _say(msg: str) -> None:

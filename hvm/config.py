@@ -62,6 +62,9 @@ class MachineConfig:
     serial: list[str] = field(default_factory=lambda: ["buffer"])
     debugcon: str = "none"
     timeout: float | None = None
+    # On a host whose KVM only emulates guest kernel code, a Linux boot that writes nothing to its
+    # console for this many seconds is stopped with a message naming the limitation.
+    stall_timeout: float = 300.0
     # "kvm" (hardware), "unicorn" (software CPU, one vCPU for now) or "auto" (unicorn where
     # /dev/kvm is missing, unusable or emulation-only).
     accel: str = "kvm"
@@ -110,6 +113,8 @@ class MachineConfig:
             _check_backend_spec(spec)
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("--timeout must be positive")
+        if self.stall_timeout <= 0:
+            raise ConfigError("--stall-timeout must be positive")
         return self
 
 

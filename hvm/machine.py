@@ -95,11 +95,13 @@ class _Watched(SerialBackend):
 
     def __init__(self, inner: SerialBackend, watches: list[LineWatch]):
         self.inner, self.watches = inner, watches
+        self.last_output = time.monotonic()
 
     def start(self, sink: Callable[[bytes], None]) -> None:
         self.inner.start(sink)
 
     def write(self, data: bytes) -> None:
+        self.last_output = time.monotonic()
         self.inner.write(data)
         for watch in self.watches:
             watch.feed(data)
@@ -376,6 +378,8 @@ class Machine:
             out = _Watched(out, watches)
         uart = Uart16550(self.irq(gsi), out, name=f"com{index + 1}")
         self.add_port_device(base, 8, uart, f"com{index + 1}")
+        if index == 0:
+            self._console = out
         port = SerialPort(f"com{index + 1}", uart, transcript, out)
         self.serial_ports.append(port)
         self._backends.append(out)
@@ -503,6 +507,26 @@ class Machine:
             port.backend.start(port.uart.receive)
         for vcpu in self.vcpus:
             vcpu.start()
+        if self.accel == "kvm" and self.host.emulation_only and self.serial_ports and \
+                self.entry.description.startswith(("Linux", "PVH")):
+            threading.Thread(target=self._stall_watchdog, name="hvm-stall-watchdog", daemon=True).start()
+
+    def _stall_watchdog(self) -> None:
+        # A Linux guest on a KVM that emulates every kernel instruction can never legitimately sit
+        # silent (it cannot reach a shell there); when its console stops moving, the kernel is
+        # stuck in what the emulator makes of it (measured: tick handlers that outlast the tick),
+        # which is the host's limit, not the guest's state.
+        limit = self.config.stall_timeout
+        while not self._done.wait(min(limit / 4, 10.0)):
+            silent = time.monotonic() - self._console.last_output
+            if silent >= limit:
+                last = last_lines(self.serial.text, 1)
+                self.finish(Outcome(End.HOST_LIMIT, message=(
+                    f"the guest kernel has written nothing to its console for {silent:.0f} s (last line: "
+                    f"{last[0] if last else 'none'!r}; --stall-timeout): this host's KVM runs every guest "
+                    f"kernel instruction in its instruction emulator, too slowly for this boot to go on; "
+                    f"and {KVM_USERSPACE_LIMIT}")))
+                return
 
     def wait(self, timeout: float | None = None) -> Outcome:
         """Wait for the guest to end (or ``timeout`` seconds: then the outcome is TIMEOUT)."""
