@@ -103,31 +103,29 @@ class ContextFields:
         """Load segment registers (index in QEMU's order ES CS SS DS FS GS) as real mode does
         (base = selector x 16, 64 KiB limit) and drop the protected/long-mode bits from hflags;
         CR0.PE must already be clear."""
-        ctx, ptr, blob = _blob(self.uc)
-        for index, selector in selectors.items():
-            flags = _REAL_CODE if index == 1 else _REAL_DATA
-            ctypes.memmove(ptr + self.layout.segs + 24 * index,
-                           struct.pack("<I4xQII", selector, selector << 4, 0xFFFF, flags), 24)
-        hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
-        hflags = (hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_LMA | HF_CS64)) | HF_ADDSEG
-        ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags), 4)
-        self.uc.context_restore(ctx)
+        self._load_segments({i: (sel, sel << 4, 0xFFFF, _REAL_CODE if i == 1 else _REAL_DATA)
+                             for i, sel in selectors.items()}, 0)
 
     def load_protected_segments(self, segments: dict[int, tuple[int, int, int, int]], cpl: int) -> None:
         """Load segment caches (index in QEMU's order ES CS SS DS FS GS -> selector, base, limit,
         descriptor flags as QEMU keeps them) for legacy protected mode, with hflags to match
         (CS32/SS32 from the D/B bits, not in long mode); CR0.PE set and EFER.LMA clear already."""
+        extra = cpl
+        if segments[1][3] & DESC_B:
+            extra |= HF_CS32
+        if segments[2][3] & DESC_B:
+            extra |= HF_SS32
+        self._load_segments(segments, extra)
+
+    def _load_segments(self, segments: dict[int, tuple[int, int, int, int]], hflags_set: int) -> None:
+        """Write segment caches and hflags outside long mode: CPL, CS32/SS32, LMA and CS64 cleared,
+        ADDSEG and ``hflags_set`` set."""
         ctx, ptr, blob = _blob(self.uc)
         for index, (selector, base, limit, flags) in segments.items():
             ctypes.memmove(ptr + self.layout.segs + 24 * index,
                            struct.pack("<I4xQII", selector, base, limit, flags), 24)
         hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
-        hflags &= ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_LMA | HF_CS64)
-        hflags |= HF_ADDSEG | cpl
-        if segments[1][3] & DESC_B:
-            hflags |= HF_CS32
-        if segments[2][3] & DESC_B:
-            hflags |= HF_SS32
+        hflags = (hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_LMA | HF_CS64)) | HF_ADDSEG | hflags_set
         ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags), 4)
         self.uc.context_restore(ctx)
 

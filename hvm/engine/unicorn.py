@@ -240,15 +240,20 @@ class UnicornEngine(Engine):
             event.insn_length = self._int_length(event.vector)
         return self._deliver(event)
 
-    def _int_length(self, vector: int) -> int:
-        # RIP is already past the instruction: `int imm8` (CD ib) is 2 bytes, INT3/INTO/INT1 one.
+    def _code_at(self, offset: int, length: int) -> bytes | None:
+        """``length`` bytes at CS:RIP + ``offset`` through the guest's page tables, None if
+        they cannot be read."""
         s = self.get_sregs()
         try:
-            before = read_virtual(self.memory, PagingMode(s.cr0, s.cr3, s.cr4, s.efer),
-                                  self.uc.reg_read(self._ip_id) - 2, 2)
+            return read_virtual(self.memory, PagingMode(s.cr0, s.cr3, s.cr4, s.efer),
+                                s.cs.base + self.uc.reg_read(self._ip_id) + offset, length)
         except (PageFault, GuestMemoryError):
-            return 1
-        return 2 if before[0] == 0xCD and before[1] == vector else 1
+            return None
+
+    def _int_length(self, vector: int) -> int:
+        # RIP is already past the instruction: `int imm8` (CD ib) is 2 bytes, INT3/INTO/INT1 one.
+        before = self._code_at(-2, 2)
+        return 2 if before is not None and before[0] == 0xCD and before[1] == vector else 1
 
     def _do_syscall(self) -> kx.VcpuExit | None:
         # The architectural effect of SYSCALL (AMD APM vol. 3, Intel SDM vol. 2B), which unicorn
@@ -472,13 +477,7 @@ class UnicornEngine(Engine):
         at CS = vector x 256, IP 0, everything else as after reset."""
         uc, x86, core = self.uc, self._x86, self._core
         core.load_reset_state()
-        if uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_LMA:
-            # WRMSR cannot clear EFER.LMA (a fresh 64-bit instance starts with it set); turning
-            # paging on and off again leaves long mode the architectural way. CR3 is 0 and
-            # nothing is accessed in between.
-            uc.reg_write(x86.UC_X86_REG_CR4, CR4_PAE)
-            uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE | CR0_PG)
-            uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE)
+        self._leave_long_mode()
         uc.reg_write(x86.UC_X86_REG_MSR, (EFER, 0))
         uc.reg_write(x86.UC_X86_REG_CR4, 0)
         uc.reg_write(x86.UC_X86_REG_CR3, 0)
@@ -508,15 +507,8 @@ class UnicornEngine(Engine):
         """The guest set IF with an interrupt waiting. If the block it stopped at begins with HLT
         (`sti; hlt`, the idle loop's STI shadow), the interrupt is taken as waking that HLT, RIP
         past it: delivered before it, the HLT would then sleep with the wake-up already spent."""
-        s = self.get_sregs()
-        rip = self.uc.reg_read(self._ip_id)
-        try:
-            opcode = read_virtual(self.memory, PagingMode(s.cr0, s.cr3, s.cr4, s.efer),
-                                  s.cs.base + rip, 1)
-        except (PageFault, GuestMemoryError):
-            return
-        if opcode[0] == _HLT:
-            self.uc.reg_write(self._ip_id, rip + 1)
+        if self._code_at(0, 1) == bytes([_HLT]):
+            self.uc.reg_write(self._ip_id, self.uc.reg_read(self._ip_id) + 1)
 
     def _next_deadline(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]
@@ -628,14 +620,21 @@ class UnicornEngine(Engine):
             uc.reg_write(x86.UC_X86_REG_FS_BASE, sregs.fs.base)
             uc.reg_write(x86.UC_X86_REG_GS_BASE, sregs.gs.base)
 
-    def _set_legacy_protected(self, s: SRegs) -> None:
-        """32-bit protected mode in a 64-bit instance (whose API loads selectors only): leave
-        long mode as _start_at does, then write the segment caches from ``s`` directly."""
+    def _leave_long_mode(self) -> None:
+        """Clear EFER.LMA. WRMSR cannot (a fresh 64-bit instance starts with it set); turning
+        paging on and off again leaves long mode the architectural way. The caller loads CR3
+        and the rest afterwards; nothing is accessed in between."""
         uc, x86 = self.uc, self._x86
         if uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_LMA:
             uc.reg_write(x86.UC_X86_REG_CR4, CR4_PAE)
             uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE | CR0_PG)
             uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE)
+
+    def _set_legacy_protected(self, s: SRegs) -> None:
+        """32-bit protected mode in a 64-bit instance (whose API loads selectors only): leave
+        long mode as _start_at does, then write the segment caches from ``s`` directly."""
+        uc, x86 = self.uc, self._x86
+        self._leave_long_mode()
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, s.gdt.base, s.gdt.limit, 0))
         uc.reg_write(x86.UC_X86_REG_IDTR, (0, s.idt.base, s.idt.limit, 0))
         uc.reg_write(x86.UC_X86_REG_MSR, (EFER, s.efer))
