@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from ..errors import ImageError
 from ..formats import ConstructError
 from ..formats.elf import PT_LOAD, PT_NOTE, ElfFormatError, ElfNhdr, read_headers
+from ..memory import GuestMemory
+from .entry import Mode
+from .flat import require_clear_of_scratch, require_ram
 
 
 @dataclass
@@ -17,6 +20,21 @@ class Chunk:
     data: memoryview
     memsz: int
     what: str
+
+def check_chunks(mem: GuestMemory, path: str, chunks: list[Chunk], mode: Mode) -> int:
+    """Refuse chunks outside RAM or over the CPU setup's scratch area; returns the image's end."""
+    for c in chunks:
+        require_ram(mem, path, c.addr, c.memsz, c.what)
+        require_clear_of_scratch(path, mode, c.addr, c.memsz, c.what)
+    return max(c.addr + c.memsz for c in chunks)
+
+
+def write_chunks(mem: GuestMemory, chunks: list[Chunk]) -> None:
+    """Copy each chunk in and zero the rest of its memory size (bss)."""
+    for c in chunks:
+        mem.write(c.addr, c.data)
+        mem.fill(c.addr + len(c.data), c.memsz - len(c.data))
+
 
 def elf_chunks(path: str, data: bytes, machines: tuple[int, ...]) -> tuple[list[Chunk], int, int]:
     """PT_LOAD segments at their physical addresses, the physical entry point, and the ELF class."""

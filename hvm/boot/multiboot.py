@@ -28,9 +28,9 @@ from ..formats.multiboot import (
 from ..formats.e820 import E820_RAM
 from ..layout import EBDA_START
 from ..memory import HIGHMEM_BASE, GuestMemory
-from .elf_segments import Chunk, elf_chunks
+from .elf_segments import Chunk, check_chunks, elf_chunks, write_chunks
 from .entry import EntryState, Mode
-from .flat import require_clear_of_scratch, require_ram
+from .flat import require_ram
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +204,9 @@ def load_multiboot(mem: GuestMemory, path: str, data: bytes, cmdline: str,
         description = f"multiboot v1 ELF{elfclass}"
 
     # --- check the kernel ---------------------------------------------------------------------
-    for c in chunks:
-        require_ram(mem, path, c.addr, c.memsz, c.what)
-        require_clear_of_scratch(path, Mode.PROTECTED, c.addr, c.memsz, c.what)
+    kernel_end = check_chunks(mem, path, chunks, Mode.PROTECTED)
     if not (0 <= entry < HIGHMEM_BASE and mem.contains(entry)):
         raise ImageError(path, f"entry point {entry:#x} is outside guest RAM below 4 GiB")
-    kernel_end = max(c.addr + c.memsz for c in chunks)
 
     # --- lay out the info area ---------------------------------------------------------------
     strings = [_cstring(path, f"{path} {cmdline}", "command line")]   # QEMU: "<kernel> <append>"
@@ -238,9 +235,7 @@ def load_multiboot(mem: GuestMemory, path: str, data: bytes, cmdline: str,
         cursor = addr + len(mod_data)
 
     # --- write everything ----------------------------------------------------------------------
-    for c in chunks:
-        mem.write(c.addr, c.data)
-        mem.fill(c.addr + len(c.data), c.memsz - len(c.data))   # bss
+    write_chunks(mem, chunks)
     for (_, mod_data, _), addr in zip(modules, mod_addrs):
         mem.write(addr, mod_data)
 

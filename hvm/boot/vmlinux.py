@@ -14,9 +14,9 @@ from ..formats.pvh import (
     HvmModlistEntry, HvmStartInfo,
 )
 from ..memory import HIGHMEM_BASE, GuestMemory
-from .elf_segments import elf_chunks, elf_notes
+from .elf_segments import check_chunks, elf_chunks, elf_notes, write_chunks
 from .entry import EntryState, Mode
-from .flat import require_clear_of_scratch, require_ram
+from .flat import require_ram
 from .linux import BOOT_PARAMS, place_initrd, write_boot_params, write_cmdline
 
 LINUX_NOTE_OWNER = "Linux"
@@ -32,13 +32,9 @@ def _load_chunks(mem: GuestMemory, path: str, data: bytes, machines: tuple[int, 
                  mode: Mode) -> tuple[int, int, int]:
     """Write the PT_LOAD segments at their physical addresses; (entry, end of the image, class)."""
     chunks, entry, elfclass = elf_chunks(path, data, machines)
-    for c in chunks:
-        require_ram(mem, path, c.addr, c.memsz, c.what)
-        require_clear_of_scratch(path, mode, c.addr, c.memsz, c.what)
-    for c in chunks:
-        mem.write(c.addr, c.data)
-        mem.fill(c.addr + len(c.data), c.memsz - len(c.data))
-    return entry, max(c.addr + c.memsz for c in chunks), elfclass
+    end = check_chunks(mem, path, chunks, mode)
+    write_chunks(mem, chunks)
+    return entry, end, elfclass
 
 
 def load_linux_elf(mem: GuestMemory, path: str, data: bytes) -> tuple[int, int]:
