@@ -166,10 +166,10 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
             _say(f"--accel auto chose {machine.accel}: {machine.accel_reason}")
         elif first and banner and machine.accel == "kvm":
             _say(banner.removeprefix("hvm: "))
-        if first and machine.entry.description.startswith(("Linux", "PVH")):
+        if first and machine.boots_linux:
             for arg, why in machine.cmdline_additions:
                 _say(f"added {arg!r} to the kernel command line: {why}")
-            if machine.accel == "kvm" and machine.host.emulation_only:
+            if machine.kvm_emulates:
                 _say(f"warning: {KVM_USERSPACE_LIMIT}")
         if args.verbose:
             _say(f"booting {cfg.kernel}: {machine.entry.description or machine.entry.mode.value} "

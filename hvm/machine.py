@@ -331,10 +331,21 @@ class Machine:
         bsp.set_regs(regs)
 
     @property
+    def kvm_emulates(self) -> bool:
+        """Guest code runs on a KVM that only emulates guest kernel code (and runs no user space)."""
+        return self.accel == "kvm" and self.host.emulation_only
+
+    @property
+    def boots_linux(self) -> bool:
+        """The kernel is entered through a Linux boot protocol (bzImage, vmlinux) or PVH: the
+        protocols whose command line the Linux additions go to."""
+        return self.entry.description.startswith(("Linux", "PVH"))
+
+    @property
     def cmdline_additions(self) -> list[tuple[str, str]]:
         """(argument, why) for what hvm must add to a Linux kernel's command line on this host
         (the CLI prints both: nothing is added silently)."""
-        if self.accel == "kvm" and self.host.emulation_only:
+        if self.kvm_emulates:
             return [(NOXSAVE, NOXSAVE_WHY),
                     ("clearcpuid=" + ",".join(linux_clearcpuid(self.host)), CLEARCPUID_WHY)]
         return []
@@ -373,7 +384,7 @@ class Machine:
         out = transcript if backend is None else _Tee(transcript, backend)
         if index == 0:
             watches = [LineWatch(PANIC, self._guest_panicked)]
-            if self.accel == "kvm" and self.host.emulation_only:
+            if self.kvm_emulates:
                 watches.append(LineWatch(RUN_INIT, self._init_unreachable))
             out = _Watched(out, watches)
         uart = Uart16550(self.irq(gsi), out, name=f"com{index + 1}")
@@ -480,9 +491,7 @@ class Machine:
         self.finish(Outcome(End.RESET, message=f"guest reset the machine: {how}"))
 
     def _guest_panicked(self, reason: str) -> None:
-        notes = []
-        if self.accel == "kvm" and self.host.emulation_only:
-            notes.append(KVM_USERSPACE_LIMIT)
+        notes = [KVM_USERSPACE_LIMIT] if self.kvm_emulates else []
         self.finish(Outcome(End.CRASH, crash=GuestCrash(f"guest kernel panic: {reason}", notes=notes),
                             message=f"guest kernel panic: {reason}"))
 
@@ -507,8 +516,7 @@ class Machine:
             port.backend.start(port.uart.receive)
         for vcpu in self.vcpus:
             vcpu.start()
-        if self.accel == "kvm" and self.host.emulation_only and self.serial_ports and \
-                self.entry.description.startswith(("Linux", "PVH")):
+        if self.kvm_emulates and self.boots_linux and self.serial_ports:
             threading.Thread(target=self._stall_watchdog, name="hvm-stall-watchdog", daemon=True).start()
 
     def _stall_watchdog(self) -> None:
