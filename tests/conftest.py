@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -98,9 +99,23 @@ def recipe_image(name: str, what: str) -> Path:
     try:
         return images.build(name)
     except images.AptUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot fetch {what} from Debian: {exc}")
-        pytest.skip(f"cannot fetch {what} from Debian here: {exc}")
+        unavailable(f"cannot fetch {what} from Debian: {exc}")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Something a test needs is missing from this host: a skip here, a failure in CI (.ci/run
+    installs everything, so there it is a broken set-up, never a reason to skip)."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_tool(command: str, package: str) -> str:
+    """The path of ``command``, which Debian's ``package`` provides (see ``unavailable``)."""
+    path = shutil.which(command)
+    if path is None:
+        unavailable(f"{command} is not installed (apt-get install {package})")
+    return path
 
 
 @pytest.fixture(scope="session")

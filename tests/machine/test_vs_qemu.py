@@ -2,23 +2,16 @@
 (command line, modules) and the same exit code through isa-debug-exit."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import hvmrun
-
-QEMU = shutil.which("qemu-system-x86_64")
+from conftest import hvmrun, require_tool
 
 
 def _qemu(kernel, append, initrd):
-    if QEMU is None:
-        if os.environ.get("CI"):
-            pytest.fail("qemu-system-x86_64 is not installed; .ci/run installs it")
-        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
-    return subprocess.run([QEMU, "-enable-kvm", "-machine", "pc", "-m", "64M", "-nographic", "-nodefaults",
+    qemu = require_tool("qemu-system-x86_64", "qemu-system-x86")
+    return subprocess.run([qemu, "-enable-kvm", "-machine", "pc", "-m", "64M", "-nographic", "-nodefaults",
                            "-display", "none", "-serial", "stdio", "-no-reboot",
                            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                            "-kernel", str(kernel), "-append", append, "-initrd", initrd],
