@@ -51,8 +51,8 @@ class Kallsyms:
         return f"{self.names[i]}+{address - self.addresses[i]:#x}"
 
 
-def _token_table(data: bytes) -> tuple[int, list[bytes], int] | None:
-    """(start, tokens, end) of a token table whose index follows it and agrees."""
+def _token_table(data: bytes) -> tuple[int, list[bytes]] | None:
+    """(start, tokens) of a token table whose index follows it and agrees."""
     at = data.find(_DIGITS)
     while at >= 0:
         found = _token_table_at(data, at)
@@ -62,7 +62,7 @@ def _token_table(data: bytes) -> tuple[int, list[bytes], int] | None:
     return None
 
 
-def _token_table_at(data: bytes, zero: int) -> tuple[int, list[bytes], int] | None:
+def _token_table_at(data: bytes, zero: int) -> tuple[int, list[bytes]] | None:
     start = zero
     for _ in range(ord("0")):  # walk back over tokens 0x2f .. 0x00, none of them empty
         prev_end = start - 1                        # the NUL that ends the previous token
@@ -85,7 +85,7 @@ def _token_table_at(data: bytes, zero: int) -> tuple[int, list[bytes], int] | No
         off += len(t) + 1
     if list(index) != offsets:
         return None
-    return start, tokens, cursor
+    return start, tokens
 
 
 def parse(data: bytes, text_base: int) -> Kallsyms | None:
@@ -94,7 +94,7 @@ def parse(data: bytes, text_base: int) -> Kallsyms | None:
     table = _token_table(data)
     if table is None:
         return None
-    token_start, tokens, _ = table
+    token_start, tokens = table
     base = struct.pack("<Q", text_base)
     at = data.rfind(base, 0, token_start)
     while at >= 0:
@@ -150,7 +150,7 @@ def for_kernel(path: str) -> Kallsyms | None:
     through the same cache as a boot, or an ELF vmlinux); None for anything else."""
     from .boot.decompress import vmlinux
     from .boot.detect import detect_format
-    from .boot.linux import payload, setup_header
+    from .boot.linux import bzimage_payload
     from .errors import HvmError
     from .formats.elf import PT_LOAD, ElfFormatError, read_headers
 
@@ -159,7 +159,7 @@ def for_kernel(path: str) -> Kallsyms | None:
             data = f.read()
         fmt = detect_format(path, data)
         if fmt == "bzimage":
-            data = vmlinux(path, payload(path, data, setup_header(path, data)))
+            data = vmlinux(path, bzimage_payload(path, data))
         elif fmt != "elf":
             return None
         _, phdrs = read_headers(data)

@@ -122,12 +122,12 @@ def initramfs(busybox: bytes) -> bytes:
 
 def extract_vmlinux(bzimage: Path) -> bytes:
     """The ELF kernel inside a bzImage, through the decompressor hvm boots with."""
-    from hvm.boot.linux import payload, setup_header
+    from hvm.boot.linux import bzimage_payload
     from hvm.errors import ImageError
 
     data = bzimage.read_bytes()
     try:
-        return decompress.decompress(str(bzimage), payload(str(bzimage), data, setup_header(str(bzimage), data)))
+        return decompress.decompress(str(bzimage), bzimage_payload(str(bzimage), data))
     except ImageError as exc:
         raise VerificationError(str(exc)) from None
 

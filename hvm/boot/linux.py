@@ -64,6 +64,11 @@ def payload(path: str, data: bytes, hdr) -> bytes:
     return kernel[start:end]
 
 
+def bzimage_payload(path: str, data: bytes) -> bytes:
+    """The compressed vmlinux of the bzImage ``data``, its header checked first."""
+    return payload(path, data, setup_header(path, data))
+
+
 def low_ram_end(mem: GuestMemory) -> int:
     """Where the RAM that starts at address 0 ends."""
     return min(r.end for r in mem.regions if r.gpa == 0)
