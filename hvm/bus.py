@@ -33,6 +33,10 @@ class Mapping:
 
 
 _UNSEEN = object()
+# A device may answer wider than the access (a 16-bit register read by byte): the reply is cut to
+# the access size here, once, so every engine sees the same value and none can overflow.
+# Indexed by size; KVM reports MMIO of any length up to 8, unicorn up to 16 for vector moves.
+_MASK = tuple((1 << (8 * n)) - 1 for n in range(17))
 # Lookups are cached per address; guest-chosen MMIO addresses must not grow the cache without bound.
 CACHE_LIMIT = 4096
 
@@ -113,7 +117,7 @@ class Bus:
             self.unclaimed += 1
             return (1 << (size * 8)) - 1
         m.hits[0] += 1
-        return m.device.read(addr - m.base, size)
+        return m.device.read(addr - m.base, size) & _MASK[size]
 
     def write(self, addr: int, size: int, value: int) -> None:
         """Dispatch a write; writes to unclaimed addresses are dropped."""
@@ -124,7 +128,7 @@ class Bus:
             self.unclaimed += 1
             return
         m.hits[0] += 1
-        m.device.write(addr - m.base, size, value)
+        m.device.write(addr - m.base, size, value & _MASK[size])
 
 
 class PortIOBus(Bus):
