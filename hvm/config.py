@@ -54,8 +54,10 @@ class MachineConfig:
     initrd: str | None = None
     append: str = ""
     modules: list[ModuleSpec] = field(default_factory=list)
-    # A flat binary's entry mode and load address (ignored for ELF/multiboot images).
-    flat_mode: Mode = Mode.REAL
+    # A raw binary's entry mode and load address (ignored for ELF/multiboot/bzImage images). None:
+    # only a boot sector (55 AA at byte 510) runs raw, in real mode at 0x7C00; anything else
+    # unrecognised is refused. A mode given here runs any unrecognised image as a raw binary.
+    flat_mode: Mode | None = None
     load_addr: int | None = None
     # Serial ports COM1..COM4, each a backend spec: "buffer" (in memory, the API default),
     # "stdio", "none", "file:PATH", "unix:PATH".
@@ -100,7 +102,7 @@ class MachineConfig:
         for path in [self.kernel, self.initrd, *(m.path for m in self.modules)]:
             if path is not None and not os.path.isfile(path):
                 raise MissingFileError(path)
-        if not isinstance(self.flat_mode, Mode):
+        if self.flat_mode is not None and not isinstance(self.flat_mode, Mode):
             try:
                 self.flat_mode = Mode(self.flat_mode)
             except ValueError:

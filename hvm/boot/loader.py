@@ -7,7 +7,7 @@ from ..config import MachineConfig
 from ..errors import ImageError, MissingFileError
 from ..memory import GuestMemory
 from .detect import detect_format
-from .entry import EntryState
+from .entry import EntryState, Mode
 from .flat import load_flat
 from .linux import load_bzimage
 from .vmlinux import load_vmlinux
@@ -54,6 +54,12 @@ def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int,
         if fmt == "elf":
             return load_vmlinux(mem, path, data, cmdline, initrd, e820, rsdp)
         return load_bzimage(mem, path, data, cmdline, initrd, e820, rsdp, host_decompress)
+    if fmt == "unknown" and cfg.flat_mode is None:
+        # QEMU's -kernel refuses what it cannot identify; running arbitrary bytes as code would
+        # turn a wrong path into a hang until the timeout.
+        raise ImageError(path, "not a bootable image: no multiboot header, ELF header, Linux "
+                               "bzImage header or boot-sector signature (55 AA at byte 510); "
+                               "give --flat-mode to run it as a raw binary")
     if cfg.initrd:
         raise ImageError(path, "--initrd needs a kernel that takes one; a flat binary does not")
-    return load_flat(mem, path, data, cfg.flat_mode, cfg.load_addr)
+    return load_flat(mem, path, data, cfg.flat_mode or Mode.REAL, cfg.load_addr)

@@ -75,3 +75,7 @@ off:    mov $0x604, %dx
         hlt
         jmp 4b
 ready:  .asciz "ready\n"
+
+# The boot-sector signature: what marks these bytes as bootable (a BIOS, and hvm, check it).
+        .org 510
+        .word 0xaa55

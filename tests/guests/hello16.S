@@ -39,3 +39,7 @@ _start: xor %ax, %ax
         hlt
         jmp 4b
 msg:    .asciz "Hello from real mode!\r\n"
+
+# The boot-sector signature: what marks these bytes as bootable (a BIOS, and hvm, check it).
+        .org 510
+        .word 0xaa55

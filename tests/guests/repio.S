@@ -28,3 +28,7 @@ _start: xor %ax, %ax
         jmp 1b
 nl:     .byte '\n'
 buf:    .space 16
+
+# The boot-sector signature: what marks these bytes as bootable (a BIOS, and hvm, check it).
+        .org 510
+        .word 0xaa55

@@ -163,7 +163,7 @@ def test_memory_above_the_pc_hole(guests):
 
 # mov $'D',%al; out %al,$0xe9; mov $'C',%al; out %al,$0xe9; mov $0x80,%al; out %al,$0x80;
 # mov $0x604,%dx; mov $0x2000,%ax; out %ax,%dx; hlt
-DEBUGCON_GUEST = bytes.fromhex("b044e6e9b043e6e9b080e680ba0406b80020eff4")
+DEBUGCON_GUEST = bytes.fromhex("b044e6e9b043e6e9b080e680ba0406b80020eff4").ljust(510, b"\0") + b"\x55\xaa"
 
 
 def test_debugcon_and_post_codes(tmp_path):

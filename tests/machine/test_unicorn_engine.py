@@ -128,7 +128,7 @@ def test_real_mode_exception_goes_through_the_ivt(tmp_path):
         "88d8baf400ee")             # mov al,bl; mov dx,0xf4; out dx,al -> exit (IP low byte)
     image = tmp_path / "ud2.bin"
     image.write_bytes(code)
-    r = hvmrun("--accel", "unicorn", "--kernel", str(image), "--timeout", "30")
+    r = hvmrun("--accel", "unicorn", "--kernel", str(image), "--flat-mode", "real", "--timeout", "30")
     assert r.stdout == b"6"
     assert r.returncode == (0x10 << 1) | 1, r.stderr       # IP 0x7C10: the ud2 itself
 

@@ -383,6 +383,7 @@ def test_detect_format_by_content():
     bz = bytearray(0x400)
     bz[0x202:0x206] = b"HdrS"
     assert detect_format("kernel.elf", bytes(bz)) == "bzimage"
-    assert detect_format("bzImage", b"\xEB\xFE" + bytes(510)) == "flat"
+    assert detect_format("bzImage", b"\xEB\xFE" + bytes(510)) == "unknown"   # no 55 AA: not a boot sector
+    assert detect_format("x.img", b"\xEB\xFE" + bytes(508) + b"\x55\xaa") == "boot-sector"
     assert detect_format("a.elf", aout_image()) == "multiboot"
-    assert detect_format("empty", b"") == "flat"
+    assert detect_format("empty", b"") == "unknown"
