@@ -2,24 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
-from typing import NoReturn, Sequence
+import traceback
+from typing import Callable, NoReturn, Sequence
 
 from . import __version__
 from .boot.entry import Mode
 from .config import MachineConfig, ModuleSpec, parse_size
 from .errors import ConfigError, HostError, ImageError, MissingFileError
-from .outcome import End, Outcome
-
-EX_OK = 0
-EX_CRASH = 2
-EX_USAGE = 64
-EX_DATAERR = 65      # unusable image
-EX_NOINPUT = 66      # missing file
-EX_UNAVAILABLE = 69  # no usable /dev/kvm, or a host that cannot run what the guest needs
-EX_SOFTWARE = 70     # hvm itself failed
-EX_TIMEOUT = 124     # like timeout(1)
+from .outcome import (EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, End, Outcome)
 
 # The one table mapping errors (raised before the guest runs) to exit codes.
 EXIT_CODES: dict[type, int] = {
@@ -28,14 +22,6 @@ EXIT_CODES: dict[type, int] = {
     MissingFileError: EX_NOINPUT,
     HostError: EX_UNAVAILABLE,
 }
-
-
-def exit_code_for(outcome: Outcome) -> int:
-    """The process exit status for how a run ended."""
-    if outcome.end == End.DEBUG_EXIT:
-        return ((outcome.value << 1) | 1) & 0xFF  # QEMU's isa-debug-exit rule; the OS keeps 8 bits
-    return {End.POWEROFF: EX_OK, End.QUIT: EX_OK, End.RESET: EX_OK, End.CRASH: EX_CRASH,
-            End.TIMEOUT: EX_TIMEOUT, End.ERROR: EX_SOFTWARE, End.HOST_LIMIT: EX_UNAVAILABLE}[outcome.end]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
     p.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                    help="multiboot module with its argument string (repeatable)")
-    p.add_argument("--flat-mode", choices=[m.value for m in Mode], default=Mode.REAL.value,
-                   help="entry mode of a flat binary (default real)")
+    p.add_argument("--flat-mode", choices=[m.value for m in Mode],
+                   help="run an image hvm does not recognise as a raw binary entered in this mode (without "
+                        "it only a boot sector, 55 AA at byte 510, runs raw: in real mode at 0x7c00)")
     p.add_argument("--load-addr", type=_int, metavar="ADDR",
                    help="load (and entry) address of a flat binary (default 0x7c00 real, 0x100000 otherwise)")
     p.add_argument("--serial", action="append", metavar="DEV",
@@ -109,7 +96,8 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
     return MachineConfig(
         memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
-        modules=[ModuleSpec.parse(m) for m in args.module], flat_mode=Mode(args.flat_mode),
+        modules=[ModuleSpec.parse(m) for m in args.module],
+        flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
         load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
         timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,
         stall_timeout=args.stall_timeout, verbose=args.verbose)
@@ -118,6 +106,10 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
 def _say(msg: str) -> None:
     sys.stderr.write(f"hvm: {msg}\n")
     sys.stderr.flush()
+
+
+BUG_REPORT = ("this is a bug in hvm: please report it with this message and the command line "
+              "(-v shows the traceback)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,7 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         code = 130
-    sys.stdout.flush()
+    except Exception as exc:  # the last resort: one line and exit 70, never a bare traceback
+        if args.verbose:
+            traceback.print_exc()
+        _say(f"internal error: {type(exc).__name__}: {exc}; {BUG_REPORT}")
+        code = EX_SOFTWARE
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
     return code
 
 
@@ -161,6 +161,7 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
     from .machine import KVM_USERSPACE_LIMIT, Machine
 
     machine = Machine(cfg)
+    restore = _guard(machine)
     try:
         if first and cfg.accel == "auto":
             _say(f"--accel auto chose {machine.accel}: {machine.accel_reason}")
@@ -186,13 +187,49 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
         return outcome.exit_code
     finally:
         machine.close()
+        restore()
+
+
+# SIGTERM and SIGHUP (a closed terminal) end the run through the same path as a guest's power-off:
+# the terminal leaves raw mode, serial files and sockets get every byte and are closed.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _guard(machine) -> Callable[[], None]:
+    """Route stop signals and failures of any thread to ``machine``; returns the undo."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        # A handler runs between two bytecodes of the main thread, which may hold the very locks
+        # finish() takes (the outcome's, the done event's): finish on a thread of its own.
+        outcome = Outcome(End.SIGNAL, value=signum, message=f"terminated by {signal.Signals(signum).name}")
+        threading.Thread(target=machine.finish, args=(outcome,), name="hvm-signal").start()
+
+    def on_thread_failure(hook: threading.ExceptHookArgs) -> None:
+        if hook.exc_type is SystemExit:
+            return
+        where = hook.thread.name if hook.thread is not None else "a thread"
+        machine.internal_error(where, hook.exc_value)
+
+    saved = [(sig, signal.signal(sig, on_signal)) for sig in _STOP_SIGNALS]
+    saved_hook, threading.excepthook = threading.excepthook, on_thread_failure
+
+    def restore() -> None:
+        threading.excepthook = saved_hook
+        for sig, handler in saved:
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def _report(outcome: Outcome, verbose: int) -> None:
     if outcome.end == End.CRASH and outcome.crash is not None:
         sys.stdout.flush()
         sys.stderr.write("\n" + outcome.crash.report() + "\n")
-    elif outcome.end in (End.TIMEOUT, End.ERROR, End.RESET, End.HOST_LIMIT):
+    elif outcome.end == End.ERROR:
+        if verbose and outcome.detail:
+            sys.stderr.write(outcome.detail)
+        _say(f"{outcome.message}; {BUG_REPORT}")
+    elif outcome.end in (End.TIMEOUT, End.RESET, End.HOST_LIMIT, End.SIGNAL):
         _say(outcome.message)
     elif verbose:
         _say(outcome.message or outcome.end.value)

@@ -68,13 +68,29 @@ def host_info(kvm_path: str = "/dev/kvm") -> HostInfo:
 
 
 def choose_accel(requested: str, kvm_path: str, host: HostInfo) -> tuple[str, str]:
-    """The engine to use for ``--accel requested`` and why: "kvm" or "unicorn"."""
+    """The engine to use for ``--accel requested`` and why: "kvm" or "unicorn". For "auto" the
+    KVM device is trusted only once it has opened and created a VM: a node that exists but is no
+    KVM (or a KVM that refuses VMs) falls back too."""
     if requested != "auto":
         return requested, f"--accel {requested}"
-    if not os.path.exists(kvm_path):
-        return "unicorn", f"{kvm_path} does not exist"
-    if not os.access(kvm_path, os.R_OK | os.W_OK):
-        return "unicorn", f"{kvm_path} is not accessible"
+    problem = kvm_problem(kvm_path)
+    if problem is not None:
+        return "unicorn", problem
     if host.emulation_only:
         return "unicorn", f"the host's KVM runs guest kernel code in its instruction emulator ({host.reason})"
     return "kvm", "hardware virtualization is available"
+
+
+def kvm_problem(kvm_path: str) -> str | None:
+    """Why ``kvm_path`` cannot run a VM, or None once it has created one."""
+    try:
+        kvm = open_kvm(kvm_path)
+    except HostError as exc:
+        return str(exc)
+    try:
+        kvm.create_vm().close()
+    except OSError as exc:
+        return f"{kvm_path}: cannot create a VM ({exc})"
+    finally:
+        kvm.close()
+    return None

@@ -9,10 +9,11 @@ import os
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from kvmffi import lib
+from kvmffi import KvmError, lib
 
 from . import layout
 from .boot.cpu_setup import entry_cpu_state
@@ -21,7 +22,7 @@ from .boot.loader import load_kernel
 from .bus import MmioBus, PortIOBus
 from .config import MachineConfig
 from .cpuid import cpuid_policy, linux_clearcpuid
-from .errors import ConfigError
+from .errors import ConfigError, HostError
 from .devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACPI_PM_LENGTH, SLP_TYP_S5
 from .devices.base import Device
 from .devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT as DEBUG_EXIT_LEN, DebugExit
@@ -39,6 +40,7 @@ from .memory import GuestMemory
 from .console_watch import PANIC, RUN_INIT, LineWatch, last_lines
 from .outcome import End, GuestCrash, Outcome
 from .serial import BufferBackend, SerialBackend, StdioBackend, backend_from_spec
+from .threads import Failure, start_thread
 from .vcpu import EmulationFallback, Vcpu
 
 # How much serial output is kept in memory beside a real backend (stdio, file, socket).
@@ -79,8 +81,8 @@ class _Tee(SerialBackend):
     def __init__(self, transcript: BufferBackend, other: SerialBackend):
         self.transcript, self.other = transcript, other
 
-    def start(self, sink: Callable[[bytes], None]) -> None:
-        self.other.start(sink)
+    def start(self, sink: Callable[[bytes], None], on_failure: Failure | None = None) -> None:
+        self.other.start(sink, on_failure)
 
     def write(self, data: bytes) -> None:
         self.transcript.write(data)
@@ -97,8 +99,8 @@ class _Watched(SerialBackend):
         self.inner, self.watches = inner, watches
         self.last_output = time.monotonic()
 
-    def start(self, sink: Callable[[bytes], None]) -> None:
-        self.inner.start(sink)
+    def start(self, sink: Callable[[bytes], None], on_failure: Failure | None = None) -> None:
+        self.inner.start(sink, on_failure)
 
     def write(self, data: bytes) -> None:
         self.last_output = time.monotonic()
@@ -250,7 +252,14 @@ class Machine:
         self.kvm = open_kvm(config.kvm_path) if self.accel == "kvm" else None
         self.vm = None
         try:
+            if self.kvm is not None:
+                limit = self.kvm.check_extension("KVM_CAP_MAX_VCPUS") or 255
+                if config.cpus > limit:
+                    raise ConfigError(f"-c {config.cpus}: this host's KVM allows at most {limit} vCPUs per VM")
             self._build(serial_backends, on_quit)
+        except KvmError as exc:
+            self.close()
+            raise HostError(f"{config.kvm_path}: KVM refused to build the machine: {exc}") from exc
         except BaseException:
             self.close()
             raise
@@ -428,7 +437,7 @@ class Machine:
         from .engine.unicorn import UnicornEngine
 
         ncpus = self.config.cpus
-        core = UnicornCore(self.memory, self.mmio)
+        core = UnicornCore(self.memory, self.mmio, on_failure=self.internal_error)
         self._unicorn_engines = engines = [
             UnicornEngine(self.memory, self.mmio, core=core, index=i, ncpus=ncpus, started=i == 0)
             for i in range(ncpus)]
@@ -513,11 +522,11 @@ class Machine:
         self._started = True
         self._t_start = time.monotonic()
         for port in self.serial_ports:
-            port.backend.start(port.uart.receive)
+            port.backend.start(port.uart.receive, self.internal_error)
         for vcpu in self.vcpus:
             vcpu.start()
         if self.kvm_emulates and self.boots_linux and self.serial_ports:
-            threading.Thread(target=self._stall_watchdog, name="hvm-stall-watchdog", daemon=True).start()
+            start_thread(self._stall_watchdog, "hvm-stall-watchdog", self.internal_error)
 
     def _stall_watchdog(self) -> None:
         # A Linux guest on a KVM that emulates every kernel instruction can never legitimately sit
@@ -584,6 +593,13 @@ class Machine:
     def stop(self) -> None:
         """Stop a running machine from any thread (outcome QUIT unless the guest ended first)."""
         self.finish(Outcome(End.QUIT, message="stopped"))
+
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        """hvm itself failed in ``where`` (a vCPU, a helper thread): end the run with End.ERROR,
+        one line for the user and the traceback kept for ``-v``."""
+        detail = "".join(traceback.format_exception(exc))
+        self.finish(Outcome(End.ERROR, message=f"internal error in {where}: {type(exc).__name__}: {exc}",
+                            detail=detail))
 
     def _join(self) -> None:
         for vcpu in self.vcpus:

@@ -19,7 +19,33 @@ class End(str, Enum):
     HOST_LIMIT = "host-limit"    # the guest needs what this host cannot give (e.g. user space on kvm_pvm)
     TIMEOUT = "timeout"          # --timeout expired
     QUIT = "quit"                # the user quit (Ctrl-A x) or the API called stop()
+    SIGNAL = "signal"            # hvmrun was told to stop by SIGTERM or SIGHUP (value: the signal)
     ERROR = "error"              # hvm itself failed while serving the guest
+
+
+# Exit statuses (sysexits.h where one fits). They live here, below the CLI, because an Outcome
+# knows its own status and the CLI maps errors raised before the guest runs through the same table.
+EX_OK = 0
+EX_CRASH = 2
+EX_USAGE = 64
+EX_DATAERR = 65      # unusable image
+EX_NOINPUT = 66      # missing file
+EX_UNAVAILABLE = 69  # no usable /dev/kvm, or a host that cannot run what the guest needs
+EX_SOFTWARE = 70     # hvm itself failed
+EX_TIMEOUT = 124     # like timeout(1)
+EX_SIGNAL_BASE = 128  # + the signal number, as a shell reports a process a signal ended
+
+_EXIT_BY_END = {End.POWEROFF: EX_OK, End.QUIT: EX_OK, End.RESET: EX_OK, End.CRASH: EX_CRASH,
+                End.TIMEOUT: EX_TIMEOUT, End.ERROR: EX_SOFTWARE, End.HOST_LIMIT: EX_UNAVAILABLE}
+
+
+def exit_code_for(outcome: "Outcome") -> int:
+    """The process exit status for how a run ended."""
+    if outcome.end == End.DEBUG_EXIT:
+        return ((outcome.value << 1) | 1) & 0xFF  # QEMU's isa-debug-exit rule; the OS keeps 8 bits
+    if outcome.end == End.SIGNAL:
+        return EX_SIGNAL_BASE + (outcome.value or 0)
+    return _EXIT_BY_END[outcome.end]
 
 
 @dataclass
@@ -75,9 +101,9 @@ class Outcome:
     value: int | None = None
     crash: GuestCrash | None = None
     message: str = ""
+    detail: str = ""  # for End.ERROR: the traceback, which hvmrun shows only with -v
 
     @property
     def exit_code(self) -> int:
-        """The process exit status hvmrun uses for this outcome (see hvm.cli.EXIT_CODES)."""
-        from .cli import exit_code_for
+        """The process exit status hvmrun uses for this outcome."""
         return exit_code_for(self)

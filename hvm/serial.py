@@ -15,6 +15,8 @@ import termios
 import threading
 from typing import IO, Any, Callable
 
+from .threads import Failure, start_thread
+
 Sink = Callable[[bytes], None]
 
 _READ_CHUNK = 4096
@@ -37,8 +39,9 @@ class SerialBackend:
     def __init__(self) -> None:
         self._sink: Sink | None = None
 
-    def start(self, sink: Sink) -> None:
-        """Begin delivering host input to ``sink``."""
+    def start(self, sink: Sink, on_failure: Failure | None = None) -> None:
+        """Begin delivering host input to ``sink``; a failure of the backend's own thread is
+        handed to ``on_failure`` (the machine ends the run with it)."""
         self._sink = sink
 
     def write(self, data: bytes) -> None:
@@ -86,7 +89,7 @@ class BufferBackend(SerialBackend):
         """Guest output decoded as UTF-8, undecodable bytes replaced."""
         return self.data.decode("utf-8", errors="replace")
 
-    def start(self, sink: Sink) -> None:
+    def start(self, sink: Sink, on_failure: Failure | None = None) -> None:
         """Attach the sink and hand it any input fed before now."""
         with self._in_lock:
             self._sink = sink
@@ -174,6 +177,18 @@ class FileBackend(SerialBackend):
                 self._fd = None
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte to ``fd``. A descriptor left non-blocking by another program sharing the
+    terminal answers EAGAIN when its buffer is full: wait until it drains, as a UART waits for its
+    line, instead of losing the output."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+
+
 class StdioBackend(SerialBackend):
     """The terminal: raw mode and Ctrl-A escapes on a TTY, plain byte forwarding from a pipe."""
 
@@ -205,7 +220,7 @@ class StdioBackend(SerialBackend):
         except (OSError, ValueError):
             return None
 
-    def start(self, sink: Sink) -> None:
+    def start(self, sink: Sink, on_failure: Failure | None = None) -> None:
         """Enter raw mode on a TTY and start forwarding stdin to ``sink``."""
         self._sink = sink
         if self._thread is not None or self._closed or self._in_fd is None:
@@ -213,26 +228,35 @@ class StdioBackend(SerialBackend):
         if self.is_tty:
             self._enter_raw_mode()
         self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._read_loop, name="serial-stdio", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._read_loop, "serial-stdio", on_failure)
 
     def write(self, data: bytes) -> None:
-        """Write guest output to stdout and flush."""
+        """Write guest output to stdout and flush; waits while stdout would block."""
         with self._out_lock:
             if self._out_broken or self._stdout is None:
                 return
             try:
-                out = getattr(self._stdout, "buffer", None)
-                if out is None and isinstance(self._stdout, io.TextIOBase):
-                    self._stdout.write(data.decode("utf-8", errors="replace"))
-                    self._stdout.flush()
+                fd = self._fileno(self._stdout)
+                if fd is None:
+                    self._write_stream(data)
                 else:
-                    target = out if out is not None else self._stdout
-                    target.write(data)
-                    target.flush()
-            except (OSError, ValueError):
-                # stdout went away (e.g. piped into `head`); the guest keeps running silently.
+                    self._stdout.flush()  # anything hvm printed through the stream goes first
+                    _write_all(fd, data)
+            except (OSError, ValueError) as exc:
+                # stdout went away (e.g. piped into `head`): say so once; the guest keeps running.
                 self._out_broken = True
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self._message(f"\nhvm: console output failed ({why}); further guest output is dropped\n")
+
+    def _write_stream(self, data: bytes) -> None:
+        out = getattr(self._stdout, "buffer", None)
+        if out is None and isinstance(self._stdout, io.TextIOBase):
+            self._stdout.write(data.decode("utf-8", errors="replace"))
+            self._stdout.flush()
+        else:
+            target = out if out is not None else self._stdout
+            target.write(data)
+            target.flush()
 
     def close(self) -> None:
         """Stop reading stdin and restore the terminal."""

@@ -12,6 +12,7 @@ import stat
 import threading
 
 from .serial import _READ_CHUNK, SerialBackend, Sink
+from .threads import Failure, start_thread
 
 UNIX_BACKLOG_LIMIT = 64 * 1024
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) minus the terminating NUL
@@ -55,13 +56,11 @@ class UnixSocketBackend(SerialBackend):
         with self._lock:
             return self._client is not None
 
-    def start(self, sink: Sink) -> None:
+    def start(self, sink: Sink, on_failure: Failure | None = None) -> None:
         """Start accepting clients; their bytes go to ``sink``."""
         self._sink = sink
         if self._thread is None and not self._closed:
-            self._thread = threading.Thread(target=self._serve, name=f"serial-unix:{self.path}",
-                                            daemon=True)
-            self._thread.start()
+            self._thread = start_thread(self._serve, f"serial-unix:{self.path}", on_failure)
 
     def write(self, data: bytes) -> None:
         """Send to the client, or keep the newest 64 KiB until one connects."""

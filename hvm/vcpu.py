@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import threading
-import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -110,8 +109,7 @@ class Vcpu:
                 if handler(exit_):
                     break
         except BaseException as exc:  # a bug in hvm or a device: end the run, never hang the guest silently
-            self.machine.finish(Outcome(End.ERROR, message=f"vCPU {self.index}: internal error: "
-                                        f"{exc!r}\n{traceback.format_exc()}"))
+            self.machine.internal_error(f"vCPU {self.index}", exc)
         finally:
             self._final_cpu_times = _thread_cpu_times() or self._final_cpu_times
             self._tid = None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from ..bus import MmioBus
 from ..errors import HostError
 from ..memory import HIGHMEM_BASE, GuestMemory
+from ..threads import Failure
 from . import uc_context
 from .uc_slicer import Slicer
 
@@ -121,12 +122,28 @@ class Turns:
         return bool(self._queue)
 
 
+def _dead_read(addr: int, size: int) -> int:
+    return (1 << (8 * size)) - 1
+
+
+def _dead_write(addr: int, size: int, value: int) -> None:
+    pass
+
+
+class _DeadMmio:
+    read, write = staticmethod(_dead_read), staticmethod(_dead_write)
+
+
+_DEAD_MMIO = _DeadMmio()
+
+
 class UnicornCore:
     """The unicorn instance, its hooks (which act for the vCPU whose turn it is), the slicer
     thread that ends time slices, and the switching of vCPU contexts."""
 
-    def __init__(self, memory: GuestMemory, mmio: MmioBus):
+    def __init__(self, memory: GuestMemory, mmio: MmioBus, on_failure: Failure | None = None):
         self.memory, self.mmio = memory, mmio
+        self.on_failure = on_failure  # for the slicer thread: its death would leave slices unended
         self.uc = None
         self.bits = 0
         self.current: UnicornEngine | None = None
@@ -134,6 +151,7 @@ class UnicornCore:
         self.turns = Turns(self.cut)
         self.slicer: Slicer | None = None
         self.switches = 0
+        self.hook_failure: BaseException | None = None
         self._stop = None
         self._reset = None  # a fresh CPU's context: where a started AP's state is built
 
@@ -247,21 +265,60 @@ class UnicornCore:
         self._stop = None
 
     # -- hooks: called inside emu_start, for the vCPU whose turn it is --------------------------
+    # A device that raises must end the run as hvm's failure. Unicorn's binding would keep the
+    # exception until emu_start returns on its own (after a guest power-off it is never seen) and
+    # stop emulation in a way that restarts the instruction: the device hooks keep the exception
+    # themselves and end the slice at the next block, and the engine raises it from there.
+    # Until then the rest of the block still runs: its port and MMIO accesses reach no device
+    # (a power-off just after the failure must not become the run's outcome instead of it).
+    def _failed(self, exc: BaseException) -> None:
+        if self.hook_failure is None:
+            self.hook_failure = exc
+            self._live_bus = [(e, e.io_read, e.io_write) for e in self.engines], self.mmio
+            for e in self.engines:
+                e.io_read, e.io_write = _dead_read, _dead_write
+            self.mmio = _DEAD_MMIO
+        self.request_stop()
+
+    def take_hook_failure(self) -> BaseException | None:
+        """The first exception a device raised during the last emu_start, once; the devices
+        are reachable again afterwards."""
+        exc, self.hook_failure = self.hook_failure, None
+        if exc is not None:
+            ports, self.mmio = self._live_bus
+            for e, read, write in ports:
+                e.io_read, e.io_write = read, write
+        return exc
+
     def _in(self, uc, port: int, size: int, _user) -> int:
         engine = self.current
         engine.io_counts[0] += 1
-        return engine.io_read(port, size)
+        try:
+            return engine.io_read(port, size)
+        except BaseException as exc:
+            self._failed(exc)
+            return 0
 
     def _out(self, uc, port: int, size: int, value: int, _user) -> None:
         engine = self.current
         engine.io_counts[1] += 1
-        engine.io_write(port, size, value)
+        try:
+            engine.io_write(port, size, value)
+        except BaseException as exc:
+            self._failed(exc)
 
     def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
-        return self.mmio.read(base + offset, size)
+        try:
+            return self.mmio.read(base + offset, size)
+        except BaseException as exc:
+            self._failed(exc)
+            return 0
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
-        self.mmio.write(base + offset, size, value)
+        try:
+            self.mmio.write(base + offset, size, value)
+        except BaseException as exc:
+            self._failed(exc)
 
     def _interrupt(self, uc, vector: int, _user) -> None:
         self.current.on_interrupt(vector)

@@ -18,19 +18,20 @@ import threading
 import time
 from typing import Callable
 
+from ..threads import Failure, start_thread
+
 
 class Slicer:
     """Requests a stop when the armed slice passes its deadline (monotonic ns)."""
 
-    def __init__(self, stop: Callable[[], None], drop: Callable[[], None]):
+    def __init__(self, stop: Callable[[], None], drop: Callable[[], None], on_failure: Failure | None = None):
         self._stop, self._drop = stop, drop
         self._cond = threading.Condition()
         self._deadline: int | None = None  # of the armed slice
         self._asleep_until: int | None = None  # the deadline the thread is waiting for, if any
         self._fired = False
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="unicorn-slicer", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._loop, "unicorn-slicer", on_failure)
 
     def begin(self, deadline: int) -> None:
         """A slice starts and must end by ``deadline``."""

@@ -386,7 +386,7 @@ class UnicornEngine(Engine):
             try:
                 core.switch_to(self)
                 if core.slicer is None:
-                    core.slicer = Slicer(core.request_stop, core.drop_stop)
+                    core.slicer = Slicer(core.request_stop, core.drop_stop, core.on_failure)
                 problem = self._turn()
             finally:
                 turns.release()
@@ -434,6 +434,7 @@ class UnicornEngine(Engine):
             except unicorn.UcError as exc:
                 slicer.end()
                 self.emu_seconds += time.perf_counter() - t0
+                self._raise_hook_failure()
                 problem = self._fault(exc)
                 if problem is not None:
                     return problem
@@ -441,6 +442,7 @@ class UnicornEngine(Engine):
             cut = slicer.end()
             core.watch_window(False)
             self.emu_seconds += time.perf_counter() - t0
+            self._raise_hook_failure()
             self.slices += 1
             if core.window_stops != windows:
                 self._window_opened()
@@ -453,6 +455,11 @@ class UnicornEngine(Engine):
             if self._kicked.is_set() or self._poked or cut:
                 continue
             self._halted = True  # emu_start returned on its own: the guest executed HLT
+
+    def _raise_hook_failure(self) -> None:
+        exc = self._core.take_hook_failure()
+        if exc is not None:
+            raise exc
 
     def _take_signals(self) -> kx.VcpuExit | None:
         """INIT, STARTUP and NMI from the local APIC."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hvm.cli import exit_code_for
+from hvm.outcome import exit_code_for
 from hvm.config import MachineConfig, ModuleSpec, parse_size
 from hvm.cpuid import cpuid_policy, hidden_features
 from hvm.devices.acpi_pm import AcpiPm
