@@ -13,7 +13,6 @@ setup(
         "cffi>=1.16",
         "construct>=2.10,<2.11",
         "psutil>=5.9",
-        "pyroute2>=0.7",
         "capstone>=5.0,<6",
         "pyelftools>=0.29",
         "unicorn==2.1.4",  # the software engine; its semantics are validated against this version

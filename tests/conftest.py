@@ -36,6 +36,8 @@ RECIPES = {
     "multiboot": GuestRecipe("multiboot.S", 32),
     "outloop": GuestRecipe("outloop.S", 32),
     "smp": GuestRecipe("smp.S", 32),
+    "hostile": GuestRecipe("hostile32.S", 32),
+    "stream": GuestRecipe("stream32.S", 32),
 }
 
 
@@ -76,16 +78,21 @@ def guests(tmp_path_factory):
 
 
 def hvmrun_cmd() -> list[str]:
-    """The hvmrun command: the installed console script when present, else the module."""
-    exe = shutil.which("hvmrun")
-    return [exe] if exe else [sys.executable, "-m", "hvm.cli"]
+    """The hvmrun command of this checkout (never whichever ``hvmrun`` is first on PATH)."""
+    return [sys.executable, "-m", "hvm.cli"]
+
+
+def hvmrun_env() -> dict[str, str]:
+    """The environment hvmrun runs in: this checkout's packages first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
 
 
 def hvmrun(*args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run hvmrun with ``args``; output captured as bytes."""
-    env = dict(os.environ)
-    return subprocess.run([*hvmrun_cmd(), *args], input=input, capture_output=True, timeout=timeout, env=env,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+    return subprocess.run([*hvmrun_cmd(), *args], input=input, capture_output=True, timeout=timeout,
+                          env=hvmrun_env(), stdin=None if input is not None else subprocess.DEVNULL)
 
 
 def recipe_image(name: str, what: str) -> Path:

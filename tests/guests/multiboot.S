@@ -120,6 +120,9 @@ cmds:   mov 16(%ebp), %esi              /* skip the kernel path: commands follow
         jnz 4f
         print "popcnt on mmio next\n"
         popcnt 0xd0000000, %eax
+        print "popcnt="
+        call putdec
+        print "\n"
         jmp poweroff
 4:      mov %ebp, %esi
         mov $s_msr, %edi

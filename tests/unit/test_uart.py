@@ -399,7 +399,6 @@ def test_concurrent_receive_loses_nothing() -> None:
 
 def test_host_input_backpressure_blocks_then_releases():
     import threading
-    import time
 
     from hvm.devices import uart16550 as u
     from hvm.irq import RecordingIrqLine
@@ -409,8 +408,7 @@ def test_host_input_backpressure_blocks_then_releases():
     done = threading.Event()
     t = threading.Thread(target=lambda: (uart.receive(b"y"), done.set()), daemon=True)
     t.start()
-    time.sleep(0.1)
-    assert not done.is_set()                           # blocked: the guest has not read anything
+    assert not done.wait(0.1)                          # blocked: the guest has not read anything
     for _ in range(10):                                # FIFO off: each RBR read pulls one more byte in
         uart.read(u.RBR, 1)
     assert done.wait(2)

@@ -39,7 +39,11 @@ def test_an_earlier_deadline_wakes_the_sleeping_thread():
     slicer = Slicer(stopped.set, lambda: None)
     try:
         slicer.begin(time.monotonic_ns() + 10_000_000_000)
-        time.sleep(0.01)  # the thread now sleeps toward the far deadline
+        # The thread now sleeps toward the far deadline: wait until it says so, not for a while.
+        deadline = time.monotonic() + 2
+        while slicer._asleep_until is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
         slicer.end()
         t0 = time.monotonic()
         slicer.begin(time.monotonic_ns() + 5_000_000)
