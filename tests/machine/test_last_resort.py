@@ -109,3 +109,14 @@ def test_auto_falls_back_when_the_kvm_device_is_no_kvm(tmp_path, guests, monkeyp
     r = hvmrun("--accel", "auto", "--kernel", str(guests("hello16")), "--timeout", "60")
     assert r.returncode == 0 and r.stdout == b"Hello from real mode!\r\n", r.stderr
     assert f"--accel auto chose unicorn: {node}: unusable".encode() in r.stderr
+
+
+def test_kvm_refusing_to_build_the_machine_is_named(post_guest):
+    # KVM may refuse a vCPU (past its per-VM limit, out of memory): exit 69 naming the request.
+    fault = ("import errno, kvmffi.kvm as k\n"
+             "def create_vcpu(self, index): raise k.KvmError('KVM_CREATE_VCPU', errno.EINVAL)\n"
+             "k.Vm.create_vcpu = create_vcpu")
+    r = _hvmrun_with(fault, "--accel", "kvm", "--kernel", post_guest)
+    assert r.returncode == 69, r.stderr
+    assert "KVM refused to build the machine: KVM_CREATE_VCPU: Invalid argument" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -346,3 +346,34 @@ def test_buffer_with_limit_keeps_the_newest_bytes_and_still_finds_patterns() -> 
     assert b.data == b"456789ab"
     assert b.wait_for(b"9ab", timeout=0.1)
     assert not b.wait_for(b"0123", timeout=0.1)
+
+
+def test_stdio_output_waits_out_a_full_nonblocking_pipe() -> None:
+    # Another program sharing the terminal may leave stdout non-blocking: a full pipe then answers
+    # EAGAIN, and the bytes must wait for the reader, not vanish.
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    out = os.fdopen(w, "wb", buffering=0)
+    backend = StdioBackend(lambda: None, stdin=None, stdout=out, stderr=io.StringIO())
+    payload = bytes(range(256)) * 4096  # 1 MiB, many times a pipe's buffer
+    writer = threading.Thread(target=backend.write, args=(payload,))
+    writer.start()
+    got = bytearray()
+    while len(got) < len(payload):
+        got += os.read(r, 65536)
+    writer.join(10)
+    assert bytes(got) == payload and not writer.is_alive()
+    out.close()
+    os.close(r)
+
+
+def test_stdio_output_failure_is_said_once_and_the_guest_goes_on() -> None:
+    r, w = os.pipe()
+    os.close(r)  # nobody reads: EPIPE (SIGPIPE is ignored by Python)
+    out = os.fdopen(w, "wb", buffering=0)
+    err = io.StringIO()
+    backend = StdioBackend(lambda: None, stdin=None, stdout=out, stderr=err)
+    backend.write(b"lost")
+    backend.write(b"also lost")
+    assert err.getvalue().count("console output failed") == 1, err.getvalue()
+    out.close()
