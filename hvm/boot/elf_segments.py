@@ -61,6 +61,8 @@ def elf_chunks(path: str, data: bytes, machines: tuple[int, ...]) -> tuple[list[
         if ph.p_memsz:
             chunks.append(Chunk(ph.p_paddr, memoryview(data)[ph.p_offset:ph.p_offset + ph.p_filesz],
                                  ph.p_memsz, what))
+    if not chunks:
+        raise ImageError(path, "ELF has no PT_LOAD segment with a size (every p_memsz is 0)")
 
     # e_entry is a virtual address; for a higher-half kernel (vaddr != paddr) the CPU starts with
     # paging off, so it must be moved into the segment's physical placement.

@@ -93,6 +93,9 @@ def read_headers(data: bytes):
     if table_end > len(data):
         raise ElfFormatError(f"truncated file: program headers end at {table_end:#x} "
                              f"but the file has {len(data):#x} bytes")
+    if not ehdr.e_phnum:
+        # Nothing to read; e_phentsize may then be anything, even 0, which no step can be.
+        return ehdr, []
     phdrs = [phdr_format.parse(data[off:off + phdr_format.sizeof()])
              for off in range(ehdr.e_phoff, table_end, ehdr.e_phentsize)]
     return ehdr, phdrs
