@@ -21,6 +21,9 @@ from pathlib import Path
 from ..cache import cache_root
 from ..errors import ImageError
 
+# Without a guest to size it by (the crash-report symbolizer), the output is still bounded: no
+# x86 kernel comes near this, and a decompression bomb must not take the host's memory.
+DEFAULT_LIMIT = 1 << 30
 LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
 LZ4_LEGACY_BLOCK = 8 << 20  # lz4 -l writes blocks of at most 8 MiB of output
 MAGICS = [  # (magic, name), as lib/decompress.c lists them
@@ -39,10 +42,14 @@ def payload_format(payload: bytes) -> str | None:
     return next((name for magic, name in MAGICS if payload.startswith(magic)), None)
 
 
-def _lz4_legacy(payload: bytes) -> bytes:
+class _TooBig(Exception):
+    """The output passed the limit; raised before more of it is produced."""
+
+
+def _lz4_legacy(payload: bytes, limit: int) -> bytes:
     import lz4.block
 
-    out, cursor = [], len(LZ4_LEGACY_MAGIC)
+    out, total, cursor = [], 0, len(LZ4_LEGACY_MAGIC)
     while cursor + 4 <= len(payload):
         size = int.from_bytes(payload[cursor:cursor + 4], "little")
         if payload[cursor:cursor + 4] == LZ4_LEGACY_MAGIC:  # concatenated frames
@@ -50,17 +57,49 @@ def _lz4_legacy(payload: bytes) -> bytes:
             continue
         if size == 0 or cursor + 4 + size > len(payload):
             break  # the size_append trailer (or garbage) after the last block
-        out.append(lz4.block.decompress(payload[cursor + 4:cursor + 4 + size],
-                                        uncompressed_size=LZ4_LEGACY_BLOCK))
+        try:
+            block = lz4.block.decompress(payload[cursor + 4:cursor + 4 + size],
+                                         uncompressed_size=LZ4_LEGACY_BLOCK)
+        except lz4.block.LZ4BlockError as exc:
+            raise ValueError(str(exc)) from None
+        total += len(block)
+        if total > limit:  # each block is at most 8 MiB, so this bounds the overshoot
+            raise _TooBig
+        out.append(block)
         cursor += 4 + size
     return b"".join(out)
 
 
-def _stream(decompressor, payload: bytes) -> bytes:
-    """Run a streaming decompressor over the payload; a stream that does not reach its end marker
-    is truncated (the size trailer after the end is left in ``unused_data``)."""
-    out = decompressor.decompress(payload)
+def _stream(decompressor, payload: bytes, limit: int) -> bytes:
+    """Run a streaming decompressor over the payload, never producing more than one byte past
+    ``limit``; a stream that does not reach its end marker is truncated (the size trailer after
+    the end is left in ``unused_data``)."""
+    out = decompressor.decompress(payload, limit + 1)
+    if len(out) > limit:
+        raise _TooBig
     if not decompressor.eof:
+        raise EOFError("the compressed stream ends early (truncated file?)")
+    return out
+
+
+def _zstd(payload: bytes, limit: int) -> bytes:
+    """zstd has no bounded streaming call, and its one-shot call allocates whatever size the frame
+    header declares: so first count the output in bounded pieces, then decompress for real."""
+    import zstandard
+
+    # The kernel compresses with --ultra -22, whose window exceeds zstd's default limit.
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+    try:
+        total = 0
+        for piece in dctx.read_to_iter(payload, write_size=1 << 20):
+            total += len(piece)
+            if total > limit:
+                raise _TooBig
+        obj = dctx.decompressobj()
+        out = obj.decompress(payload)
+    except zstandard.ZstdError as exc:
+        raise ValueError(str(exc)) from None
+    if not obj.eof:
         raise EOFError("the compressed stream ends early (truncated file?)")
     return out
 
@@ -72,16 +111,12 @@ def _decompressor(fmt: str):
         return lzma.LZMADecompressor(lzma.FORMAT_XZ)
     if fmt == "lzma":
         return lzma.LZMADecompressor(lzma.FORMAT_ALONE)
-    if fmt == "bzip2":
-        return bz2.BZ2Decompressor()
-    import zstandard
-
-    # The kernel compresses with --ultra -22, whose window exceeds zstd's default limit.
-    return zstandard.ZstdDecompressor(max_window_size=1 << 31).decompressobj()
+    return bz2.BZ2Decompressor()
 
 
-def decompress(path: str, payload: bytes) -> bytes:
-    """The decompressed payload; ImageError for an unknown or damaged compression."""
+def decompress(path: str, payload: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
+    """The decompressed payload; ImageError for an unknown or damaged compression, or for output
+    longer than ``limit`` bytes (refused before it is all in host memory)."""
     fmt = payload_format(payload)
     if fmt is None:
         raise ImageError(path, f"unknown compression of the kernel payload (first bytes "
@@ -91,22 +126,29 @@ def decompress(path: str, payload: bytes) -> bytes:
                                "the host; boot it with --decompress guest")
     try:
         if fmt == "lz4":
-            return _lz4_legacy(payload)
-        return _stream(_decompressor(fmt), payload)
+            return _lz4_legacy(payload, limit)
+        if fmt == "zstd":
+            return _zstd(payload, limit)
+        return _stream(_decompressor(fmt), payload, limit)
+    except _TooBig:
+        raise ImageError(path, f"the {fmt}-compressed kernel payload decompresses to more than "
+                               f"{limit} bytes: too big for guest RAM") from None
     except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError, RuntimeError) as exc:
         raise ImageError(path, f"the {fmt}-compressed kernel payload is damaged ({exc})") from None
 
 
-def vmlinux(path: str, payload: bytes, cache: Path | None = None) -> bytes:
-    """The ELF kernel inside ``payload``, from the cache when this payload was seen before."""
+def vmlinux(path: str, payload: bytes, cache: Path | None = None, limit: int = DEFAULT_LIMIT) -> bytes:
+    """The ELF kernel inside ``payload`` (at most ``limit`` bytes), from the cache when this
+    payload was seen before."""
     digest = hashlib.sha256(payload).hexdigest()[:32]
     directory = cache_root(cache) / "vmlinux"
     cached = directory / f"{digest}.elf"
     try:
-        return cached.read_bytes()
+        if cached.stat().st_size <= limit:  # else decompress() says why it is refused
+            return cached.read_bytes()
     except OSError:
         pass
-    elf = decompress(path, payload)
+    elf = decompress(path, payload, limit)
     if not elf.startswith(b"\x7fELF"):
         raise ImageError(path, "the decompressed kernel payload is not an ELF file")
     try:

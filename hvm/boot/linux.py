@@ -135,7 +135,9 @@ def load_bzimage(mem: GuestMemory, path: str, data: bytes, cmdline: str,
         from .decompress import vmlinux
         from .vmlinux import load_linux_elf
 
-        elf = vmlinux(path, payload(path, data, hdr))
+        # The vmlinux's segments must fit in RAM, so a payload inflating past it is refused
+        # before it is all in host memory.
+        elf = vmlinux(path, payload(path, data, hdr), limit=mem.size)
         entry, kernel_end = load_linux_elf(mem, path, elf)
         what = f"Linux bzImage (boot protocol {_version(hdr.version)}), decompressed by hvm, " \
                f"vmlinux 64-bit entry"
