@@ -36,6 +36,14 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
+def _unpack(fmt: str, data: bytes, at: int) -> tuple | None:
+    """``struct.unpack_from``, or None where the bytes run past the end (the tables are found by
+    guessing, and a damaged or hostile kernel file must cost a crash report its symbol only)."""
+    if at < 0 or at + struct.calcsize(fmt) > len(data):
+        return None
+    return struct.unpack_from(fmt, data, at)
+
+
 @dataclass
 class Kallsyms:
     """Sorted (address, name) of the kernel's text symbols."""
@@ -77,8 +85,9 @@ def _token_table_at(data: bytes, zero: int) -> tuple[int, list[bytes]] | None:
             return None
         tokens.append(data[cursor:end])
         cursor = end + 1
-    index_at = _align8(cursor)
-    index = struct.unpack_from("<256H", data, index_at)
+    index = _unpack("<256H", data, _align8(cursor))
+    if index is None:
+        return None
     offsets, off = [], 0
     for t in tokens:
         offsets.append(off)
@@ -106,7 +115,7 @@ def parse(data: bytes, text_base: int) -> Kallsyms | None:
 
 
 def _tables_at(data: bytes, base_at: int, token_start: int, tokens: list[bytes]) -> Kallsyms | None:
-    count = struct.unpack_from("<I", data, base_at + 8)[0]
+    count = (_unpack("<I", data, base_at + 8) or (0,))[0]
     if not _MIN_SYMS <= count <= _MAX_SYMS:
         return None
     names_at = _align8(base_at + 12)
@@ -130,10 +139,12 @@ def _tables_at(data: bytes, base_at: int, token_start: int, tokens: list[bytes])
     # 6.2 put kallsyms_seqs_of_names (3 bytes per symbol) between markers and tokens, and stable
     # kernels carry it back (Debian's 6.1 does): either layout ends exactly at the token table.
     ends = (_align8(markers_end), _align8(_align8(markers_end) + 3 * count))
-    if token_start not in ends or struct.unpack_from("<I", data, markers_at)[0] != 0:
+    if token_start not in ends or _unpack("<I", data, markers_at) != (0,):
         return None
-    relative_base = struct.unpack_from("<Q", data, base_at)[0]
-    offsets = struct.unpack_from(f"<{count}i", data, offsets_at)
+    relative_base = _unpack("<Q", data, base_at)[0]
+    offsets = _unpack(f"<{count}i", data, offsets_at)
+    if offsets is None:
+        return None
     symbols = []
     for offset, raw in zip(offsets, names):
         kind = chr(raw[0]) if raw else "?"
@@ -145,10 +156,11 @@ def _tables_at(data: bytes, base_at: int, token_start: int, tokens: list[bytes])
     return Kallsyms([a for a, _ in symbols], [n for _, n in symbols])
 
 
-def for_kernel(path: str) -> Kallsyms | None:
+def for_kernel(path: str, limit: int | None = None) -> Kallsyms | None:
     """The kallsyms of the Linux kernel in ``path`` (a bzImage, whose payload is decompressed
-    through the same cache as a boot, or an ELF vmlinux); None for anything else."""
-    from .boot.decompress import vmlinux
+    through the same cache as a boot, but to at most ``limit`` bytes, or an ELF vmlinux); None
+    for anything else, never an exception: it serves crash reports, which must not fail."""
+    from .boot.decompress import DEFAULT_LIMIT, vmlinux
     from .boot.detect import detect_format
     from .boot.linux import bzimage_payload
     from .errors import HvmError
@@ -159,11 +171,11 @@ def for_kernel(path: str) -> Kallsyms | None:
             data = f.read()
         fmt = detect_format(path, data)
         if fmt == "bzimage":
-            data = vmlinux(path, bzimage_payload(path, data))
+            data = vmlinux(path, bzimage_payload(path, data), limit=limit or DEFAULT_LIMIT)
         elif fmt != "elf":
             return None
         _, phdrs = read_headers(data)
-    except (OSError, HvmError, ElfFormatError, ValueError):
+        high = [ph.p_vaddr for ph in phdrs if ph.p_type == PT_LOAD and ph.p_vaddr >= 1 << 63]
+        return parse(data, min(high)) if high else None
+    except (OSError, HvmError, ElfFormatError, ValueError, struct.error):
         return None
-    high = [ph.p_vaddr for ph in phdrs if ph.p_type == PT_LOAD and ph.p_vaddr >= 1 << 63]
-    return parse(data, min(high)) if high else None

@@ -571,8 +571,14 @@ class Machine:
         if crash.symbol is None and crash.regs is not None and self.config.kernel:
             from .kallsyms import for_kernel
 
-            symbols = for_kernel(self.config.kernel)
-            crash.symbol = symbols.lookup(crash.regs.rip) if symbols else None
+            try:
+                symbols = for_kernel(self.config.kernel, limit=self.memory.size)
+                crash.symbol = symbols.lookup(crash.regs.rip) if symbols else None
+            except Exception as exc:  # noqa: BLE001
+                # The symbol only decorates the report: nothing the kernel file holds (nor a bug
+                # in the symbolizer) may turn the guest's crash report into hvm's traceback.
+                if self.config.verbose:
+                    _say(f"no symbol for the crash address: {type(exc).__name__}: {exc}")
 
     def run(self, timeout: float | None = None) -> Outcome:
         """Start, and wait until the guest powers off, exits, crashes or times out."""
