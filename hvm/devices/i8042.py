@@ -26,6 +26,9 @@ ACK, RESEND, SELF_TEST_OK, KBD_SELF_TEST_PASSED = 0xFA, 0xFE, 0x55, 0xAA
 AUX_CLOCK_STUCK_LOW = 0x01
 KBD_ID = (0xAB, 0x83)
 KBD_COMMANDS_WITH_ARGUMENT = (0xED, 0xF0, 0xF3)   # LEDs, scan code set, typematic rate
+# Replies wait here until the guest reads them; a guest that sends commands without reading must
+# not grow it. A keyboard buffers 16 bytes (QEMU's PS/2 queue is as long); later ones are lost.
+QUEUE_LIMIT = 16
 
 
 class _Port(Device):
@@ -92,7 +95,7 @@ class I8042(Device):
 
     # -- controller -----------------------------------------------------------------------------
     def _reply(self, *values: int) -> None:
-        self._queue.extend(values)
+        self._queue.extend(values[:QUEUE_LIMIT - len(self._queue)])
 
     def _command(self, cmd: int) -> str | None:
         self._controller_arg = None

@@ -125,3 +125,14 @@ def test_reset_pulse_and_output_port():
     assert len(resets) == 1 and "0xfe" in resets[0]
     _cmd(kbc, 0xD1, 0x02)
     assert len(resets) == 2
+
+
+def test_unread_replies_stop_at_sixteen_bytes():
+    # A guest that sends a million identify commands and reads nothing must not grow hvm; the
+    # keyboard's 16-byte buffer keeps the oldest replies, as a real one (and QEMU's) does.
+    kbc, _, _ = _kbc()
+    for _ in range(100_000):
+        kbc.data_port.write(0, 1, 0xF2)
+    assert _drain(kbc) == [0xFA, 0xAB, 0x83] * 5 + [0xFA]
+    kbc.data_port.write(0, 1, 0xEE)              # room again once read
+    assert _drain(kbc) == [0xEE]

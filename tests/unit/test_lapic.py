@@ -521,7 +521,7 @@ def test_periodic_reloads_and_coalesces_late_ticks() -> None:
     _, apic, clock = timer_system()
     apic.write(TDCR, 4, 0x0)  # divide by 2
     apic.write(LVT_TIMER, 4, PERIODIC | 0x31)
-    apic.write(TMICT, 4, 1000)  # 2000 ns period
+    apic.write(TMICT, 4, 1_000_000)  # 2 ms period
     deadlines = []
     for _ in range(3):
         deadlines.append(apic.next_deadline_ns())
@@ -529,16 +529,36 @@ def test_periodic_reloads_and_coalesces_late_ticks() -> None:
         apic.tick()
         assert apic.acknowledge() == 0x31
         apic.write(EOI, 4, 0)
-    assert deadlines == [T0 + 2000, T0 + 4000, T0 + 6000]
-    assert apic.read(TMCCT, 4) == 1000  # just reloaded
-    clock.ns = T0 + 6000 + 2 * 250 + 1
-    assert apic.read(TMCCT, 4) == 750
-    clock.ns = T0 + 20_500
+    assert deadlines == [T0 + 2_000_000, T0 + 4_000_000, T0 + 6_000_000]
+    assert apic.read(TMCCT, 4) == 1_000_000  # just reloaded
+    clock.ns = T0 + 6_000_000 + 2 * 250 + 1
+    assert apic.read(TMCCT, 4) == 999_750
+    clock.ns = T0 + 20_500_000
     apic.tick()
     assert apic.acknowledge() == 0x31 and not apic.intr()  # seven periods, one interrupt
     apic.write(EOI, 4, 0)
-    assert apic.next_deadline_ns() == T0 + 22_000
-    assert apic.read(TMCCT, 4) == 750
+    assert apic.next_deadline_ns() == T0 + 22_000_000
+    assert apic.read(TMCCT, 4) == 750_000
+
+
+def test_tiny_periodic_count_interrupts_every_200us() -> None:
+    # KVM's floor for periodic LAPIC timers (min_timer_period_us, arch/x86/kvm/lapic.c): a count
+    # of 1 at divide-by-1 would otherwise be an interrupt per nanosecond.
+    _, apic, clock = timer_system()
+    apic.write(TDCR, 4, 0xB)  # divide by 1
+    apic.write(LVT_TIMER, 4, PERIODIC | 0x32)
+    apic.write(TMICT, 4, 1)
+    assert apic.next_deadline_ns() == T0 + 1  # the first expiry comes when it is due
+    fired = 0
+    while clock.ns < T0 + 10_000_000:
+        clock.ns = apic.next_deadline_ns()
+        apic.tick()
+        if apic.intr():
+            assert apic.acknowledge() == 0x32
+            apic.write(EOI, 4, 0)
+            fired += 1
+    assert fired == 51  # the first, then one per 200 us for 10 ms
+    assert apic.next_deadline_ns() == clock.ns + 200_000
 
 
 @pytest.mark.parametrize("tdcr,divisor", sorted(DIVIDERS.items()))

@@ -37,6 +37,10 @@ from .apic_bus import ApicMessage, DeliveryMode, DestMode, Shorthand, Trigger
 
 NS_PER_S = 1_000_000_000
 DEFAULT_BUS_HZ = 1_000_000_000
+# A periodic timer interrupts at most this often, as KVM's LAPIC does (min_timer_period_us, 200 by
+# default: limit_periodic_timer_frequency in arch/x86/kvm/lapic.c). With TMICT 1 at divide-by-1 a
+# guest would otherwise ask for one every nanosecond. The current count still runs at bus_hz.
+MIN_PERIOD_NS = 200_000
 DEFAULT_BASE = 0xFEE0_0000
 
 MSR_APIC_BASE = 0x1B
@@ -182,6 +186,7 @@ class LocalApic(Device):
         self._t_start: int | None = None  # clock time the count in ``_t_count`` was loaded
         self._t_count = 0
         self._t_fired = 0  # expirations reported since ``_t_start``
+        self._t_last_fire: int | None = None  # clock time of the last periodic interrupt
         self._tsc_deadline = 0
 
     # -- the lock discipline ----------------------------------------------------------------------
@@ -548,6 +553,7 @@ class LocalApic(Device):
         self._t_start = now if count else None
         self._t_count = count
         self._t_fired = 0
+        self._t_last_fire = None  # the first expiry of a new count is not held back
 
     def _update_timer(self, now: int) -> None:
         """Raise what the timer did since it was last looked at; several periods coalesce."""
@@ -557,9 +563,15 @@ class LocalApic(Device):
                 self._local_deliver(TIMER)
             return
         expired = self._expirations(now)
-        if expired > self._t_fired:
+        if expired > self._t_fired and not self._too_soon(now):
             self._t_fired = expired
+            if self._timer_mode() == TIMER_PERIODIC and not self._lvt[TIMER] & LVT_MASKED:
+                self._t_last_fire = now
             self._local_deliver(TIMER)
+
+    def _too_soon(self, now: int) -> bool:
+        last = self._t_last_fire
+        return last is not None and now - last < MIN_PERIOD_NS
 
     def tick(self) -> None:
         """Bring the timer up to the clock: raise its interrupt if an expiry has passed."""
@@ -580,7 +592,10 @@ class LocalApic(Device):
                 return None
             else:
                 target = self._t_count
-            return self._t_start + self._ns_for_ticks(target)
+            due = self._t_start + self._ns_for_ticks(target)
+            if self._t_last_fire is not None:
+                due = max(due, self._t_last_fire + MIN_PERIOD_NS)
+            return due
 
     def _write_timer_lvt(self, value: int) -> None:
         now = self._clock()

@@ -32,6 +32,13 @@ P61_OUT2 = 0x20
 
 ACCESS_LATCH, ACCESS_LO, ACCESS_HI, ACCESS_LOHI = range(4)
 
+# A periodic channel 0 interrupts at most this often, as KVM's in-kernel PIT does (its
+# min_timer_period_us, 200 by default, in arch/x86/kvm/i8254.c): a guest loading count 1 would
+# otherwise ask for an interrupt every 838 ns, and the engine would spend its slices on ticks.
+# The counter itself still counts at PIT_HZ; only the interrupts are spaced out, and the periods
+# a spacing skips coalesce into the next pulse as they would behind an unacknowledged edge.
+MIN_PERIOD_NS = 200_000
+
 
 def _clocks(ns: int) -> int:
     return ns * PIT_HZ // NS_PER_S
@@ -244,6 +251,7 @@ class Pit8254:
         self._refresh = False
         self._irq_epoch = self._counters[0].epoch
         self._signalled = 0  # channel 0 periods (modes 2/3) or terminal counts (0/4) reported
+        self._last_pulse: int | None = None  # clock time of the last periodic pulse
         self.ports = _Ports(self)
         self.port61 = _Port61(self)
 
@@ -269,6 +277,7 @@ class Pit8254:
             # train restarts, and in both cases nothing has been reported for it yet.
             self._irq_epoch = self._counters[0].epoch
             self._signalled = 0
+            self._last_pulse = None  # the first period after a load is not spaced out
             self.irq0.set_level(False)
 
     def _read61(self) -> int:
@@ -286,11 +295,13 @@ class Pit8254:
         counter = self._counters[0]
         if counter.reload is None:
             return
-        d = counter.elapsed(self._clock())
+        now = self._clock()
+        d = counter.elapsed(now)
         if counter.mode in (2, 3):
             periods = d // counter.reload
-            if periods > self._signalled:
+            if periods > self._signalled and not self._too_soon(now):
                 self._signalled = periods
+                self._last_pulse = now
                 self.irq0.pulse()
         elif counter.mode in (0, 4) and not self._signalled and d >= counter.reload:
             self._signalled = 1
@@ -310,4 +321,10 @@ class Pit8254:
             target = counter.reload
         else:
             return None
-        return counter.start + _ns_until(target - counter.offset)
+        due = counter.start + _ns_until(target - counter.offset)
+        if counter.mode in (2, 3) and self._last_pulse is not None:
+            due = max(due, self._last_pulse + MIN_PERIOD_NS)
+        return due
+
+    def _too_soon(self, now: int) -> bool:
+        return self._last_pulse is not None and now - self._last_pulse < MIN_PERIOD_NS
