@@ -329,8 +329,6 @@ class Machine:
                 self.vcpus.append(Vcpu(self, index, KvmEngine(kvcpu, irqchip=True)))
         else:
             self.vcpus += [Vcpu(self, index, engine) for index, engine in enumerate(self._unicorn_engines)]
-            for engine in self._unicorn_engines:
-                engine.min_bits = self.entry.kernel_bits or engine.min_bits
         if self.fallback is not None and self.host.emulation_only:
             self.add_msr_handler(TSC_AUX, self.fallback.tsc_aux)
             self.fallback.tsc_aux_served = True

@@ -38,6 +38,8 @@ RECIPES = {
     "smp": GuestRecipe("smp.S", 32),
     "hostile": GuestRecipe("hostile32.S", 32),
     "stream": GuestRecipe("stream32.S", 32),
+    "modes32": GuestRecipe("modes.S", 32),
+    "modes16": GuestRecipe("modes16.S", 16, 0x7C00),
 }
 
 

@@ -25,6 +25,3 @@ class EntryState:
     # Protected/long mode: the selectors the kernel expects (Linux's boot protocol wants its
     # __BOOT_CS 0x10 and __BOOT_DS 0x18; hvm's own layout is 0x08 code, 0x10 data).
     linux_selectors: bool = False
-    # The widest mode the kernel goes on to use when the loader knows it (an ELF64 kernel entered
-    # in 32-bit mode switches to long mode); 0 when it does not. A software CPU sizes itself by it.
-    kernel_bits: int = 0

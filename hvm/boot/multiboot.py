@@ -264,4 +264,4 @@ def load_multiboot(mem: GuestMemory, path: str, data: bytes, cmdline: str,
 
     return EntryState(Mode.PROTECTED, entry,
                       regs={"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": info_addr},
-                      description=description, kernel_bits=elfclass if elfclass == 64 else 0)
+                      description=description)

@@ -104,5 +104,5 @@ def load_pvh(mem: GuestMemory, path: str, data: bytes, entry: int, cmdline: str,
     for i, (addr, size, kind) in enumerate(memmap):
         mem.write(memmap_at + i * HvmMemmapEntry.sizeof(),
                   HvmMemmapEntry.build(dict(addr=addr, size=size, type=kind)))
-    return EntryState(Mode.PROTECTED, entry, {"ebx": BOOT_PARAMS}, kernel_bits=elfclass,
+    return EntryState(Mode.PROTECTED, entry, {"ebx": BOOT_PARAMS},
                       description=f"PVH (ELF{elfclass}, XEN_ELFNOTE_PHYS32_ENTRY), 32-bit entry")

@@ -76,6 +76,8 @@ class Delivered:
     cs: int
     ss: int
     cpl: int
+    cs_desc: tuple[int, int]    # the handler's code descriptor (low, high dword)
+    ss_desc: tuple[int, int] | None = None  # the new stack's; None: SS kept (or null in IA-32e)
 
 
 class _Fault(Exception):
@@ -220,6 +222,8 @@ def _deliver_once(mem: GuestMemory, regs: Regs, sregs: SRegs, event: Event, cpl:
             rsp = regs.rsp
         rsp &= ~0xF
         new_ss = new_cpl if new_cpl < cpl else old_ss  # a null SS carrying the new RPL
+        # QEMU's do_interrupt64 loads that null SS with only its DPL in the cache.
+        ss_desc = (0, new_cpl << 13) if new_cpl < cpl else None
         ss_base, mask = 0, (1 << 64) - 1
         frame = [old_ss, old_rsp, old_flags, sregs.cs.selector, regs.rip]
     else:
@@ -232,11 +236,13 @@ def _deliver_once(mem: GuestMemory, regs: Regs, sregs: SRegs, event: Event, cpl:
             if not ss_hi & (1 << 15):
                 raise _Fault(VEC_SS, (new_ss & 0xFFFC) | ext)
             ss_base = _seg_base(ss_lo, ss_hi)
+            ss_desc = (ss_lo, ss_hi)
             mask = 0xFFFFFFFF if ss_hi & (1 << 22) else 0xFFFF
             frame = [old_ss, old_rsp, old_flags, sregs.cs.selector, regs.rip]
         else:
             # The current stack is taken as 32-bit (SS.B=1), as every protected-mode OS sets it.
             new_ss, rsp, ss_base, mask = old_ss, regs.rsp, sregs.ss.base, 0xFFFFFFFF
+            ss_desc = None
             frame = [old_flags, sregs.cs.selector, regs.rip]
     if event.error_code is not None:
         frame.append(event.error_code)
@@ -249,4 +255,5 @@ def _deliver_once(mem: GuestMemory, regs: Regs, sregs: SRegs, event: Event, cpl:
     regs.rflags &= ~(TF | NT | RF | VM)
     if gate_type in (0x6, 0xE):
         regs.rflags &= ~IF
-    return Delivered(vector=vec, cs=(selector & 0xFFFC) | new_cpl, ss=new_ss, cpl=new_cpl)
+    return Delivered(vector=vec, cs=(selector & 0xFFFC) | new_cpl, ss=new_ss, cpl=new_cpl,
+                     cs_desc=(cs_lo, cs_hi), ss_desc=ss_desc)

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from ..vcpu import EmulationEvent
     from .unicorn import UnicornEngine
 
-_LEGACY_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp")
 _VEC_DB, _VEC_BP, _VEC_OF, _VEC_PF = 1, 3, 4, 14
 _OF = 1 << 11
 _IA32_TSC, _TSC_AUX = 0x10, 0xC0000103
@@ -75,8 +74,8 @@ class FallbackExecutor:
         self.memory, self.mmio = memory, mmio
         self._pio = (pio_read, pio_write)
         self._say = say
-        self._steppers: dict[int, UnicornEngine] = {}
-        self._loaded: dict[int, object] = {}  # per stepper: the SRegs last loaded into it
+        self._stepper: UnicornEngine | None = None
+        self._loaded: object = None  # the SRegs last loaded into it
         self.by_mnemonic: dict[str, int] = {}
         self.seconds = 0.0
         self.crash: EngineCrash | None = None  # why the last instruction could not be executed
@@ -85,16 +84,14 @@ class FallbackExecutor:
         self._lock = threading.Lock()
         self.tsc_aux_served = False  # set by the machine when it registers ``tsc_aux``
 
-    def _stepper(self, bits: int) -> "UnicornEngine":
-        # One unicorn CPU per code width: the instance's mode is fixed when it is created.
-        stepper = self._steppers.get(bits)
-        if stepper is None:
+    def _unicorn(self) -> "UnicornEngine":
+        # One unicorn CPU, created when first needed, takes whatever mode the KVM vCPU is in.
+        if self._stepper is None:
             from .unicorn import UnicornEngine  # unicorn is loaded only when first needed
 
-            stepper = UnicornEngine(self.memory, self.mmio, bits=bits)
-            stepper.serve_port_io(*self._pio)
-            self._steppers[bits] = stepper
-        return stepper
+            self._stepper = UnicornEngine(self.memory, self.mmio)
+            self._stepper.serve_port_io(*self._pio)
+        return self._stepper
 
     def __call__(self, event: "EmulationEvent") -> bool:
         if event.decoded is None:
@@ -154,10 +151,10 @@ class FallbackExecutor:
         # for instructions that name them, and the system registers only when they changed
         # (then the TLB is flushed on its own, as guest page tables may have changed).
         sregs = engine.get_sregs()
-        stepper = self._stepper(sregs.code_bits)
-        if sregs != self._loaded.get(stepper.bits):
+        stepper = self._unicorn()
+        if sregs != self._loaded:
             stepper.set_sregs(sregs)
-            self._loaded[stepper.bits] = sregs
+            self._loaded = sregs
         else:
             stepper.flush_tlb()
         stepper.set_regs(regs)
@@ -168,14 +165,7 @@ class FallbackExecutor:
         if isinstance(raised, EngineCrash):
             self.crash = raised
             return False
-        after = stepper.get_regs()
-        if stepper.bits != 64:
-            # A 16/32-bit instance has no r8-r15 and no upper halves: keep KVM's.
-            for name in _LEGACY_GPRS:
-                setattr(regs, name, (getattr(regs, name) & ~0xFFFFFFFF) | getattr(after, name))
-            regs.rip, regs.rflags = after.rip, after.rflags
-            after = regs
-        engine.set_regs(after)
+        engine.set_regs(stepper.get_regs())
         if fpu is not None:
             new_fpu = stepper.get_fpu()
             if new_fpu != fpu:
@@ -197,7 +187,7 @@ class FallbackExecutor:
         return lines
 
     def close(self) -> None:
-        """Drop the unicorn CPUs."""
-        for stepper in self._steppers.values():
-            stepper.close()
-        self._steppers.clear()
+        """Drop the unicorn CPU."""
+        if self._stepper is not None:
+            self._stepper.close()
+            self._stepper = None

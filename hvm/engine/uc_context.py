@@ -8,9 +8,11 @@ Unicorn leaves exception delivery to the embedder but keeps QEMU's bookkeeping f
   to a triple fault (unicorn issue #1883). Resetting it after each delivery is required;
 - ``hflags``' CPL bits: loading CS/SS through the API checks privileges against the current CPL,
   so a transition to a more privileged ring (interrupt gate, SYSCALL) must lower CPL first;
-- the segment caches: an instance created for 64-bit code loads only the selector when CS/DS/
-  ES/SS are written through the API, so real-mode segments (an AP started by SIPI, a real-mode
-  interrupt) are written here with their base, limit and flags.
+- the segment caches: hvm runs every guest on an instance created for 64-bit code (a narrower
+  one truncates what the API reads back: GDTR, IDTR, RIP), and such an instance loads only the
+  selector when CS/DS/ES/SS are written through the API. Segments are therefore written here
+  with base, limit and flags, and hflags recomputed from them as QEMU's
+  ``cpu_x86_load_seg_cache`` does; ``segments`` reads them back for ``get_sregs``.
 
 ``uc_context_save`` copies the leading part of QEMU's CPUX86State (up to ``end_reset_fields``),
 which holds all three. Their offsets are not published, so they are located at run time from
@@ -30,10 +32,15 @@ _DR_MARK = 0xD00DF00D  # 32 bits: DR writes are truncated to the width of a 16-b
 _SELECTOR_MARKS = (0x1230, 0x2340, 0x3450, 0x4560, 0x5670, 0x6780)  # ES CS SS DS FS GS (QEMU order)
 HF_CPL_MASK = 3
 # QEMU's hflags bits (target/i386/cpu.h) that a real-mode CPU must not carry.
-HF_CS32, HF_SS32, HF_ADDSEG, HF_LMA, HF_CS64 = 1 << 4, 1 << 5, 1 << 6, 1 << 14, 1 << 15
+HF_CS32, HF_SS32, HF_ADDSEG, HF_PE, HF_LMA, HF_CS64, HF_VM = (
+    1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 14, 1 << 15, 1 << 17)
 # Descriptor flags of real-mode segment caches, as QEMU's CPU reset loads them.
 DESC_P, DESC_S, DESC_CS, DESC_RW, DESC_A = 1 << 15, 1 << 12, 1 << 11, 1 << 9, 1 << 8
-DESC_B, DESC_G, DESC_DPL_SHIFT, DESC_TYPE_SHIFT = 1 << 22, 1 << 23, 13, 8
+DESC_L, DESC_B, DESC_G, DESC_DPL_SHIFT, DESC_TYPE_SHIFT = 1 << 21, 1 << 22, 1 << 23, 13, 8
+# Flags of the flat segments SYSCALL and SYSENTER load (SDM vol. 2B): code (L in IA-32e mode,
+# else B) and stack, DPL 0, 4 GiB.
+FLAT_CODE, FLAT_STACK = DESC_P | DESC_S | DESC_CS | DESC_RW | DESC_A | DESC_G, DESC_P | DESC_S | DESC_RW | DESC_A | DESC_G | DESC_B
+ES, CS, SS, DS, FS, GS = range(6)  # QEMU's order of segs[]
 _REAL_CODE, _REAL_DATA = DESC_P | DESC_S | DESC_CS | DESC_RW | DESC_A, DESC_P | DESC_S | DESC_RW | DESC_A
 
 
@@ -101,33 +108,43 @@ class ContextFields:
 
     def load_real_segments(self, selectors: dict[int, int]) -> None:
         """Load segment registers (index in QEMU's order ES CS SS DS FS GS) as real mode does
-        (base = selector x 16, 64 KiB limit) and drop the protected/long-mode bits from hflags;
-        CR0.PE must already be clear."""
-        self._load_segments({i: (sel, sel << 4, 0xFFFF, _REAL_CODE if i == 1 else _REAL_DATA)
-                             for i, sel in selectors.items()}, 0)
+        (base = selector x 16, 64 KiB limit); CR0.PE must already be clear."""
+        self.load_segments({i: (sel, sel << 4, 0xFFFF, _REAL_CODE if i == CS else _REAL_DATA)
+                            for i, sel in selectors.items()}, 0)
 
-    def load_protected_segments(self, segments: dict[int, tuple[int, int, int, int]], cpl: int) -> None:
-        """Load segment caches (index in QEMU's order ES CS SS DS FS GS -> selector, base, limit,
-        descriptor flags as QEMU keeps them) for legacy protected mode, with hflags to match
-        (CS32/SS32 from the D/B bits, not in long mode); CR0.PE set and EFER.LMA clear already."""
-        extra = cpl
-        if segments[1][3] & DESC_B:
-            extra |= HF_CS32
-        if segments[2][3] & DESC_B:
-            extra |= HF_SS32
-        self._load_segments(segments, extra)
-
-    def _load_segments(self, segments: dict[int, tuple[int, int, int, int]], hflags_set: int) -> None:
-        """Write segment caches and hflags outside long mode: CPL, CS32/SS32, LMA and CS64 cleared,
-        ADDSEG and ``hflags_set`` set."""
+    def load_segments(self, segments: dict[int, tuple[int, int, int, int]], cpl: int,
+                      delivered: bool = False) -> None:
+        """Load segment caches (index in QEMU's order -> selector, base, byte-granular limit,
+        descriptor flags as QEMU keeps them: the descriptor's high dword & 0x00F0FF00) and set
+        hflags to match: CPL, CS32/CS64/SS32 and ADDSEG as ``cpu_x86_load_seg_cache`` derives
+        them. CR0 and EFER must already hold the mode (hflags' PE and LMA follow them).
+        ``delivered``: an exception has just been delivered (as ``settle``), in the same write."""
         ctx, ptr, blob = _blob(self.uc)
-        for index, (selector, base, limit, flags) in segments.items():
-            ctypes.memmove(ptr + self.layout.segs + 24 * index,
-                           struct.pack("<I4xQII", selector, base, limit, flags), 24)
+        caches = [struct.unpack_from("<I4xQII", blob, self.layout.segs + 24 * i) for i in range(6)]
+        for index, entry in segments.items():
+            caches[index] = entry
+            ctypes.memmove(ptr + self.layout.segs + 24 * index, struct.pack("<I4xQII", *entry), 24)
         hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
-        hflags = (hflags & ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_LMA | HF_CS64)) | HF_ADDSEG | hflags_set
-        ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags), 4)
+        hflags &= ~(HF_CPL_MASK | HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG)
+        cs_flags, ss_flags = caches[CS][3], caches[SS][3]
+        if hflags & HF_LMA and cs_flags & DESC_L:
+            hflags |= HF_CS32 | HF_CS64
+        elif cs_flags & DESC_B:
+            hflags |= HF_CS32
+        if ss_flags & DESC_B:
+            hflags |= HF_SS32
+        if not hflags & HF_CS64 and (not hflags & HF_PE or hflags & HF_VM or not hflags & HF_CS32
+                                     or caches[DS][1] | caches[ES][1] | caches[SS][1]):
+            hflags |= HF_ADDSEG  # segment bases must be added to addresses
+        ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags | cpl), 4)
+        if delivered:
+            ctypes.memmove(ptr + self.layout.old_exception, struct.pack("<i", -1), 4)
         self.uc.context_restore(ctx)
+
+    def segments(self) -> list[tuple[int, int, int, int]]:
+        """The six segment caches (QEMU's order): selector, base, limit, flags."""
+        _, _, blob = _blob(self.uc)
+        return [struct.unpack_from("<I4xQII", blob, self.layout.segs + 24 * i) for i in range(6)]
 
     def cpl(self) -> int:
         """The current privilege level as the CPU holds it."""

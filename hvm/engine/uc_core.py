@@ -145,7 +145,6 @@ class UnicornCore:
         self.memory, self.mmio = memory, mmio
         self.on_failure = on_failure  # for the slicer thread: its death would leave slices unended
         self.uc = None
-        self.bits = 0
         self.current: UnicornEngine | None = None
         self.engines: list[UnicornEngine] = []
         self.turns = Turns(self.cut)
@@ -160,12 +159,14 @@ class UnicornCore:
         if self.uc is not None:
             engine.bind(self)
 
-    def create(self, bits: int, engine: "UnicornEngine") -> None:
-        """Create the instance in the mode of the first state set (16/32/64-bit); ``engine``
-        owns that state."""
+    def create(self, engine: "UnicornEngine") -> None:
+        """Create the instance; ``engine`` owns its state. It is a 64-bit instance whatever
+        mode the guest starts in: the mode an instance is created in only sets the width at
+        which the API reads and writes registers, and a narrower one truncates RIP, GDTR and
+        IDTR once the guest enters long mode (a multiboot kernel, firmware). set_sregs puts it
+        in real or protected mode."""
         unicorn, x86 = _uc()
-        mode = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}[bits]
-        uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         # An explicit model, so the instruction set (and what CPUID reports) does not change with
         # unicorn's default: Broadwell is the newest one whose features QEMU 5's TCG executes
         # (SSE4.2, POPCNT, AES, PCLMULQDQ, MOVBE, BMI1/2, ADX, SMAP; AVX is filtered out).
@@ -191,7 +192,7 @@ class UnicornCore:
             self.fields = uc_context.ContextFields(uc, uc_context.layout())
         except uc_context.LayoutError as exc:
             raise HostError(f"unicorn {unicorn.__version__} cannot be used by hvm: {exc}") from None
-        self.uc, self.bits = uc, bits
+        self.uc = uc
         self._tlb_flush = (unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
         self._reset = uc.context_save()
         self.current = engine

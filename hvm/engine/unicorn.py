@@ -56,7 +56,7 @@ SLICE_US = 100_000
 QUANTUM_NS = 5_000_000
 CR0_PE, CR0_PG, CR4_PAE = 1, 1 << 31, 1 << 5
 RESET_CR0 = 0x6000_0010  # CD, NW, ET (SDM vol. 3A table 9-1)
-EFER, STAR, LSTAR, CSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
+EFER, STAR, LSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
 EFER_SCE = 1
 _VEC_UD = 6
 _HLT = 0xF4
@@ -92,7 +92,30 @@ _EXCEPTION_NAMES = ["#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF
 
 
 _STATE_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+
+
+def _cache(selector: int, descriptor: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The segment cache a descriptor (its two dwords) loads: selector, base, limit, flags."""
+    lo, hi = descriptor
+    limit = (lo & 0xFFFF) | (hi & 0xF0000)
+    if hi & uc_context.DESC_G:
+        limit = limit << 12 | 0xFFF
+    return selector, (lo >> 16) | (hi & 0xFF) << 16 | (hi & 0xFF000000), limit, hi & 0x00F0FF00
+
+
+def _segment_cache(seg: Segment) -> tuple[int, int, int, int]:
+    """The cache of a Segment as KVM describes it."""
+    flags = seg.type << uc_context.DESC_TYPE_SHIFT | seg.dpl << uc_context.DESC_DPL_SHIFT
+    flags |= seg.s << 12 | seg.present << 15 | seg.avl << 20 | seg.l << 21 | seg.db << 22 | seg.g << 23
+    return seg.selector, seg.base, seg.limit, flags
+
+
+def _segment(cache: tuple[int, int, int, int]) -> Segment:
+    selector, base, limit, flags = cache
+    return Segment(base=base, limit=limit, selector=selector, type=flags >> 8 & 0xF,
+                   present=flags >> 15 & 1, dpl=flags >> 13 & 3, db=flags >> 22 & 1, s=flags >> 12 & 1,
+                   l=flags >> 21 & 1, g=flags >> 23 & 1, avl=flags >> 20 & 1)
 
 
 def _vector_name(vector: int) -> str:
@@ -121,17 +144,13 @@ class UnicornEngine(Engine):
 
     name = "unicorn"
 
-    def __init__(self, memory: GuestMemory, mmio: MmioBus, bits: int | None = None, *,
+    def __init__(self, memory: GuestMemory, mmio: MmioBus, *,
                  core: UnicornCore | None = None, index: int = 0, ncpus: int = 1,
                  started: bool = True):
         self.memory = memory
         self.mmio = mmio
         self.index = index
         self.uc = None
-        self.bits = 0
-        # The narrowest instance this vCPU may get: a 32-bit entry state whose kernel goes on to
-        # long mode needs a 64-bit one (a narrower instance truncates RIP to its width).
-        self.min_bits = 16
         self.context = None  # this vCPU's saved state while another vCPU has the CPU
         self._kicked = threading.Event()
         self.io_read: Callable[[int, int], int] = lambda port, size: (1 << (8 * size)) - 1
@@ -154,9 +173,6 @@ class UnicornEngine(Engine):
         self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=index, ncpus=ncpus)
         self._core = core if core is not None else UnicornCore(memory, mmio)
         self._core.add(self)
-        if bits is not None:
-            with self._core.holding(self):
-                self._core.create(bits, self)
 
     # -- setup ----------------------------------------------------------------------------------
     def bind(self, core: UnicornCore) -> None:
@@ -164,15 +180,12 @@ class UnicornEngine(Engine):
         import unicorn
         from unicorn import x86_const as x86
 
-        uc, bits = core.uc, core.bits
-        self.uc, self.bits, self._fields = uc, bits, core.fields
-        wide = bits == 64
+        self.uc, self._fields = core.uc, core.fields
         names = ["AX", "BX", "CX", "DX", "SI", "DI", "SP", "BP"]
-        self._gpr_ids = [getattr(x86, f"UC_X86_REG_{'R' if wide else 'E'}{n}") for n in names]
-        if wide:
-            self._gpr_ids += [getattr(x86, f"UC_X86_REG_R{i}") for i in range(8, 16)]
-        self._ip_id = x86.UC_X86_REG_RIP if wide else x86.UC_X86_REG_EIP
-        self._flags_id = x86.UC_X86_REG_RFLAGS if wide else x86.UC_X86_REG_EFLAGS
+        self._gpr_ids = [getattr(x86, f"UC_X86_REG_R{n}") for n in names]
+        self._gpr_ids += [getattr(x86, f"UC_X86_REG_R{i}") for i in range(8, 16)]
+        self._ip_id = x86.UC_X86_REG_RIP
+        self._flags_id = x86.UC_X86_REG_RFLAGS
         self._state_ids = [*self._gpr_ids, self._ip_id, self._flags_id]
         self._x86 = x86
         self._unicorn = unicorn
@@ -260,19 +273,16 @@ class UnicornEngine(Engine):
         # leaves to its embedder. RIP is already past the 2-byte instruction.
         uc, x86 = self.uc, self._x86
         efer = uc.reg_read(x86.UC_X86_REG_MSR, EFER)
-        if self.bits != 64 or not efer & EFER_SCE:
+        # The Intel CPU hvm models has SYSCALL in IA-32e mode only (SDM vol. 2B: #UD otherwise).
+        if not efer & EFER_LMA or not efer & EFER_SCE:
             uc.reg_write(self._ip_id, uc.reg_read(self._ip_id) - 2)  # #UD points at the instruction
             return self._deliver(Event(_VEC_UD))
         rip, rflags = uc.reg_read(x86.UC_X86_REG_RIP), uc.reg_read(x86.UC_X86_REG_RFLAGS)
         star = uc.reg_read(x86.UC_X86_REG_MSR, STAR)
-        # get_sregs reports CS.L as EFER.LMA in a 64-bit instance; the same test, without its reads.
-        target = uc.reg_read(x86.UC_X86_REG_MSR, LSTAR if efer & EFER_LMA else CSTAR)
+        target = uc.reg_read(x86.UC_X86_REG_MSR, LSTAR)
         uc.reg_write(x86.UC_X86_REG_RCX, rip)
         uc.reg_write(x86.UC_X86_REG_R11, rflags & ~RF)
-        self._fields.settle(cpl=0)
-        cs = (star >> 32) & 0xFFFC
-        uc.reg_write(x86.UC_X86_REG_CS, cs)
-        uc.reg_write(x86.UC_X86_REG_SS, cs + 8)
+        self._load_flat_ring0((star >> 32) & 0xFFFC, long_mode=True)
         uc.reg_write(x86.UC_X86_REG_RFLAGS, rflags & ~uc.reg_read(x86.UC_X86_REG_MSR, SFMASK) & ~RF)
         uc.reg_write(x86.UC_X86_REG_RIP, target)
         self.syscalls += 1
@@ -281,8 +291,7 @@ class UnicornEngine(Engine):
     def _do_sysenter(self) -> kx.VcpuExit | None:
         # SYSENTER (Intel SDM vol. 2B): CPL0 with CS from IA32_SYSENTER_CS, SS = CS + 8, RSP/RIP
         # from the other two MSRs (truncated outside IA-32e mode), VM/IF/RF cleared. RIP is
-        # already past the 2-byte instruction. The CPU loads fixed flat descriptors; here they
-        # come from the guest's GDT, which every OS sets up to match.
+        # already past the 2-byte instruction. The CPU loads fixed flat descriptors, not the GDT's.
         uc, x86 = self.uc, self._x86
         cs = uc.reg_read(x86.UC_X86_REG_MSR, SYSENTER_CS) & 0xFFFC
         if not self._read_cr0() & 1 or not cs:
@@ -293,17 +302,19 @@ class UnicornEngine(Engine):
         esp = uc.reg_read(x86.UC_X86_REG_MSR, SYSENTER_ESP) & mask
         eip = uc.reg_read(x86.UC_X86_REG_MSR, SYSENTER_EIP) & mask
         flags = uc.reg_read(self._flags_id) & ~(VM | IF | RF)
-        self._fields.settle(cpl=0)
-        try:
-            uc.reg_write(x86.UC_X86_REG_CS, cs)
-            uc.reg_write(x86.UC_X86_REG_SS, cs + 8)
-        except self._unicorn.UcError as exc:
-            return EngineCrash(f"unicorn refused SYSENTER's CS {cs:#x} / SS {cs + 8:#x}: {exc}")
+        self._load_flat_ring0(cs, long_mode=bool(long_mode))
         uc.reg_write(self._flags_id, flags)
         uc.reg_write(self._gpr_ids[6], esp)
         uc.reg_write(self._ip_id, eip)
         self.sysenters += 1
         return None
+
+    def _load_flat_ring0(self, cs: int, long_mode: bool) -> None:
+        """CPL 0 with the flat code segment ``cs`` (64-bit in IA-32e mode) and stack ``cs + 8``,
+        as SYSCALL and SYSENTER load them."""
+        code = uc_context.FLAT_CODE | (uc_context.DESC_L if long_mode else uc_context.DESC_B)
+        self._fields.load_segments({uc_context.CS: (cs, 0, 0xFFFFFFFF, code),
+                                    uc_context.SS: (cs + 8, 0, 0xFFFFFFFF, uc_context.FLAT_STACK)}, 0)
 
     def _deliver(self, event: Event) -> kx.VcpuExit | None:
         """Deliver an exception or interrupt now; an exit if the guest cannot go on."""
@@ -330,22 +341,19 @@ class UnicornEngine(Engine):
                 return EngineCrash(f"the guest needs {exc}, which the unicorn engine does not model")
             if sregs.cr2 != cr2:
                 self.uc.reg_write(self._x86.UC_X86_REG_CR2, sregs.cr2)
-            try:
-                self._enter(done, regs)
-            except self._unicorn.UcError as exc:
-                return EngineCrash(f"unicorn refused the handler's CS {done.cs:#x} / SS {done.ss:#x} "
-                                   f"after delivering vector {done.vector:#x}: {exc}")
+            self._enter(done, regs)
             vector = done.vector
         counts = self.interrupts_delivered if event.external else self.exceptions_delivered
         counts[vector] = counts.get(vector, 0) + 1
         return None
 
     def _enter(self, done: Delivered, regs: Regs) -> None:
-        # CPL first: loading CS/SS through the API checks privilege against the current CPL.
-        x86 = self._x86
-        self._fields.settle(cpl=done.cpl)
-        self.uc.reg_write(x86.UC_X86_REG_CS, done.cs)
-        self.uc.reg_write(x86.UC_X86_REG_SS, done.ss)
+        # The handler's CS (and SS, when the stack changed) with the caches their descriptors
+        # give, as the CPU loads them; then the delivery is over for unicorn's bookkeeping.
+        segments = {uc_context.CS: _cache(done.cs, done.cs_desc)}
+        if done.ss_desc is not None:
+            segments[uc_context.SS] = _cache(done.ss, done.ss_desc)
+        self._fields.load_segments(segments, done.cpl, delivered=True)
         self.set_regs(regs)
 
     def counters(self) -> list[str]:
@@ -557,25 +565,20 @@ class UnicornEngine(Engine):
 
     @_on_cpu
     def get_regs(self) -> Regs:
-        """General-purpose registers (r8-r15 read as 0 outside a 64-bit instance)."""
+        """General-purpose registers, RIP and RFLAGS at full width."""
         # One batched call: a per-register reg_read costs ~2.5 µs of Python in unicorn's binding.
-        *gprs, rip, rflags = self.uc.reg_read_batch(self._state_ids)
-        return Regs(*gprs, *([0] * (16 - len(gprs))), rip, rflags)
+        return Regs(*self.uc.reg_read_batch(self._state_ids))
 
     @_on_cpu
     def set_regs(self, regs: Regs) -> None:
         """Write general-purpose registers, RIP and RFLAGS."""
         if self.uc is None:
-            self._core.create(64, self)
-        mask = (1 << self.bits) - 1 if self.bits < 64 else (1 << 64) - 1
-        values = [getattr(regs, name) & mask for name in _STATE_NAMES[:len(self._gpr_ids)]]
-        values += [regs.rip & mask, regs.rflags & mask]
-        self.uc.reg_write_batch(list(zip(self._state_ids, values)))
+            self._core.create(self)
+        self.uc.reg_write_batch([(i, getattr(regs, name)) for i, name in zip(self._state_ids, _STATE_NAMES)])
 
     @_on_cpu
     def get_sregs(self) -> SRegs:
-        """Control registers, descriptor tables and selectors; segment bases are reconstructed
-        for real mode and assumed flat otherwise (unicorn does not expose the hidden cache)."""
+        """Control registers, descriptor tables and segment registers with their caches."""
         uc, x86 = self.uc, self._x86
         s = SRegs()
         s.cr0, s.cr2, s.cr3, s.cr4 = (uc.reg_read(getattr(x86, f"UC_X86_REG_CR{i}")) for i in (0, 2, 3, 4))
@@ -584,87 +587,55 @@ class UnicornEngine(Engine):
         s.gdt = DTable(base, limit)
         _, base, limit, _ = uc.reg_read(x86.UC_X86_REG_IDTR)
         s.idt = DTable(base, limit)
-        real = not s.cr0 & 1
-        cpl = self._fields.cpl()
-        for name in ("cs", "ds", "es", "fs", "gs", "ss"):
-            sel = uc.reg_read(getattr(x86, f"UC_X86_REG_{name.upper()}"))
-            seg = Segment(selector=sel, base=(sel << 4) if real else 0)
-            if name == "cs":
-                seg.db = 1 if (self.bits == 32 and not real) else 0
-                seg.l = 1 if (self.bits == 64 and s.efer & EFER_LMA) else 0
-            if name in ("cs", "ss"):
-                seg.dpl = cpl
-            setattr(s, name, seg)
+        caches = self._fields.segments()
+        s.es, s.cs, s.ss, s.ds, s.fs, s.gs = (_segment(c) for c in caches)
+        # KVM's convention, which exception delivery relies on: CS and SS carry the CPL.
+        s.cs.dpl = s.ss.dpl = self._fields.cpl()
         for name in ("tr", "ldt"):
             sel, base, limit, flags = uc.reg_read(getattr(x86, f"UC_X86_REG_{'TR' if name == 'tr' else 'LDTR'}"))
-            setattr(s, name, Segment(selector=sel, base=base, limit=limit, type=flags & 0xF, s=0))
+            setattr(s, name, Segment(selector=sel, base=base, limit=limit, type=flags >> 8 & 0xF, s=0,
+                                     present=flags >> 15 & 1))
         return s
 
     @_on_cpu
     def set_sregs(self, sregs: SRegs) -> None:
-        """Create the CPU in the mode ``sregs`` describes, then load control registers,
-        descriptor tables and selectors (protected-mode selectors load from the guest's GDT)."""
+        """Put the CPU in the mode ``sregs`` describes (real, protected or long, whatever it was
+        in): control registers, descriptor tables, and segment registers with their caches."""
         if self.uc is None:
-            self._core.create(max(sregs.code_bits, self.min_bits), self)
-        if self.bits == 64 and sregs.cr0 & 1 and not sregs.efer & EFER_LMA:
-            self._set_legacy_protected(sregs)
-            return
+            self._core.create(self)
         uc, x86 = self.uc, self._x86
+        # From a known start: out of long mode and paging off, so turning paging on below with
+        # EFER.LME enters long mode the architectural way (WRMSR cannot set LMA).
+        self._leave_long_mode()
+        uc.reg_write(x86.UC_X86_REG_CR0, sregs.cr0 & ~CR0_PG)
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, sregs.gdt.base, sregs.gdt.limit, 0))
         uc.reg_write(x86.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))
-        # This order lets the CPU accept each step (PAE before long mode, long mode before paging).
         uc.reg_write(x86.UC_X86_REG_CR4, sregs.cr4)
         uc.reg_write(x86.UC_X86_REG_MSR, (EFER, sregs.efer))
         uc.reg_write(x86.UC_X86_REG_CR3, sregs.cr3)
         uc.reg_write(x86.UC_X86_REG_CR0, sregs.cr0)
-        # CPL before the selectors: loading them checks privilege against it.
-        self._fields.settle(cpl=sregs.cs.dpl if sregs.cr0 & 1 else 0)
-        for name in ("cs", "ss", "ds", "es", "fs", "gs"):
-            uc.reg_write(getattr(x86, f"UC_X86_REG_{name.upper()}"), getattr(sregs, name).selector)
-        if self.bits == 64:
-            # Long mode ignores FS/GS descriptor bases; the bases live in MSRs the selector
-            # loads just reset.
-            uc.reg_write(x86.UC_X86_REG_FS_BASE, sregs.fs.base)
-            uc.reg_write(x86.UC_X86_REG_GS_BASE, sregs.gs.base)
+        for name, reg in (("tr", x86.UC_X86_REG_TR), ("ldt", x86.UC_X86_REG_LDTR)):
+            seg = getattr(sregs, name)
+            uc.reg_write(reg, (seg.selector, seg.base, seg.limit, _segment_cache(seg)[3]))
+        order = ("es", "cs", "ss", "ds", "fs", "gs")
+        self._fields.load_segments({i: _segment_cache(getattr(sregs, n)) for i, n in enumerate(order)},
+                                   cpl=sregs.cs.dpl if sregs.cr0 & 1 else 0)
 
     def _leave_long_mode(self) -> None:
-        """Clear EFER.LMA. WRMSR cannot (a fresh 64-bit instance starts with it set); turning
-        paging on and off again leaves long mode the architectural way. The caller loads CR3
-        and the rest afterwards; nothing is accessed in between."""
+        """Clear EFER.LMA. WRMSR cannot (a fresh instance starts with it set); turning paging on
+        and off again leaves long mode the architectural way. The caller loads CR3 and the rest
+        afterwards; nothing is accessed in between."""
         uc, x86 = self.uc, self._x86
         if uc.reg_read(x86.UC_X86_REG_MSR, EFER) & EFER_LMA:
             uc.reg_write(x86.UC_X86_REG_CR4, CR4_PAE)
             uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE | CR0_PG)
             uc.reg_write(x86.UC_X86_REG_CR0, CR0_PE)
 
-    def _set_legacy_protected(self, s: SRegs) -> None:
-        """32-bit protected mode in a 64-bit instance (whose API loads selectors only): leave
-        long mode as _start_at does, then write the segment caches from ``s`` directly."""
-        uc, x86 = self.uc, self._x86
-        self._leave_long_mode()
-        uc.reg_write(x86.UC_X86_REG_GDTR, (0, s.gdt.base, s.gdt.limit, 0))
-        uc.reg_write(x86.UC_X86_REG_IDTR, (0, s.idt.base, s.idt.limit, 0))
-        uc.reg_write(x86.UC_X86_REG_MSR, (EFER, s.efer))
-        uc.reg_write(x86.UC_X86_REG_CR4, s.cr4)
-        uc.reg_write(x86.UC_X86_REG_CR3, s.cr3)
-        uc.reg_write(x86.UC_X86_REG_CR0, s.cr0)
-
-        def cache(seg) -> tuple[int, int, int, int]:
-            flags = (seg.type << uc_context.DESC_TYPE_SHIFT) | (seg.dpl << uc_context.DESC_DPL_SHIFT)
-            flags |= (uc_context.DESC_S if seg.s else 0) | (uc_context.DESC_P if seg.present else 0)
-            flags |= (uc_context.DESC_B if seg.db else 0) | (uc_context.DESC_G if seg.g else 0)
-            return seg.selector, seg.base, seg.limit, flags
-
-        order = ("es", "cs", "ss", "ds", "fs", "gs")
-        self._fields.load_protected_segments({i: cache(getattr(s, n)) for i, n in enumerate(order)},
-                                             cpl=s.cs.dpl)
-
     @_on_cpu
     def get_fpu(self) -> Fpu:
         """SSE registers, MXCSR and the x87 control/status words."""
         uc, x86 = self.uc, self._x86
-        count = 16 if self.bits == 64 else 8
-        xmm = [uc.reg_read(getattr(x86, f"UC_X86_REG_XMM{i}")) for i in range(count)] + [0] * (16 - count)
+        xmm = [uc.reg_read(getattr(x86, f"UC_X86_REG_XMM{i}")) for i in range(16)]
         return Fpu(xmm, uc.reg_read(x86.UC_X86_REG_MXCSR), uc.reg_read(x86.UC_X86_REG_FPCW),
                    uc.reg_read(x86.UC_X86_REG_FPSW))
 
@@ -672,7 +643,7 @@ class UnicornEngine(Engine):
     def set_fpu(self, fpu: Fpu) -> None:
         """Write SSE registers, MXCSR and the x87 control/status words."""
         uc, x86 = self.uc, self._x86
-        for i in range(16 if self.bits == 64 else 8):
+        for i in range(16):
             uc.reg_write(getattr(x86, f"UC_X86_REG_XMM{i}"), fpu.xmm[i])
         uc.reg_write(x86.UC_X86_REG_MXCSR, fpu.mxcsr)
         uc.reg_write(x86.UC_X86_REG_FPCW, fpu.fcw)

@@ -48,7 +48,7 @@ def test_pvh_start_info(mem):
     initrd = bytes(range(256)) * 64
     state = load_vmlinux(mem, "vmlinux", elf64(LINUX_NOTE + PVH_NOTE), "console=ttyS0 quiet",
                          ("initrd.cpio", initrd), E820, rsdp=0xE0000)
-    assert state.mode == Mode.PROTECTED and state.entry == PVH_ENTRY and state.kernel_bits == 64
+    assert state.mode == Mode.PROTECTED and state.entry == PVH_ENTRY
     info = state.regs["ebx"]
     magic, version, flags, nmods, modlist, cmdline, rsdp, memmap, nmemmap = struct.unpack(
         "<IIIIQQQQI", mem.read(info, 52))

@@ -1,0 +1,57 @@
+"""A guest that starts narrow and climbs to long mode itself (a multiboot kernel from 32-bit
+protected mode, a boot sector from real mode), then takes an exception, a page fault and an
+interrupt through an IDT above 4 GiB, under both engines. Expected values come from the guest's
+own report, its symbol table (nm) and the architecture: #UD pushes the address of ud2, a read of
+an unmapped page gives error code 0 and CR2 at the address read."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import hvmrun, require_tool
+from hvm import Machine, MachineConfig
+
+HIGH_IDT = 0xFFFFFF8000000000
+STARTS = {"modes32": ("protected", []), "modes16": ("real", ["--flat-mode", "real"])}
+
+
+def _symbols(image) -> dict[str, int]:
+    elf = image.with_suffix(".elf")
+    out = subprocess.run([require_tool("nm", "binutils"), str(elf)], capture_output=True, text=True,
+                         check=True).stdout
+    return {name: int(addr, 16) for addr, _, name in (line.split() for line in out.splitlines())
+            if name in ("ud_here", "pf_here")}
+
+
+@pytest.mark.parametrize("guest", sorted(STARTS))
+@pytest.mark.parametrize("accel", ["kvm", "unicorn"])
+def test_guest_enters_long_mode_and_takes_events_through_a_high_idt(guests, guest, accel):
+    image = guests(guest)
+    where, args = STARTS[guest]
+    sym = _symbols(image)
+    r = hvmrun("--accel", accel, "-m", "16M", "--kernel", str(image), *args, "--timeout", "60")
+    assert r.stdout.decode() == (
+        f"modes: from {where} mode\n"
+        f"idt base {HIGH_IDT:x}\n"
+        f"vector 6 at {sym['ud_here']:x}\n"
+        f"vector 14 error 0 cr2 40000000 at {sym['pf_here']:x}\n"
+        "interrupt 0x40\n"
+        "modes: done\n"), r.stderr
+    assert r.returncode == (0x10 << 1) | 1, r.stderr
+
+
+@pytest.mark.parametrize("accel", ["kvm", "unicorn"])
+def test_state_is_read_back_at_full_width_after_a_32_bit_start(guests, accel):
+    # The API reads the vCPU where the guest stopped: 64-bit code, the IDT base above 4 GiB, RIP
+    # in the guest's halt loop, CR0.PG and EFER.LMA as the guest set them.
+    with Machine(MachineConfig(kernel=str(guests("modes32")), memory="16M", accel=accel,
+                               timeout=60)) as machine:
+        outcome = machine.run()
+        assert outcome.value == 0x10, outcome
+        sregs = machine.vcpus[0].engine.get_sregs()
+        regs = machine.vcpus[0].engine.get_regs()
+    assert sregs.code_bits == 64 and sregs.cs.selector == 0x18 and sregs.cs.l == 1
+    assert sregs.idt.base == HIGH_IDT and sregs.idt.limit == 256 * 16 - 1
+    assert sregs.cr0 & 0x80000001 == 0x80000001 and sregs.efer & 0x500 == 0x500
+    assert 0x100000 < regs.rip < 0x101000
