@@ -114,12 +114,13 @@ def _decompressor(fmt: str):
     return bz2.BZ2Decompressor()
 
 
-def decompress(path: str, payload: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
+def decompress(path: str, payload: bytes, limit: int = DEFAULT_LIMIT, what: str = "kernel payload") -> bytes:
     """The decompressed payload; ImageError for an unknown or damaged compression, or for output
-    longer than ``limit`` bytes (refused before it is all in host memory)."""
+    longer than ``limit`` bytes (refused before it is all in host memory). ``what`` names the
+    payload in those errors."""
     fmt = payload_format(payload)
     if fmt is None:
-        raise ImageError(path, f"unknown compression of the kernel payload (first bytes "
+        raise ImageError(path, f"unknown compression of the {what} (first bytes "
                                f"{payload[:6].hex(' ')})")
     if fmt == "lzo":
         raise ImageError(path, "the kernel payload is lzo-compressed, which hvm cannot decompress on "
@@ -131,10 +132,10 @@ def decompress(path: str, payload: bytes, limit: int = DEFAULT_LIMIT) -> bytes:
             return _zstd(payload, limit)
         return _stream(_decompressor(fmt), payload, limit)
     except _TooBig:
-        raise ImageError(path, f"the {fmt}-compressed kernel payload decompresses to more than "
+        raise ImageError(path, f"the {fmt}-compressed {what} decompresses to more than "
                                f"{limit} bytes: too big for guest RAM") from None
     except (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError, RuntimeError) as exc:
-        raise ImageError(path, f"the {fmt}-compressed kernel payload is damaged ({exc})") from None
+        raise ImageError(path, f"the {fmt}-compressed {what} is damaged ({exc})") from None
 
 
 def vmlinux(path: str, payload: bytes, cache: Path | None = None, limit: int = DEFAULT_LIMIT) -> bytes:

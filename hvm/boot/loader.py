@@ -6,6 +6,7 @@ import os
 from ..config import MachineConfig
 from ..errors import ImageError, MissingFileError
 from ..memory import GuestMemory
+from .decompress import decompress, payload_format
 from .detect import detect_format
 from .entry import EntryState, Mode
 from .flat import load_flat
@@ -29,6 +30,12 @@ def _read(path: str, limit: int) -> bytes:
         raise ImageError(path, "permission denied") from None
 
 
+# Whole-file compressions GRUB opens transparently (its gzio and xzio filters) and that kernels
+# are shipped in: Debian's Xen is xen-<version>.gz. Modules are never decompressed (the kernel
+# decides what its modules are), and neither is an image the user declared raw (--flat-mode).
+WHOLE_FILE_COMPRESSIONS = ("gzip", "xz")
+
+
 def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int, int]],
                 rsdp: int | None = None, host_decompress: bool = False,
                 linux_cmdline_additions: tuple[str, ...] = ()) -> EntryState:
@@ -40,6 +47,8 @@ def load_kernel(mem: GuestMemory, cfg: MachineConfig, e820: list[tuple[int, int,
     data = _read(path, mem.size)
     if not data:
         raise ImageError(path, "file is empty")
+    if cfg.flat_mode is None and payload_format(data) in WHOLE_FILE_COMPRESSIONS:
+        data = decompress(path, data, mem.size, what="kernel image")
     fmt = detect_format(path, data)
     if fmt == "multiboot":
         modules = [(m.path, _read(m.path, mem.size), m.args) for m in cfg.modules]

@@ -1,6 +1,8 @@
 """Tiny guests booted through the hvmrun CLI on a real /dev/kvm: serial bytes and exit codes."""
 from __future__ import annotations
 
+import gzip
+import lzma
 import re
 
 import pytest
@@ -176,3 +178,33 @@ def test_guest_reset_reboots_or_exits_with_no_reboot(guests, how, accel):
     r = hvmrun("--accel", accel, "--kernel", kernel, "--timeout", "4")
     assert r.returncode == 124 and r.stdout.count(b"Hello from real mode!") >= 2   # booted again, and again
     assert b"booting again" in r.stderr
+
+
+@pytest.mark.parametrize("compress", ["gzip", "xz"])
+def test_compressed_multiboot_kernel_boots_and_modules_pass_through(guests, tmp_path, compress):
+    # As GRUB opens xen-4.17-amd64.gz: the kernel file is decompressed, a module is handed over
+    # exactly as it is on disk (the kernel decides what to do with it).
+    pack = {"gzip": lambda b: gzip.compress(b, mtime=0), "xz": lzma.compress}[compress]
+    kernel = tmp_path / f"multiboot.{compress}"
+    kernel.write_bytes(pack(guests("multiboot").read_bytes()))
+    module = tmp_path / "initrd.gz"
+    packed_module = gzip.compress(b"MODULE-DATA" * 100, mtime=0)
+    module.write_bytes(packed_module)
+    r = hvmrun("--kernel", str(kernel), "--append", "poweroff", "--module", str(module), "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split(b"\n")
+    assert lines[0] == f"cmdline=[{kernel} poweroff]".encode()
+    assert lines[2] == b"mods=1"
+    assert b"\n".join(lines[3:]).startswith(
+        f"mod=[{module}] size={len(packed_module)} aligned=1 data=[".encode() + packed_module[:16] + b"]")
+
+
+def test_damaged_or_oversized_compressed_kernel_is_refused(guests, tmp_path):
+    damaged = tmp_path / "damaged.gz"
+    damaged.write_bytes(gzip.compress(guests("multiboot").read_bytes())[:-40])
+    r = hvmrun("--kernel", str(damaged), "--timeout", "30")
+    assert r.returncode == 65 and b"damaged.gz" in r.stderr and b"gzip-compressed kernel image is damaged" in r.stderr
+    bomb = tmp_path / "bomb.gz"
+    bomb.write_bytes(gzip.compress(bytes(64 << 20)))  # 64 MiB of zeros for a 16 MiB guest
+    r = hvmrun("-m", "16M", "--kernel", str(bomb), "--timeout", "30")
+    assert r.returncode == 65 and b"decompresses to more than" in r.stderr, r.stderr
