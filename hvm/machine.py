@@ -35,6 +35,7 @@ from .devices.uart16550 import Uart16550
 from .engine.kvm import KvmEngine
 from .firmware.acpi import ACPI_BASE, ACPI_LIMIT, AcpiPlatform, AcpiTables, IsaDevice, build as build_acpi
 from .host import HostInfo, choose_accel, host_info, open_kvm
+from .firmware.bios_data import write_bios_data
 from .irq import IrqLine
 from .memory import GuestMemory
 from .console_watch import PANIC, RUN_INIT, LineWatch, last_lines
@@ -317,6 +318,7 @@ class Machine:
             self.fallback = FallbackExecutor(self.memory, self.mmio, self.pio.read, self.pio.write,
                                              say=_say if cfg.verbose else None)
         self.acpi = self._write_acpi_tables()
+        write_bios_data(self.memory, [SERIAL_PORTS[i][0] for i in range(len(self.serial_ports))])
         self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory),
                                              rsdp=self.acpi.rsdp if self.acpi else None,
                                              host_decompress=self.host_decompress,

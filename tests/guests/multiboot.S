@@ -1,4 +1,6 @@
-/* A multiboot v1 kernel that reports what its loader gave it, then acts on its command line:
+/* A multiboot v1 kernel that reports what its loader gave it (command line, memory, modules, the
+   memory map, and the BIOS data area's COM1 port, EBDA segment and base memory), then acts on its
+   command line:
    exit=N (isa-debug-exit N), poweroff, triple (triple fault), msr (WRMSR/RDMSR of 0x40000200),
    mmio (a load and a store at 0xd0000000), com2 (print on COM2), popcnt (an instruction KVM's
    emulator refuses, on MMIO so it fails on every host), hang (cli; hlt forever). */
@@ -73,7 +75,7 @@ mmap:   mov 44(%ebp), %ecx              /* mmap_length */
         mov 48(%ebp), %ebx              /* mmap_addr */
         add %ebx, %ecx
 1:      cmp %ecx, %ebx
-        jae cmds
+        jae bios
         print "mmap "
         mov 8(%ebx), %eax
         call puthex
@@ -91,6 +93,17 @@ mmap:   mov 44(%ebp), %ecx              /* mmap_length */
         add (%ebx), %ebx
         add $4, %ebx
         jmp 1b
+
+bios:   print "bios com1="            /* what a BIOS left in its data area */
+        movzwl 0x400, %eax
+        call puthex
+        print " ebda="
+        movzwl 0x40e, %eax
+        call puthex
+        print " basemem="
+        movzwl 0x413, %eax
+        call putdec
+        print "\n"
 
 cmds:   mov 16(%ebp), %esi              /* skip the kernel path: commands follow the first space */
 1:      lodsb

@@ -44,6 +44,8 @@ def test_multiboot_cmdline_memory_map_and_modules(guests, tmp_path):
     assert (0, 0x9FC00, 1) in mmap
     assert (0x100000, 64 * 2**20 - 0x100000, 1) in mmap
     assert all(t in (1, 2) for _, _, t in mmap)
+    # What SeaBIOS leaves a QEMU guest, which Xen's start-up relies on (test_vs_qemu compares).
+    assert "bios com1=000003f8 ebda=00009fc0 basemem=639" in lines
 
 
 def test_multiboot_empty_cmdline_is_path_and_space(guests):
