@@ -318,7 +318,8 @@ class Machine:
             self.fallback = FallbackExecutor(self.memory, self.mmio, self.pio.read, self.pio.write,
                                              say=_say if cfg.verbose else None)
         self.acpi = self._write_acpi_tables()
-        write_bios_data(self.memory, [SERIAL_PORTS[i][0] for i in range(len(self.serial_ports))])
+        write_bios_data(self.memory, [SERIAL_PORTS[i][0] for i in range(len(self.serial_ports))],
+                        layout.e820_map(self.memory))
         self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory),
                                              rsdp=self.acpi.rsdp if self.acpi else None,
                                              host_decompress=self.host_decompress,

@@ -40,6 +40,7 @@ RECIPES = {
     "stream": GuestRecipe("stream32.S", 32),
     "modes32": GuestRecipe("modes.S", 32),
     "modes16": GuestRecipe("modes16.S", 16, 0x7C00),
+    "bios16": GuestRecipe("bios16.S", 16, 0x7C00),
 }
 
 

@@ -2,7 +2,7 @@
 IBM PC/AT Technical Reference and SeaBIOS's ``struct bios_data_area_s`` lay it out."""
 from __future__ import annotations
 
-from construct import Array, Int8ul, Int16ul, Padding, Struct
+from construct import Array, Int16ul, Padding, Struct
 
 BDA_ADDRESS = 0x400
 

@@ -210,3 +210,19 @@ def test_damaged_or_oversized_compressed_kernel_is_refused(guests, tmp_path):
     bomb.write_bytes(gzip.compress(bytes(64 << 20)))  # 64 MiB of zeros for a 16 MiB guest
     r = hvmrun("-m", "16M", "--kernel", str(bomb), "--timeout", "30")
     assert r.returncode == 65 and b"decompresses to more than" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("accel", ["kvm", "unicorn"])
+def test_real_mode_bios_calls_are_answered(guests, accel):
+    # What a boot sector or a kernel's real-mode start-up asks the BIOS (Ralf Brown's interrupt
+    # list defines the answers): the E820 map entry by entry for -m 64M, E801 (KiB 1-16 MiB,
+    # 64 KiB blocks above), 88h (KiB above 1 MiB), and "not supported" (CF=1, AH=86h) for int 13h
+    # and int 10h, where hvm has neither disks nor video.
+    r = hvmrun("--accel", accel, "-m", "64M", "--kernel", str(guests("bios16")), "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [
+        "e820 0 9fc00 1", "e820 9fc00 400 2", "e820 e0000 20000 2", "e820 100000 3f00000 1",
+        "e820 fffbc000 4000 2",
+        f"e801 3c00 {48 * 16:x} 3c00 {48 * 16:x} cf=0",
+        f"88 {63 * 1024:x} cf=0",
+        "int13 ah=86 cf=1", "int10 ah=86 cf=1"]
