@@ -54,7 +54,9 @@ SLICE_US = 100_000
 # on another's progress wastes little; long enough that switching (two context copies and a TLB
 # flush, ~20 µs) stays under 1%.
 QUANTUM_NS = 5_000_000
-CR0_PE, CR0_PG, CR4_PAE = 1, 1 << 31, 1 << 5
+CR0_PE, CR0_PG, CR4_PAE, CR4_SMAP = 1, 1 << 31, 1 << 5, 1 << 21
+_PF_USER = 1 << 2
+_FAR_RETURNS = (0xCA, 0xCB, 0xCF)  # RET far (with and without imm16), IRET
 RESET_CR0 = 0x6000_0010  # CD, NW, ET (SDM vol. 3A table 9-1)
 EFER, STAR, LSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
 EFER_SCE = 1
@@ -162,6 +164,7 @@ class UnicornEngine(Engine):
         self.exceptions_delivered: dict[int, int] = {}
         self.syscalls = 0
         self.sysenters = 0
+        self._smap_suspended = False  # CR4.SMAP cleared at CPL3 (see _suspend_smap)
         self._event: Event | object | None = None
         self._controller: InterruptController | None = None
         self._signals = False  # the controller is a local APIC: NMI, INIT and STARTUP too
@@ -309,9 +312,39 @@ class UnicornEngine(Engine):
         self.sysenters += 1
         return None
 
+    def _at_far_return(self) -> bool:
+        code = self._code_at(0, 4) or b""
+        opcode = code.lstrip(bytes([0x66, *range(0x40, 0x50)]))[:1]  # operand-size and REX prefixes
+        return bool(opcode) and opcode[0] in _FAR_RETURNS
+
+    def _suspend_smap(self) -> None:
+        """Clear CR4.SMAP until this vCPU next enters CPL0-2, then let the guest run the IRET or
+        far RET at RIP again.
+
+        At CPL3 these read their frame from the stack with user privilege (SDM vol. 3A 4.6),
+        which SMAP never restricts; unicorn's QEMU 5 reads it with its supervisor MMU index, whose
+        SMAP check faults on the user page. A Xen PV guest kernel runs in ring 3 and IRETs to
+        itself (Linux's sync_core) tens of thousands of times while it boots. At CPL3 SMAP only
+        guards implicit supervisor accesses (descriptor tables in user pages), so it is dropped
+        there, and restored on every way back to the kernel, all of which pass through hvm
+        (exception and interrupt delivery, SYSCALL, SYSENTER); get_sregs reports the guest's CR4.
+        A far CALL through a call gate, which unicorn carries out alone, would enter the kernel
+        without it: no OS hvm runs uses one."""
+        self._fields.settle()  # the fault is dropped, not delivered: QEMU must not promote the next
+        cr4 = self._x86.UC_X86_REG_CR4
+        self.uc.reg_write(cr4, self.uc.reg_read(cr4) & ~CR4_SMAP)
+        self._smap_suspended = True
+
+    def _resume_smap(self) -> None:
+        if self._smap_suspended:
+            cr4 = self._x86.UC_X86_REG_CR4
+            self.uc.reg_write(cr4, self.uc.reg_read(cr4) | CR4_SMAP)
+            self._smap_suspended = False
+
     def _load_flat_ring0(self, cs: int, long_mode: bool) -> None:
         """CPL 0 with the flat code segment ``cs`` (64-bit in IA-32e mode) and stack ``cs + 8``,
         as SYSCALL and SYSENTER load them."""
+        self._resume_smap()
         code = uc_context.FLAT_CODE | (uc_context.DESC_L if long_mode else uc_context.DESC_B)
         self._fields.load_segments({uc_context.CS: (cs, 0, 0xFFFFFFFF, code),
                                     uc_context.SS: (cs + 8, 0, 0xFFFFFFFF, uc_context.FLAT_STACK)}, 0)
@@ -320,6 +353,13 @@ class UnicornEngine(Engine):
         """Deliver an exception or interrupt now; an exit if the guest cannot go on."""
         regs, sregs = self.get_regs(), self.get_sregs()
         vector = event.vector
+        if vector == 14 and sregs.cs.dpl == 3 and event.error_code is not None \
+                and not event.error_code & _PF_USER and self._at_far_return():
+            if sregs.cr4 & CR4_SMAP and not self._smap_suspended:
+                self._suspend_smap()
+                return None
+            event.error_code |= _PF_USER  # a real fault on the frame: the read is a user access
+        self._resume_smap()
         if not sregs.cr0 & 1:
             try:
                 deliver_real_mode(self.memory, regs, sregs, event.vector)
@@ -492,6 +532,7 @@ class UnicornEngine(Engine):
         at CS = vector x 256, IP 0, everything else as after reset."""
         uc, x86, core = self.uc, self._x86, self._core
         core.load_reset_state()
+        self._smap_suspended = False
         self._leave_long_mode()
         uc.reg_write(x86.UC_X86_REG_MSR, (EFER, 0))
         uc.reg_write(x86.UC_X86_REG_CR4, 0)
@@ -582,6 +623,8 @@ class UnicornEngine(Engine):
         uc, x86 = self.uc, self._x86
         s = SRegs()
         s.cr0, s.cr2, s.cr3, s.cr4 = (uc.reg_read(getattr(x86, f"UC_X86_REG_CR{i}")) for i in (0, 2, 3, 4))
+        if self._smap_suspended:
+            s.cr4 |= CR4_SMAP
         s.efer = uc.reg_read(x86.UC_X86_REG_MSR, EFER)
         _, base, limit, _ = uc.reg_read(x86.UC_X86_REG_GDTR)
         s.gdt = DTable(base, limit)
@@ -607,6 +650,7 @@ class UnicornEngine(Engine):
         # From a known start: out of long mode and paging off, so turning paging on below with
         # EFER.LME enters long mode the architectural way (WRMSR cannot set LMA).
         self._leave_long_mode()
+        self._smap_suspended = False
         uc.reg_write(x86.UC_X86_REG_CR0, sregs.cr0 & ~CR0_PG)
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, sregs.gdt.base, sregs.gdt.limit, 0))
         uc.reg_write(x86.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))

@@ -55,3 +55,16 @@ def test_state_is_read_back_at_full_width_after_a_32_bit_start(guests, accel):
     assert sregs.idt.base == HIGH_IDT and sregs.idt.limit == 256 * 16 - 1
     assert sregs.cr0 & 0x80000001 == 0x80000001 and sregs.efer & 0x500 == 0x500
     assert 0x100000 < regs.rip < 0x101000
+
+
+@pytest.mark.parametrize("accel", ["kvm", "unicorn"])
+def test_iret_at_cpl3_reads_its_frame_as_a_user_access_under_smap(guests, accel):
+    # A Xen PV guest kernel runs in ring 3 and IRETs through frames on its own (user) stack; SMAP
+    # restricts supervisor accesses only (SDM vol. 3A 4.6), so the IRET must work with it on.
+    # unicorn offers SMAP (its Broadwell model); under KVM the host CPU decides.
+    r = hvmrun("--accel", accel, "-m", "16M", "--flat-mode", "long", "--kernel", str(guests("smap64")),
+               "--timeout", "60")
+    expected = {"unicorn": ["smap=1 cpl3 iretq: ok"],
+                "kvm": ["smap=1 cpl3 iretq: ok", "smap=0 cpl3 iretq: ok"]}[accel]
+    assert r.stdout.decode().rstrip("\n") in expected, r.stderr
+    assert r.returncode == (0x10 << 1) | 1, r.stderr
