@@ -1,0 +1,26 @@
+"""Debian's Xen 4.17 as QEMU's -kernel boots it: the ``xen`` recipe's hypervisor (gzip-compressed,
+multiboot) with Debian's stock kernel as a PV dom0 on 2 vCPUs. dom0's init reports what the guest
+sees, from outside hvm: the kernel's /sys/hypervisor/type and its CPU count, then powers off."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import REPO, hvmrun, recipe_image
+
+
+@pytest.mark.slow
+def test_xen_boots_a_linux_dom0_that_sees_xen_and_two_cpus(linux_image):
+    xen = recipe_image("xen", "Xen")
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from images.xen import command
+
+    run = "cat /sys/hypervisor/type; grep -c processor /proc/cpuinfo"
+    r = hvmrun(*command(xen, linux_image, run), "--no-reboot", "--timeout", "900", timeout=960)
+    out = r.stdout.decode(errors="replace")
+    assert "(XEN) Brought up 2 CPUs" in out, (out[-3000:], r.stderr)
+    lines = [line.strip() for line in out.splitlines()]
+    assert "xen" in lines and "2" in lines, (out[-3000:], r.stderr)
+    assert r.returncode == 0, (out[-3000:], r.stderr)
