@@ -43,7 +43,7 @@ def run_once(cmd: list[str], timeout: float) -> float:
         raise BenchError(f"{cmd[0]}: no poweroff within {timeout:g} s") from None
     wall = time.perf_counter() - t0
     out = r.stdout.decode(errors="replace")
-    if r.returncode != 0 or not (re.search(r"^xen\r?$", out, re.M) and re.search(r"^2\r?$", out, re.M)):
+    if r.returncode != 0 or not (re.search(r"^xen\r*$", out, re.M) and re.search(r"^2\r*$", out, re.M)):
         raise BenchError(f"{cmd[0]} exited {r.returncode} without dom0's report:\n{out[-1500:]}\n"
                          f"{r.stderr.decode(errors='replace')[-1500:]}")
     return wall
