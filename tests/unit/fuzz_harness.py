@@ -21,6 +21,7 @@ from hvm.devices.base import Device
 from hvm.devices.cmos_rtc import CMOS_SIZE, PORT as RTC_PORT, CmosRtc
 from hvm.devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT, DebugExit
 from hvm.devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
+from hvm.devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
 from hvm.devices.i8042 import QUEUE_LIMIT, I8042
 from hvm.devices.irq.apic_bus import ApicBus
 from hvm.devices.irq.ioapic import IoApic
@@ -31,6 +32,7 @@ from hvm.devices.post import DEFAULT_PORT as POST_PORT, PostCode
 from hvm.devices.reset_control import RESET_PORT, ResetControl
 from hvm.devices.uart16550 import HOST_INPUT_LIMIT, Uart16550
 from hvm.irq import IrqLine
+from hvm.memory import GuestMemory
 from hvm.serial import SerialBackend
 
 START_NS = 10**12  # not zero, so nothing can confuse "time 0" with "never"
@@ -332,4 +334,46 @@ def _interrupts(clock: FakeClock) -> Rig:
     rig.must("IOAPIC messages left nothing behind", lambda: not ioapic._outbox)
     for chip in (pic.master, pic.slave):
         rig.must("8259 IRR/ISR/IMR are bytes", lambda c=chip: max(c.irr, c.isr, c.imr) <= 0xFF)
+    return rig
+
+
+@device("fw_cfg")
+def _fw_cfg(clock: FakeClock) -> Rig:
+    """fw_cfg with a 64 KiB guest RAM for DMA: descriptors the fuzzer writes there point anywhere."""
+    rig = Rig(clock)
+    mem = GuestMemory(64 << 10)
+    cfg = FwCfg(mem)
+    cfg.add_u16(0x05, 2)
+    cfg.add_file("etc/e820", bytes(40))
+    cfg.add_file("opt/big", bytes(range(256)) * 4)
+    rig.port(FW_CFG_PORT, 2, cfg.ports, cfg)
+    rig.port(DMA_PORT, DMA_LENGTH, cfg.dma, cfg)
+    rig.container_limits["_files"] = 8
+    rig.container_limits["_items"] = 16
+    rig.container_limits["_selected"] = 1024   # the largest item (opt/big)
+
+    keys = [0x00, 0x01, 0x05, 0x19, 0x20, 0x21, 0x8002, 0x7777]
+
+    def descriptor(n: int) -> None:
+        # One number picks the operation bits, a key (mostly existing ones), a length (sometimes
+        # near 4 GiB), a target (sometimes past the end of RAM) and where the descriptor goes.
+        control = keys[n >> 5 & 7] << 16 | (n & 0x1E)
+        length = (n >> 8 & 0x3FF) | (0xFFFF0000 if n >> 30 & 1 else 0)
+        target = (n >> 18 & 0xF) * 0x1000 + (n >> 22 & 0xFF) + (0x10000 if n >> 31 & 1 else 0)
+        at = (n >> 27 & 0xF) * 0x1000 if n >> 26 & 1 else 0
+        mem.write(at, control.to_bytes(4, "big") + length.to_bytes(4, "big") + target.to_bytes(8, "big"))
+        if n & 1:   # and starts the transfer (a 32-bit address: only the low half)
+            rig.pio.write(DMA_PORT + 4, 4, int.from_bytes(at.to_bytes(4, "big"), "little"))
+    rig.inputs.append(("guest writes a DMA descriptor (and starts it)", descriptor))
+
+    @rig.sequence("DMA transfer from a descriptor page", 4, 3)
+    def _transfer(page: int, high: int) -> list[Access]:
+        def be(v: int) -> int:
+            return int.from_bytes(v.to_bytes(4, "big"), "little")
+        return [("pio", DMA_PORT, 4, be(high // 7)), ("pio", DMA_PORT + 4, 4, be(page * 0x1000))]
+
+    rig.must("the data offset never passes the selected item's end",
+             lambda: cfg._selected is None or 0 <= cfg._offset <= len(cfg._selected))
+    rig.must("the file directory lists every file",
+             lambda: cfg._items[0x19][:4] == len(cfg._files).to_bytes(4, "big"))
     return rig
