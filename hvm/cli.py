@@ -11,7 +11,8 @@ from typing import Callable, NoReturn, Sequence
 
 from . import __version__
 from .boot.entry import Mode
-from .config import MachineConfig, ModuleSpec, parse_size
+from .boards import BOARD_NAMES
+from .config import FwCfgFile, MachineConfig, ModuleSpec, parse_size
 from .errors import ConfigError, HostError, ImageError, MissingFileError
 from .outcome import (EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, End, Outcome)
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "2 guest crashed; 124 timeout; 64 usage error; 65 unusable image; "
                        "66 missing file; 69 no usable /dev/kvm, or the guest needs what this host's KVM cannot do; "
                        "70 internal error.")
+    p.add_argument("-M", "--machine", choices=BOARD_NAMES, default="direct",
+                   help="the board: direct (hvm loads --kernel and stands in for the firmware; the default)")
     p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
                    help="guest RAM, e.g. 64M, 1G (default 128M; a bare number means MiB)")
     p.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
     p.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                    help="multiboot module with its argument string (repeatable)")
+    p.add_argument("--fw-cfg", action="append", default=[], metavar="NAME,file=PATH|NAME,string=TEXT",
+                   help="a named fw_cfg file for the guest, as QEMU's -fw_cfg (repeatable; names should "
+                        "start with opt/)")
     p.add_argument("--flat-mode", choices=[m.value for m in Mode],
                    help="run an image hvm does not recognise as a raw binary entered in this mode (without "
                         "it only a boot sector, 55 AA at byte 510, runs raw: in real mode at 0x7c00)")
@@ -95,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
     return MachineConfig(
-        memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
+        machine=args.machine, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module],
+        fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg],
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
         load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
         timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,

@@ -5,6 +5,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .boards import BOARD_NAMES
 from .boot.entry import Mode
 from .errors import ConfigError, MissingFileError
 from .memory import MiB
@@ -41,6 +42,37 @@ class ModuleSpec:
         return cls(path, args)
 
 
+@dataclass
+class FwCfgFile:
+    """A named fw_cfg file the user adds (QEMU's ``-fw_cfg``): its contents from a file or a string."""
+
+    name: str
+    path: str | None = None
+    string: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "FwCfgFile":
+        """``[name=]NAME,file=PATH`` or ``[name=]NAME,string=TEXT``, as QEMU's -fw_cfg takes them."""
+        name, _, rest = spec.partition(",")
+        name = name.removeprefix("name=")
+        key, _, value = rest.partition("=")
+        if not name or key not in ("file", "string") or (key == "file" and not value):
+            raise ConfigError(f"--fw-cfg {spec!r}: expected NAME,file=PATH or NAME,string=TEXT")
+        return cls(name, path=value) if key == "file" else cls(name, string=value)
+
+    def data(self) -> bytes:
+        """The file's contents (read when the machine is built)."""
+        if self.path is None:
+            return (self.string or "").encode()
+        with open(self.path, "rb") as f:
+            return f.read(FW_CFG_FILE_LIMIT + 1)
+
+
+# fw_cfg files are copied into hvm's memory: a bound keeps a mistaken path (a disk image) from
+# costing the host gigabytes. QEMU has no such limit; 16 MiB holds any firmware blob it is given.
+FW_CFG_FILE_LIMIT = 16 << 20
+FW_CFG_NAME_LIMIT = 55
+
 DECOMPRESS_CHOICES = ("auto", "host", "guest")
 
 
@@ -48,12 +80,16 @@ DECOMPRESS_CHOICES = ("auto", "host", "guest")
 class MachineConfig:
     """Everything a Machine is built from."""
 
+    # The board: "direct" (hvm loads the kernel and stands in for the firmware).
+    machine: str = "direct"
     memory: int = 128 * MiB
     cpus: int = 1
     kernel: str | None = None
     initrd: str | None = None
     append: str = ""
     modules: list[ModuleSpec] = field(default_factory=list)
+    # Named fw_cfg files for the guest (QEMU's -fw_cfg); names should start with "opt/".
+    fw_cfg: list[FwCfgFile] = field(default_factory=list)
     # A raw binary's entry mode and load address (ignored for ELF/multiboot/bzImage images). None:
     # only a boot sector (55 AA at byte 510) runs raw, in real mode at 0x7C00; anything else
     # unrecognised is refused. A mode given here runs any unrecognised image as a raw binary.
@@ -95,11 +131,21 @@ class MachineConfig:
         if self.decompress not in DECOMPRESS_CHOICES:
             raise ConfigError(f"unknown --decompress {self.decompress!r} (choose from "
                               f"{', '.join(DECOMPRESS_CHOICES)})")
+        if self.machine not in BOARD_NAMES:
+            raise ConfigError(f"unknown machine {self.machine!r} (choose from {', '.join(BOARD_NAMES)})")
         if self.kernel is None:
             raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
         if self.initrd is not None and self.modules:
             raise ConfigError("--initrd and --module cannot be combined")
-        for path in [self.kernel, self.initrd, *(m.path for m in self.modules)]:
+        names = [f.name for f in self.fw_cfg]
+        for f in self.fw_cfg:
+            if not f.name.isascii() or len(f.name) > FW_CFG_NAME_LIMIT or names.count(f.name) > 1:
+                raise ConfigError(f"--fw-cfg {f.name!r}: names are unique, ASCII, at most "
+                                  f"{FW_CFG_NAME_LIMIT} characters")
+            if f.path is not None and os.path.isfile(f.path) and os.path.getsize(f.path) > FW_CFG_FILE_LIMIT:
+                raise ConfigError(f"--fw-cfg {f.name}: {f.path} is larger than {FW_CFG_FILE_LIMIT >> 20} MiB")
+        for path in [self.kernel, self.initrd, *(m.path for m in self.modules),
+                     *(f.path for f in self.fw_cfg if f.path is not None)]:
             if path is not None and not os.path.isfile(path):
                 raise MissingFileError(path)
         if self.flat_mode is not None and not isinstance(self.flat_mode, Mode):

@@ -16,26 +16,17 @@ from typing import Callable, Protocol
 from kvmffi import KvmError, lib
 
 from . import layout
+from .boards import Board, board_for
 from .boot.cpu_setup import entry_cpu_state
 from .boot.entry import EntryState
-from .boot.loader import load_kernel
 from .bus import MmioBus, PortIOBus
 from .config import MachineConfig
 from .cpuid import cpuid_policy, linux_clearcpuid
 from .errors import ConfigError, HostError
-from .devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACPI_PM_LENGTH, SLP_TYP_S5
 from .devices.base import Device
-from .devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT as DEBUG_EXIT_LEN, DebugExit
-from .devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
-from .devices.cmos_rtc import CENTURY, PORT as RTC_PORT, CmosRtc
-from .devices.i8042 import COMMAND_PORT as I8042_COMMAND, DATA_PORT as I8042_DATA, I8042
-from .devices.reset_control import RESET_PORT, RESET_VALUE, ResetControl
-from .devices.post import DEFAULT_PORT as POST_PORT, PostCode
 from .devices.uart16550 import Uart16550
 from .engine.kvm import KvmEngine
-from .firmware.acpi import ACPI_BASE, ACPI_LIMIT, AcpiPlatform, AcpiTables, IsaDevice, build as build_acpi
 from .host import HostInfo, choose_accel, host_info, open_kvm
-from .firmware.bios_data import write_bios_data
 from .irq import IrqLine
 from .memory import GuestMemory
 from .console_watch import PANIC, RUN_INIT, LineWatch, last_lines
@@ -250,6 +241,7 @@ class Machine:
         self._t_end = 0.0
         self.vcpus: list[Vcpu] = []
         self._backends: list[SerialBackend] = []
+        self.board: Board = board_for(config.machine)
         self.kvm = open_kvm(config.kvm_path) if self.accel == "kvm" else None
         self.vm = None
         try:
@@ -285,31 +277,13 @@ class Machine:
         self.pic = self.pit = None
         if self.vm is None:
             self._software_platform()
-        quit_cb = on_quit or (lambda: self.stop())
+        self._quit = on_quit or (lambda: self.stop())
         self.serial_ports: list[SerialPort] = []
         for i, spec in enumerate(cfg.serial):
             backend = serial_backends[i] if serial_backends and i < len(serial_backends) else \
-                _open_backend("--serial", spec, quit_cb) if spec != "buffer" else None
+                _open_backend("--serial", spec, self._quit) if spec != "buffer" else None
             self.add_serial_port(backend)
-        self.debugcon_output = BufferBackend()
-        dc_backend = self.debugcon_output if cfg.debugcon in ("none", "buffer") else \
-            _Tee(self.debugcon_output, _open_backend("--debugcon", cfg.debugcon, quit_cb, output_only=True))
-        if isinstance(dc_backend, _Tee):
-            self._backends.append(dc_backend)
-        self.debugcon = DebugCon(dc_backend)
-        self.post = PostCode()
-        self.add_port_device(DEBUGCON_PORT, 1, self.debugcon)
-        self.add_port_device(POST_PORT, 1, self.post)
-        self.add_port_device(DEBUG_EXIT_PORT, DEBUG_EXIT_LEN, DebugExit(self._debug_exit))
-        self.add_port_device(ACPI_PM_BASE, ACPI_PM_LENGTH,
-                             AcpiPm(lambda: self.finish(Outcome(End.POWEROFF, message="guest powered off"))))
-
-        self.add_port_device(RESET_PORT, 1, ResetControl(self.guest_reset))
-        self.rtc = CmosRtc(self.memory.below_4g, self.memory.above_4g, cfg.cpus)
-        self.add_port_device(RTC_PORT, 2, self.rtc, "rtc")
-        self.i8042 = I8042(self.irq(1), self.guest_reset)
-        self.add_port_device(I8042_DATA, 1, self.i8042.data_port, "i8042")
-        self.add_port_device(I8042_COMMAND, 1, self.i8042.command_port, "i8042")
+        self.board.attach(self)
 
         self.fallback = None
         if self.vm is not None and cfg.fallback:
@@ -317,13 +291,7 @@ class Machine:
 
             self.fallback = FallbackExecutor(self.memory, self.mmio, self.pio.read, self.pio.write,
                                              say=_say if cfg.verbose else None)
-        self.acpi = self._write_acpi_tables()
-        write_bios_data(self.memory, [SERIAL_PORTS[i][0] for i in range(len(self.serial_ports))],
-                        layout.e820_map(self.memory))
-        self.entry: EntryState = load_kernel(self.memory, cfg, layout.e820_map(self.memory),
-                                             rsdp=self.acpi.rsdp if self.acpi else None,
-                                             host_decompress=self.host_decompress,
-                                             linux_cmdline_additions=tuple(a for a, _ in self.cmdline_additions))
+        self.entry: EntryState = self.board.boot(self)
         if self.vm is not None:
             supported = self.kvm.supported_cpuid()
             for index in range(cfg.cpus):
@@ -339,6 +307,38 @@ class Machine:
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
         bsp.set_regs(regs)
+
+    @property
+    def com_ports(self) -> list[tuple[int, int]]:
+        """(I/O base, GSI) of each COM port the machine has, COM1 first."""
+        return SERIAL_PORTS[:len(self.serial_ports)]
+
+    def output_backend(self, option: str, spec: str, transcript: BufferBackend) -> SerialBackend:
+        """Where an output-only device (the debug console) writes: ``transcript`` alone for
+        "none"/"buffer", else ``transcript`` and the backend ``spec`` names (closed with the machine)."""
+        if spec in ("none", "buffer"):
+            return transcript
+        tee = _Tee(transcript, _open_backend(option, spec, self._quit, output_only=True))
+        self._backends.append(tee)
+        return tee
+
+    # What the board attached, for API users and crash reports (None where a board lacks it).
+    @property
+    def post(self):
+        """The POST code port (0x80): the last codes the guest wrote."""
+        legacy = getattr(self.board, "legacy", None)
+        return legacy.post if legacy else None
+
+    @property
+    def debugcon_output(self) -> BufferBackend | None:
+        """Everything the guest wrote to the debug console (port 0xE9)."""
+        legacy = getattr(self.board, "legacy", None)
+        return legacy.debugcon_output if legacy else None
+
+    @property
+    def acpi(self):
+        """The ACPI tables the board wrote, if any."""
+        return getattr(self.board, "acpi", None)
 
     @property
     def kvm_emulates(self) -> bool:
@@ -366,23 +366,6 @@ class Machine:
         if self.config.decompress != "auto":
             return self.config.decompress == "host"
         return self.accel != "kvm" or self.host.emulation_only
-
-    def _write_acpi_tables(self) -> AcpiTables | None:
-        """Describe the machine in ACPI tables below 1 MiB, as firmware would (the kernel is booted
-        directly, so hvm stands in for it). None when RAM does not reach that area."""
-        if not any(r.gpa == 0 and r.end >= ACPI_BASE + ACPI_LIMIT for r in self.memory.regions):
-            return None
-        devices = [IsaDevice(f"COM{i + 1}", "PNP0501", [(base, 8)], [gsi], uid=i + 1)
-                   for i, (base, gsi) in enumerate(SERIAL_PORTS[:len(self.serial_ports)])]
-        devices += [IsaDevice("RTC", "PNP0B00", [(RTC_PORT, 2)], [8]),
-                    IsaDevice("KBD", "PNP0303", [(I8042_DATA, 1), (I8042_COMMAND, 1)], [1])]
-        tables = build_acpi(AcpiPlatform(
-            cpus=self.config.cpus, ioapic_id=self.config.cpus, ioapic_address=layout.IOAPIC_BASE,
-            lapic_address=layout.LAPIC_BASE, pm_base=ACPI_PM_BASE, s5_sleep_type=SLP_TYP_S5,
-            reset_port=RESET_PORT, reset_value=RESET_VALUE, has_8042=True, century_cmos_index=CENTURY,
-            isa_devices=devices))
-        self.memory.write(tables.base, tables.blob)
-        return tables
 
     def add_serial_port(self, backend: SerialBackend | None = None) -> SerialPort:
         """Add the next COM port (COM1 first); ``backend`` None keeps output in memory only."""
@@ -512,7 +495,8 @@ class Machine:
         self.finish(Outcome(End.HOST_LIMIT, message=f"the guest kernel booted as far as starting {init}; "
                                                     f"{KVM_USERSPACE_LIMIT}"))
 
-    def _debug_exit(self, value: int) -> None:
+    def debug_exit(self, value: int) -> None:
+        """The guest wrote ``value`` to isa-debug-exit."""
         self.finish(Outcome(End.DEBUG_EXIT, value=value, message=f"isa-debug-exit {value:#x}"))
 
     # -- lifecycle ------------------------------------------------------------------------------

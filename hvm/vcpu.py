@@ -252,6 +252,6 @@ class Vcpu:
             decoded = decode(insn, sregs.code_bits, regs.rip)
         notes = []
         post = self.machine.post
-        if post.writes:
+        if post is not None and post.writes:
             notes.append(f"last POST codes: {' '.join(f'{c:02x}' for c in post.history)}")
         return GuestCrash(reason, self.index, regs, sregs, insn[:decoded.size] if decoded else insn, decoded, notes)

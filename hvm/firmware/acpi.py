@@ -82,7 +82,8 @@ def dsdt(p: AcpiPlatform) -> bytes:
     """The DSDT: \\_S5 and one device per ISA device present."""
     devices = []
     for d in p.isa_devices:
-        terms = [aml.name("_HID", aml.eisa_id(d.hid))]
+        # A 7-character PNP ID is an EISA ID; an 8-character ACPI ID (QEMU0002) is a string.
+        terms = [aml.name("_HID", aml.eisa_id(d.hid) if len(d.hid) == 7 else aml.string(d.hid))]
         if d.uid is not None:
             terms.append(aml.name("_UID", aml.integer(d.uid)))
         resources = [aml.io_port(base, count) for base, count in d.ports]

@@ -1,4 +1,4 @@
-/* String I/O: `rep insb` 16 bytes from port 0x510 (a device the test attaches through the Python
+/* String I/O: `rep insb` 16 bytes from port 0x700 (a device the test attaches through the Python
    API), then `rep outsb` them to COM1 with one instruction, then power off. */
         .code16
         .text
@@ -10,7 +10,7 @@ _start: xor %ax, %ax
         mov $0x7c00, %sp
         cld
         mov $buf, %di
-        mov $0x510, %dx
+        mov $0x700, %dx
         mov $16, %cx
         rep insb
         mov $buf, %si

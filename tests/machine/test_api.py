@@ -29,7 +29,7 @@ class Counter(Device):
 def test_user_device_and_string_io(guests):
     dev = Counter(b"0123456789abcdef")
     with Machine(MachineConfig(kernel=str(guests("repio")), memory="16M")) as m:
-        m.add_port_device(0x510, 1, dev)
+        m.add_port_device(0x700, 1, dev)
         outcome = m.run(timeout=60)
         assert outcome.end == End.POWEROFF
         assert outcome.exit_code == 0

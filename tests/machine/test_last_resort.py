@@ -83,9 +83,9 @@ def test_a_thread_started_outside_hvm_failing_is_exit_70(waiting_guest):
 
 
 def test_a_failure_while_building_the_machine_is_exit_70(post_guest):
-    fault = ("import hvm.machine as m\n"
-             "def tables(self): raise KeyError('injected fault')\n"
-             "m.Machine._write_acpi_tables = tables")
+    fault = ("import hvm.boards.direct as d\n"
+             "def tables(machine): raise KeyError('injected fault')\n"
+             "d.DirectBoard._write_acpi_tables = staticmethod(tables)")
     r = _hvmrun_with(fault, "--accel", "unicorn", "--kernel", post_guest)
     assert r.returncode == 70 and r.stderr.count("\n") == 1, r.stderr
     assert "internal error: KeyError" in r.stderr and "Traceback" not in r.stderr

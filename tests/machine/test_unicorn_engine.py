@@ -99,7 +99,7 @@ def test_string_io_and_mmio_reach_python_devices(guests):
 
     dev = Counter(b"0123456789abcdef")
     with Machine(MachineConfig(kernel=str(guests("repio")), memory="16M", accel="unicorn")) as m:
-        m.add_port_device(0x510, 1, dev)
+        m.add_port_device(0x700, 1, dev)
         assert m.run(timeout=30).end == End.POWEROFF
         assert m.serial.text == "0123456789abcdef\n" and dev.reads == 16
 

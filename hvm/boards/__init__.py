@@ -1,0 +1,46 @@
+"""Boards: what a machine is made of (its devices, what runs first, its memory layout).
+
+``Machine`` owns what every board needs (guest memory, the buses, the interrupt controllers, the
+vCPUs, the COM ports, the run's lifecycle); a board adds the rest. Adding a board (the PC with
+real firmware, the Xen PV machine) adds a module here and touches no other board.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..boot.entry import EntryState
+    from ..machine import Machine
+
+
+class Board:
+    """A kind of machine; ``attach`` runs before the vCPUs exist, ``boot`` after the devices."""
+
+    name = "board"
+    description = ""
+
+    def attach(self, machine: "Machine") -> None:
+        """Add the board's devices to ``machine``'s buses."""
+
+    def boot(self, machine: "Machine") -> "EntryState":
+        """Put what runs first into guest memory; returns the boot vCPU's entry state."""
+        raise NotImplementedError
+
+
+def _boards() -> dict[str, type[Board]]:
+    from .direct import DirectBoard
+
+    return {board.name: board for board in (DirectBoard,)}
+
+
+BOARD_NAMES = ("direct",)
+
+
+def board_for(name: str) -> Board:
+    """A fresh board of the kind ``name`` (as given to ``--machine``)."""
+    boards = _boards()
+    if name not in boards:
+        raise ConfigError(f"unknown machine {name!r} (choose from {', '.join(boards)})")
+    return boards[name]()
