@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
     p.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                    help="multiboot module with its argument string (repeatable)")
+    p.add_argument("--device", action="append", default=[], metavar="NAME",
+                   help="add a device by QEMU's -device name: pc-testdev (kvm-unit-tests' test device; "
+                        "replaces the debug console at 0xe9). isa-debug-exit is always present at 0xf4")
     p.add_argument("--fw-cfg", action="append", default=[], metavar="NAME,file=PATH|NAME,string=TEXT",
                    help="a named fw_cfg file for the guest, as QEMU's -fw_cfg (repeatable; names should "
                         "start with opt/)")
@@ -103,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
     return MachineConfig(
         machine=args.machine, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module],
-        fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg],
+        fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg], devices=args.device,
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
         load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
         timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,

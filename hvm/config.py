@@ -73,6 +73,36 @@ class FwCfgFile:
 FW_CFG_FILE_LIMIT = 16 << 20
 FW_CFG_NAME_LIMIT = 55
 
+# Devices a user may add with --device (QEMU's -device names). isa-debug-exit is always present, at
+# QEMU's usual place; naming it (as kvm-unit-tests' scripts do) is accepted when that place is asked for.
+OPTIONAL_DEVICES = ("pc-testdev",)
+ALWAYS_PRESENT = {"isa-debug-exit": {"iobase": 0xF4, "iosize": 0x4}}
+
+
+def parse_device(spec: str) -> str:
+    """``NAME[,key=value...]`` as given to ``--device``: the name of an optional device to add, or
+    "" for one that every machine has; raises ConfigError for anything else."""
+    name, *options = spec.split(",")
+    if name in OPTIONAL_DEVICES:
+        if options:
+            raise ConfigError(f"--device {spec!r}: {name} takes no options")
+        return name
+    if name in ALWAYS_PRESENT:
+        fixed = ALWAYS_PRESENT[name]
+        for option in options:
+            key, _, value = option.partition("=")
+            try:
+                ok = key in fixed and int(value, 0) == fixed[key]
+            except ValueError:
+                ok = False
+            if not ok:
+                wanted = ",".join(f"{k}={v:#x}" for k, v in fixed.items())
+                raise ConfigError(f"--device {spec!r}: hvm's {name} is always present, at {wanted}")
+        return ""
+    raise ConfigError(f"--device {spec!r}: unknown device (hvm offers {', '.join(OPTIONAL_DEVICES)}; "
+                      f"{', '.join(ALWAYS_PRESENT)} is always present)")
+
+
 DECOMPRESS_CHOICES = ("auto", "host", "guest")
 
 
@@ -88,6 +118,8 @@ class MachineConfig:
     initrd: str | None = None
     append: str = ""
     modules: list[ModuleSpec] = field(default_factory=list)
+    # Optional devices by QEMU's -device name (OPTIONAL_DEVICES), e.g. "pc-testdev".
+    devices: list[str] = field(default_factory=list)
     # Named fw_cfg files for the guest (QEMU's -fw_cfg); names should start with "opt/".
     fw_cfg: list[FwCfgFile] = field(default_factory=list)
     # A raw binary's entry mode and load address (ignored for ELF/multiboot/bzImage images). None:
@@ -137,6 +169,11 @@ class MachineConfig:
             raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
         if self.initrd is not None and self.modules:
             raise ConfigError("--initrd and --module cannot be combined")
+        self.devices = [d for d in (parse_device(spec) for spec in self.devices) if d]
+        if len(set(self.devices)) != len(self.devices):
+            raise ConfigError("--device: each optional device can be added once")
+        if "pc-testdev" in self.devices and self.debugcon != "none":
+            raise ConfigError("--device pc-testdev claims ports 0xe8-0xeb, where --debugcon's port 0xe9 is")
         names = [f.name for f in self.fw_cfg]
         for f in self.fw_cfg:
             if not f.name.isascii() or len(f.name) > FW_CFG_NAME_LIMIT or names.count(f.name) > 1:

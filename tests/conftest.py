@@ -42,6 +42,7 @@ RECIPES = {
     "modes16": GuestRecipe("modes16.S", 16, 0x7C00),
     "bios16": GuestRecipe("bios16.S", 16, 0x7C00),
     "smap64": GuestRecipe("smap64.S", 64, 0x100000),
+    "testdev32": GuestRecipe("testdev32.S", 32),
 }
 
 

@@ -14,6 +14,7 @@ from ..boot.loader import load_kernel
 from ..devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_BASE, LENGTH as ACPI_PM_LENGTH, SLP_TYP_S5
 from ..devices.cmos_rtc import CENTURY, PORT as RTC_PORT
 from ..devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
+from ..devices.pc_testdev import PcTestdev
 from ..devices.i8042 import COMMAND_PORT as I8042_COMMAND, DATA_PORT as I8042_DATA
 from ..devices.reset_control import RESET_PORT, RESET_VALUE
 from ..errors import ConfigError
@@ -39,6 +40,7 @@ class DirectBoard(Board):
         self.legacy: LegacyDevices | None = None
         self.acpi: AcpiTables | None = None
         self.fw_cfg: FwCfg | None = None
+        self.testdev: PcTestdev | None = None
 
     def attach(self, machine: "Machine") -> None:
         self.legacy = add_legacy_devices(machine)
@@ -48,6 +50,9 @@ class DirectBoard(Board):
         machine.add_port_device(FW_CFG_PORT, 2, fw_cfg.ports, "fw_cfg")
         machine.add_port_device(DMA_PORT, DMA_LENGTH, fw_cfg.dma, "fw_cfg")
         self._describe(machine, fw_cfg)
+        if "pc-testdev" in machine.config.devices:
+            self.testdev = PcTestdev(lambda gsi, level: machine.irq(gsi).set_level(level))
+            self.testdev.attach(machine.add_port_device, machine.add_mmio_device)
 
     @staticmethod
     def _describe(machine: "Machine", fw_cfg: FwCfg) -> None:

@@ -35,7 +35,8 @@ def add_legacy_devices(machine: "Machine") -> LegacyDevices:
     output = BufferBackend()
     debugcon = DebugCon(machine.output_backend("--debugcon", cfg.debugcon, output))
     post = PostCode()
-    machine.add_port_device(DEBUGCON_PORT, 1, debugcon)
+    if "pc-testdev" not in cfg.devices:   # its byte port covers 0xe8-0xeb, as in QEMU
+        machine.add_port_device(DEBUGCON_PORT, 1, debugcon)
     machine.add_port_device(POST_PORT, 1, post)
     machine.add_port_device(DEBUG_EXIT_PORT, DEBUG_EXIT_LEN, DebugExit(machine.debug_exit))
     machine.add_port_device(RESET_PORT, 1, ResetControl(machine.guest_reset))

@@ -23,6 +23,7 @@ from hvm.devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT, 
 from hvm.devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
 from hvm.devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
 from hvm.devices.i8042 import QUEUE_LIMIT, I8042
+from hvm.devices.pc_testdev import IOMEM_SIZE, PcTestdev
 from hvm.devices.irq.apic_bus import ApicBus
 from hvm.devices.irq.ioapic import IoApic
 from hvm.devices.irq.lapic import LocalApic
@@ -376,4 +377,19 @@ def _fw_cfg(clock: FakeClock) -> Rig:
              lambda: cfg._selected is None or 0 <= cfg._offset <= len(cfg._selected))
     rig.must("the file directory lists every file",
              lambda: cfg._items[0x19][:4] == len(cfg._files).to_bytes(4, "big"))
+    return rig
+
+
+@device("pc-testdev")
+def _pc_testdev(clock: FakeClock) -> Rig:
+    rig = Rig(clock)
+    levels: dict[int, bool] = {}
+    dev = PcTestdev(lambda gsi, level: levels.__setitem__(gsi, level))
+    dev.attach(lambda base, length, d, _name: rig.port(base, length, d, dev),
+               lambda base, length, d, _name: rig.mmio_at(base, length, d, dev))
+    rig.container_limits["buffer"] = IOMEM_SIZE
+    rig.models.append(dev.iomem)
+    rig.must("the scratch register is 32 bits", lambda: 0 <= dev.value < 1 << 32)
+    rig.must("the I/O memory keeps its size", lambda: len(dev.iomem.buffer) == IOMEM_SIZE)
+    rig.must("only GSIs 0-23 are driven", lambda: all(0 <= gsi < 24 for gsi in levels))
     return rig
