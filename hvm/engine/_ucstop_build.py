@@ -11,7 +11,9 @@ in Python the hook would cost a microsecond per block; in C it costs a few nanos
 The same hook finds the interrupt window: while an interrupt waits for the guest to set
 EFLAGS.IF, ``window`` asks it to stop at the first block entered with IF set. STI, POPF and IRET
 end a translation block, so that is the block right after IF changed (KVM's "interrupt window"
-exit, which hardware gives KVM and unicorn has no hook for).
+exit, which hardware gives KVM and unicorn has no hook for). After STI the next block holds the
+one instruction in its interrupt shadow (QEMU translates it alone); ``window_skip`` lets that
+block run before the window counts.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ ffibuilder.cdef("""
 typedef struct {
     int wanted; void *stop; unsigned long long stops;
     int window; int eflags_id; void *reg_read; unsigned long long window_stops;
+    int window_skip;
 } hvm_stop_t;
 void *hvm_block_hook_address(void);
 """)
@@ -36,6 +39,7 @@ typedef struct {
     int eflags_id;            /* UC_X86_REG_EFLAGS */
     void *reg_read;           /* uc_reg_read */
     unsigned long long window_stops;
+    int window_skip;          /* block entries to let pass before watching for the window */
 } hvm_stop_t;
 
 /* uc_cb_hookcode_t: (uc_engine *uc, uint64_t address, uint32_t size, void *user_data) */
@@ -48,6 +52,8 @@ static void hvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user
         s->wanted = 0;
         s->stops++;
         ((int (*)(void *))s->stop)(uc);
+    } else if (s->window && s->window_skip) {
+        s->window_skip--;
     } else if (s->window) {
         uint64_t flags = 0;
         ((int (*)(void *, int, void *))s->reg_read)(uc, s->eflags_id, &flags);

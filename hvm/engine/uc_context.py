@@ -31,6 +31,7 @@ from functools import cache
 _DR_MARK = 0xD00DF00D  # 32 bits: DR writes are truncated to the width of a 16-bit instance
 _SELECTOR_MARKS = (0x1230, 0x2340, 0x3450, 0x4560, 0x5670, 0x6780)  # ES CS SS DS FS GS (QEMU order)
 HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3  # the interrupt shadow of STI, MOV SS and POP SS (QEMU's HF_INHIBIT_IRQ_MASK)
 # QEMU's hflags bits (target/i386/cpu.h) that a real-mode CPU must not carry.
 HF_CS32, HF_SS32, HF_ADDSEG, HF_PE, HF_LMA, HF_CS64, HF_VM = (
     1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 14, 1 << 15, 1 << 17)
@@ -145,6 +146,19 @@ class ContextFields:
         """The six segment caches (QEMU's order): selector, base, limit, flags."""
         _, _, blob = _blob(self.uc)
         return [struct.unpack_from("<I4xQII", blob, self.layout.segs + 24 * i) for i in range(6)]
+
+    def interrupt_shadow(self) -> bool:
+        """True while the instruction at RIP follows STI, MOV SS or POP SS: no interrupt may be
+        taken before it executes (SDM vol. 2B, STI). QEMU clears it once that instruction ran."""
+        _, _, blob = _blob(self.uc)
+        return bool(struct.unpack_from("<I", blob, self.layout.hflags)[0] & HF_INHIBIT_IRQ)
+
+    def end_interrupt_shadow(self) -> None:
+        """Drop the shadow (the instruction it protected is being skipped: a HLT woken up)."""
+        ctx, ptr, blob = _blob(self.uc)
+        hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
+        ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags & ~HF_INHIBIT_IRQ), 4)
+        self.uc.context_restore(ctx)
 
     def cpl(self) -> int:
         """The current privilege level as the CPU holds it."""

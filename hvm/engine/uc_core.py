@@ -249,8 +249,10 @@ class UnicornCore:
         """Forget a stop requested for a slice that has ended (before the next one begins)."""
         self._stop.wanted = 0
 
-    def watch_window(self, on: bool) -> None:
-        """Stop at the next block entered with EFLAGS.IF set (an interrupt is waiting for it)."""
+    def watch_window(self, on: bool, skip: int = 0) -> None:
+        """Stop at the next block entered with EFLAGS.IF set (an interrupt is waiting for it),
+        after letting ``skip`` block entries pass."""
+        self._stop.window_skip = skip
         self._stop.window = int(on)
 
     @property

@@ -58,11 +58,12 @@ CR0_PE, CR0_PG, CR4_PAE, CR4_SMAP = 1, 1 << 31, 1 << 5, 1 << 21
 _PF_USER = 1 << 2
 _FAR_RETURNS = (0xCA, 0xCB, 0xCF)  # RET far (with and without imm16), IRET
 RESET_CR0 = 0x6000_0010  # CD, NW, ET (SDM vol. 3A table 9-1)
-EFER, STAR, LSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084
+EFER, STAR, LSTAR, CSTAR, SFMASK = 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
 EFER_SCE = 1
 _VEC_UD = 6
 _HLT = 0xF4
 _WINDOW = object()  # an interrupt waits for EFLAGS.IF
+_SHADOW = object()  # an interrupt waits for the instruction after STI / MOV SS to execute
 _SYSCALL = object()  # the event a SYSCALL hook records
 _SYSENTER = object()
 SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP = 0x174, 0x175, 0x176
@@ -282,7 +283,9 @@ class UnicornEngine(Engine):
             return self._deliver(Event(_VEC_UD))
         rip, rflags = uc.reg_read(x86.UC_X86_REG_RIP), uc.reg_read(x86.UC_X86_REG_RFLAGS)
         star = uc.reg_read(x86.UC_X86_REG_MSR, STAR)
-        target = uc.reg_read(x86.UC_X86_REG_MSR, LSTAR)
+        # From 64-bit code to LSTAR; from compatibility mode (CS.L = 0) to CSTAR.
+        compat = not self._fields.segments()[1][3] & uc_context.DESC_L
+        target = uc.reg_read(x86.UC_X86_REG_MSR, CSTAR if compat else LSTAR)
         uc.reg_write(x86.UC_X86_REG_RCX, rip)
         uc.reg_write(x86.UC_X86_REG_R11, rflags & ~RF)
         self._load_flat_ring0((star >> 32) & 0xFFFC, long_mode=True)
@@ -471,11 +474,15 @@ class UnicornEngine(Engine):
             if turns.wanted and time.monotonic_ns() >= quantum_end:
                 return None
             self._event = None
+            if waiting is _SHADOW and self._hlt_in_shadow():
+                continue
             t0 = time.perf_counter()
             slicer.begin(self._slice_deadline(quantum_end if turns.wanted else None))
             if self._poked or self._kicked.is_set():
                 slicer.cut()  # it came after the checks above, when there was no slice to end
-            core.watch_window(waiting is _WINDOW)
+            # In STI's shadow the next block is that one instruction alone (QEMU translates it
+            # so): let it run, and stop at the block after it if IF is still set.
+            core.watch_window(waiting is _WINDOW or waiting is _SHADOW, skip=int(waiting is _SHADOW))
             windows = core.window_stops
             try:
                 uc.emu_start(uc.reg_read(self._ip_id), 0)
@@ -493,8 +500,7 @@ class UnicornEngine(Engine):
             self._raise_hook_failure()
             self.slices += 1
             if core.window_stops != windows:
-                self._window_opened()
-                continue
+                continue   # IF was set with an interrupt waiting: _deliver_pending takes it
             if self._event is not None:
                 problem = self._take_event()
                 if problem is not None:
@@ -553,18 +559,23 @@ class UnicornEngine(Engine):
             return None
         if not self.uc.reg_read(self._flags_id) & IF:
             return _WINDOW
+        if self._fields.interrupt_shadow():
+            return _SHADOW
         vector = ctl.acknowledge()
         if vector is None:
             return None
         self._halted = False
         return self._deliver(Event(vector, external=True))
 
-    def _window_opened(self) -> None:
-        """The guest set IF with an interrupt waiting. If the block it stopped at begins with HLT
-        (`sti; hlt`, the idle loop's STI shadow), the interrupt is taken as waking that HLT, RIP
-        past it: delivered before it, the HLT would then sleep with the wake-up already spent."""
-        if self._code_at(0, 1) == bytes([_HLT]):
-            self.uc.reg_write(self._ip_id, self.uc.reg_read(self._ip_id) + 1)
+    def _hlt_in_shadow(self) -> bool:
+        """`sti; hlt` (the idle loop) with an interrupt waiting: the interrupt is taken as waking
+        that HLT, RIP past it, as hardware does; delivered before it, the HLT would then sleep
+        with its wake-up already spent. True if that is where the vCPU stands."""
+        if self._code_at(0, 1) != bytes([_HLT]):
+            return False
+        self.uc.reg_write(self._ip_id, self.uc.reg_read(self._ip_id) + 1)
+        self._fields.end_interrupt_shadow()
+        return True
 
     def _next_deadline(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]

@@ -1,7 +1,9 @@
 /* QEMU's pc-testdev as kvm-unit-tests drives it: the scratch register at 0xe0 (any width, any
    offset) and its byte-wide twin at 0xe8, the I/O memory window at 0xff000000, and an interrupt
-   line raised through port 0x2005 that the 8259 delivers as vector 0x25. Prints what it read,
-   then leaves through isa-debug-exit with 0 (exit status 1). */
+   line raised through port 0x2005 that the 8259 delivers as vector 0x25. Then the STI shadow
+   (kvm-unit-tests' eventinj): with that interrupt waiting, `sti; int $0x30` runs the INT first,
+   and the interrupt comes when its handler's IRET sets IF again: the handlers log "S" then "H".
+   Prints what it read, then leaves through isa-debug-exit with 0 (exit status 1). */
         .set MB_MAGIC, 0x1badb002
         .set MB_FLAGS, 0x00000003
 
@@ -113,6 +115,32 @@ _start: mov $stack_top, %esp
         mov irqs, %eax
         call putdec
         print "\n"
+
+        mov $int30, %eax                /* vector 0x30: a software interrupt's handler */
+        mov %ax, idt + 0x30 * 8
+        shr $16, %eax
+        mov %ax, idt + 0x30 * 8 + 6
+        mov %cs, %ax
+        mov %ax, idt + 0x30 * 8 + 2
+        movw $0x8e00, idt + 0x30 * 8 + 4
+        movl $0, irqs
+        movl $0, log_len
+        mov $1, %al                     /* IRQ 5 waits: IF is clear */
+        mov $0x2005, %dx
+        out %al, %dx
+        sti
+        int $0x30                       /* in STI's shadow: before the waiting interrupt */
+        mov $100000, %ecx
+1:      cmpl $0, irqs
+        jne 2f
+        loop 1b
+2:      cli
+        mov $0, %al
+        out %al, %dx
+        print "testdev shadow="
+        mov $log, %esi
+        call puts
+        print "\n"
         xor %eax, %eax
         out %eax, $0xf4
 1:      cli
@@ -121,13 +149,34 @@ _start: mov $stack_top, %esp
 
 irq5:   incl irqs
         push %eax
+        mov $'H', %al
+        call log_char
         mov $0x20, %al                  /* EOI */
         out %al, $0x20
         pop %eax
         iret
 
+int30:  push %eax
+        mov $'S', %al
+        call log_char
+        pop %eax
+        iret
+
+/* log_char: append %al to log */
+log_char:
+        push %ebx
+        mov log_len, %ebx
+        cmp $15, %ebx
+        jae 1f
+        mov %al, log(%ebx)
+        incl log_len
+1:      pop %ebx
+        ret
+
         .data
         .align 8
+log:    .space 16
+log_len: .long 0
 idtr:   .word 256 * 8 - 1
         .long idt
 irqs:   .long 0

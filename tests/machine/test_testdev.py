@@ -1,7 +1,8 @@
 """`--device pc-testdev`, the device kvm-unit-tests needs: the same guest prints the same lines
 under QEMU's TCG with `-device pc-testdev` and under both of hvm's engines (the scratch register
 at every width and offset, its byte-wide twin, the I/O memory window, an interrupt raised through
-a test line and taken through the 8259)."""
+a test line and taken through the 8259, and the STI shadow: an INT right after STI runs before
+the interrupt that was waiting)."""
 from __future__ import annotations
 
 import subprocess
@@ -15,6 +16,7 @@ EXPECTED = [
     "testdev byteport deadbeef 0000dead deadbeef",
     "testdev iomem cafef00d 11220000 00000077",
     "testdev irq5=1",
+    "testdev shadow=SH",
 ]
 
 
