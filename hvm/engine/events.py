@@ -160,7 +160,9 @@ def deliver_protected(mem: GuestMemory, regs: Regs, sregs: SRegs, event: Event, 
         except _Fault as fault:
             regs.__dict__.update(saved.__dict__)  # a fault during delivery leaves no half-built frame
             if event.software:
+                # The fault points at INT n, and so does any fault met delivering that one.
                 regs.rip -= event.insn_length
+                saved.rip = regs.rip
             nested = escalate(event.vector, fault.vector)
             if nested is None:
                 raise DeliveryFailed(f"triple fault: {fault.vector:#x} while delivering "

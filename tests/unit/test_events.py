@@ -112,6 +112,16 @@ def test_software_interrupt_through_a_dpl0_gate_from_cpl3_is_a_gp(mem):
     assert _frame(mem, regs.rsp, 2) == [0x412, 0x4000 - 2]
 
 
+def test_every_fault_met_delivering_int_n_points_at_the_instruction(mem):
+    # INT 0x82 from CPL3 through a DPL0 gate: #GP; #GP's gate is not present: #NP, which makes
+    # it a #DF. The #DF frame's RIP is the INT instruction too (kvm-unit-tests' eventinj: a
+    # handler that mends the cause must see the INT run again).
+    regs, sregs = _long(mem, cpl=3, gates=[(0x82, 0x5000, 0x8E, 0), (13, 0x6000, 0x0E, 0), (8, 0x7000, 0x8E, 0)])
+    deliver_protected(mem, regs, sregs, Event(0x82, software=True, insn_length=2), cpl=3, tr_base=TSS)
+    assert regs.rip == 0x7000
+    assert _frame(mem, regs.rsp, 2) == [0, 0x4000 - 2]    # error code 0, RIP at the INT
+
+
 def test_not_present_gate_is_np_and_a_missing_np_handler_escalates(mem):
     regs, sregs = _long(mem, gates=[(11, 0x5000, 0x8E, 0), (0x30, 0x6000, 0x0E, 0)])  # 0x30: P=0
     deliver_protected(mem, regs, sregs, Event(0x30, external=True), cpl=0, tr_base=TSS)
