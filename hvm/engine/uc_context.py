@@ -32,6 +32,7 @@ _DR_MARK = 0xD00DF00D  # 32 bits: DR writes are truncated to the width of a 16-b
 _SELECTOR_MARKS = (0x1230, 0x2340, 0x3450, 0x4560, 0x5670, 0x6780)  # ES CS SS DS FS GS (QEMU order)
 HF_CPL_MASK = 3
 HF_INHIBIT_IRQ = 1 << 3  # the interrupt shadow of STI, MOV SS and POP SS (QEMU's HF_INHIBIT_IRQ_MASK)
+HF2_NMI = 1 << 2  # hflags2: an NMI is being served; QEMU's IRET clears it (HF2_NMI_MASK)
 # QEMU's hflags bits (target/i386/cpu.h) that a real-mode CPU must not carry.
 HF_CS32, HF_SS32, HF_ADDSEG, HF_PE, HF_LMA, HF_CS64, HF_VM = (
     1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 14, 1 << 15, 1 << 17)
@@ -158,6 +159,18 @@ class ContextFields:
         ctx, ptr, blob = _blob(self.uc)
         hflags = struct.unpack_from("<I", blob, self.layout.hflags)[0]
         ctypes.memmove(ptr + self.layout.hflags, struct.pack("<I", hflags & ~HF_INHIBIT_IRQ), 4)
+        self.uc.context_restore(ctx)
+
+    def nmi_blocked(self) -> bool:
+        """NMIs are blocked: one was delivered and no IRET has run since (SDM vol. 3A 6.7.1)."""
+        _, _, blob = _blob(self.uc)
+        return bool(struct.unpack_from("<I", blob, self.layout.hflags + 4)[0] & HF2_NMI)
+
+    def block_nmi(self) -> None:
+        """Block NMIs until the next IRET (QEMU's IRET helpers lift it)."""
+        ctx, ptr, blob = _blob(self.uc)
+        hflags2 = struct.unpack_from("<I", blob, self.layout.hflags + 4)[0]
+        ctypes.memmove(ptr + self.layout.hflags + 4, struct.pack("<I", hflags2 | HF2_NMI), 4)
         self.uc.context_restore(ctx)
 
     def cpl(self) -> int:

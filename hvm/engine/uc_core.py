@@ -249,10 +249,11 @@ class UnicornCore:
         """Forget a stop requested for a slice that has ended (before the next one begins)."""
         self._stop.wanted = 0
 
-    def watch_window(self, on: bool, skip: int = 0) -> None:
+    def watch_window(self, on: bool, skip: int = 0, any_block: bool = False) -> None:
         """Stop at the next block entered with EFLAGS.IF set (an interrupt is waiting for it),
-        after letting ``skip`` block entries pass."""
+        or at the next block at all with ``any_block``, after letting ``skip`` entries pass."""
         self._stop.window_skip = skip
+        self._stop.any_block = int(any_block)
         self._stop.window = int(on)
 
     @property

@@ -169,6 +169,7 @@ class UnicornEngine(Engine):
         self._event: Event | object | None = None
         self._controller: InterruptController | None = None
         self._signals = False  # the controller is a local APIC: NMI, INIT and STARTUP too
+        self._nmi_waiting = False  # an NMI latched while an earlier one's handler runs
         self._timers: list[Timer] = []
         self._poked = False
         self._wake = threading.Event()
@@ -482,7 +483,9 @@ class UnicornEngine(Engine):
                 slicer.cut()  # it came after the checks above, when there was no slice to end
             # In STI's shadow the next block is that one instruction alone (QEMU translates it
             # so): let it run, and stop at the block after it if IF is still set.
-            core.watch_window(waiting is _WINDOW or waiting is _SHADOW, skip=int(waiting is _SHADOW))
+            # An NMI held until IRET: stop after every block (IRET ends one) to let it in there.
+            core.watch_window(waiting is _WINDOW or waiting is _SHADOW or self._nmi_waiting,
+                              skip=int(waiting is _SHADOW or self._nmi_waiting), any_block=self._nmi_waiting)
             windows = core.window_stops
             try:
                 uc.emu_start(uc.reg_read(self._ip_id), 0)
@@ -530,6 +533,10 @@ class UnicornEngine(Engine):
             self._start_at(vector)
         if apic.take_nmi():
             self._halted = False
+            self._nmi_waiting = True   # NMIs do not queue: a second one while this waits is lost
+        if self._nmi_waiting and not self._fields.nmi_blocked():
+            self._nmi_waiting = False
+            self._fields.block_nmi()
             return self._deliver(Event(2, external=True))
         return None
 

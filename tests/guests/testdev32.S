@@ -3,6 +3,8 @@
    line raised through port 0x2005 that the 8259 delivers as vector 0x25. Then the STI shadow
    (kvm-unit-tests' eventinj): with that interrupt waiting, `sti; int $0x30` runs the INT first,
    and the interrupt comes when its handler's IRET sets IF again: the handlers log "S" then "H".
+   Then NMI blocking: an NMI handler that sends itself a second NMI logs "A" before and "B" after
+   sending it; the second one waits for the first one's IRET and logs "C": "ABC".
    Prints what it read, then leaves through isa-debug-exit with 0 (exit status 1). */
         .set MB_MAGIC, 0x1badb002
         .set MB_FLAGS, 0x00000003
@@ -141,6 +143,28 @@ _start: mov $stack_top, %esp
         mov $log, %esi
         call puts
         print "\n"
+
+        mov $nmi, %eax                  /* vector 2 */
+        mov %ax, idt + 2 * 8
+        shr $16, %eax
+        mov %ax, idt + 2 * 8 + 6
+        mov %cs, %ax
+        mov %ax, idt + 2 * 8 + 2
+        movw $0x8e00, idt + 2 * 8 + 4
+        movl $0, log_len
+        movl $0, log
+        movl $0, nmis
+        movl $0, 0xfee00310             /* ICR: NMI to APIC ID 0, this CPU (the self shorthand is for fixed interrupts only) */
+        movl $0x4400, 0xfee00300
+        mov $100000, %ecx
+1:      cmpl $2, nmis
+        jae 2f
+        in $0xe0, %al                   /* (an exit to the VMM now and then, for KVM to look at NMIs) */
+        loop 1b
+2:      print "testdev nmi="
+        mov $log, %esi
+        call puts
+        print "\n"
         xor %eax, %eax
         out %eax, $0xf4
 1:      cli
@@ -153,6 +177,25 @@ irq5:   incl irqs
         call log_char
         mov $0x20, %al                  /* EOI */
         out %al, $0x20
+        pop %eax
+        iret
+
+nmi:    push %eax
+        push %ecx
+        incl nmis
+        cmpl $1, nmis
+        jne 2f
+        mov $'A', %al
+        call log_char
+        movl $0x4400, 0xfee00300        /* a second NMI, while this one is served */
+        mov $10000, %ecx
+1:      loop 1b
+        mov $'B', %al
+        call log_char
+        jmp 3f
+2:      mov $'C', %al
+        call log_char
+3:      pop %ecx
         pop %eax
         iret
 
@@ -177,6 +220,7 @@ log_char:
         .align 8
 log:    .space 16
 log_len: .long 0
+nmis:   .long 0
 idtr:   .word 256 * 8 - 1
         .long idt
 irqs:   .long 0

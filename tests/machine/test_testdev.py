@@ -2,7 +2,7 @@
 under QEMU's TCG with `-device pc-testdev` and under both of hvm's engines (the scratch register
 at every width and offset, its byte-wide twin, the I/O memory window, an interrupt raised through
 a test line and taken through the 8259, and the STI shadow: an INT right after STI runs before
-the interrupt that was waiting)."""
+the interrupt that was waiting; NMI blocking: an NMI sent from an NMI handler waits for its IRET)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from conftest import hvmrun, require_tool
+from hvm.host import host_info
 
 EXPECTED = [
     "testdev port 12345678 1234ab78 00001234 000000ab",
@@ -17,6 +18,7 @@ EXPECTED = [
     "testdev iomem cafef00d 11220000 00000077",
     "testdev irq5=1",
     "testdev shadow=SH",
+    "testdev nmi=ABC",
 ]
 
 
@@ -42,7 +44,11 @@ def test_hvm_testdev_behaves_as_qemus(guests, accel):
     # kvm-unit-tests' command line names isa-debug-exit too: accepted where hvm has it.
     r = hvmrun("--accel", accel, "--device", "pc-testdev", "--device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                "--kernel", str(guests("testdev32")), "--timeout", "60")
-    assert _lines(r.stdout) == EXPECTED, r.stderr
+    expected = list(EXPECTED)
+    if accel == "kvm" and host_info().emulation_only:
+        # Documented in the README: a KVM that only emulates loses the NMI sent from the handler.
+        expected[-1] = "testdev nmi=AB"
+    assert _lines(r.stdout) == expected, r.stderr
     assert r.returncode == 1
 
 
