@@ -5,7 +5,7 @@
 - 0xE4: "flush page": QEMU drops its host mapping of the written address's page so KVM must fault
   it in again; hvm maps guest RAM once and for good, so there is nothing to drop;
 - 0xE8-0xEB: the same register through byte-wide accesses (a wider one is split into bytes);
-- 0x2000-0x2017: interrupt lines: a byte write sets GSI n to (value != 0);
+- 0x2000-0x2017: interrupt lines: a byte written at 0x2000+n sets GSI n to (byte != 0);
 - 0xFF000000, 64 KiB: plain read/write memory reached through MMIO exits.
 """
 from __future__ import annotations
@@ -60,8 +60,11 @@ class _IrqLines(Device):
         return 0
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if size == 1:   # QEMU accepts byte writes only
-            self.set_line(offset, bool(value))
+        # QEMU splits a wider write into byte writes to consecutive lines (the region's largest
+        # valid access is one byte): `outl $1` at line n raises n and lowers n+1..n+3.
+        for i in range(size):
+            if offset + i < IRQ_LINES:
+                self.set_line(offset + i, bool(value >> (8 * i) & 0xFF))
 
 
 class _IoMem(Device):
