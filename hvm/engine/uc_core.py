@@ -298,6 +298,8 @@ class UnicornCore:
         engine = self.current
         engine.io_counts[0] += 1
         try:
+            if engine.io_denied(port, size):
+                return engine.io_unchanged_result(size)
             return engine.io_read(port, size)
         except BaseException as exc:
             self._failed(exc)
@@ -307,6 +309,8 @@ class UnicornCore:
         engine = self.current
         engine.io_counts[1] += 1
         try:
+            if engine.io_denied(port, size):
+                return
             engine.io_write(port, size, value)
         except BaseException as exc:
             self._failed(exc)

@@ -64,6 +64,7 @@ _VEC_UD = 6
 _HLT = 0xF4
 _WINDOW = object()  # an interrupt waits for EFLAGS.IF
 _SHADOW = object()  # an interrupt waits for the instruction after STI / MOV SS to execute
+_IO_DENIED = object()  # an IN/OUT/INS/OUTS the I/O permission check refuses: #GP(0)
 _SYSCALL = object()  # the event a SYSCALL hook records
 _SYSENTER = object()
 SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP = 0x174, 0x175, 0x176
@@ -191,6 +192,9 @@ class UnicornEngine(Engine):
         self._gpr_ids += [getattr(x86, f"UC_X86_REG_R{i}") for i in range(8, 16)]
         self._ip_id = x86.UC_X86_REG_RIP
         self._flags_id = x86.UC_X86_REG_RFLAGS
+        # What IN/INS/OUTS change: the accumulator, the count and the string pointers.
+        self._io_regs = [x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI]
+        self._io_fault: tuple[int, list[int]] | None = None
         self._state_ids = [*self._gpr_ids, self._ip_id, self._flags_id]
         self._x86 = x86
         self._unicorn = unicorn
@@ -225,12 +229,72 @@ class UnicornEngine(Engine):
     # store of the current instruction is pending, so they may call emu_stop themselves; every
     # other stop goes through the core's block hook (``_ucstop_build`` says why).
     def on_interrupt(self, vector: int) -> None:
+        if self._event is _IO_DENIED:
+            # An instruction after a refused IN/OUT, run before the stop took effect: the
+            # refused one's #GP comes first, and RIP goes back to it.
+            self._fields.settle()
+            self.uc.emu_stop()
+            return
         # RIP is at the faulting instruction, or past it for INT n / INT3 / INTO.
         error_code, software = self._fields.exception()
         if software or vector not in ERROR_CODE_VECTORS:
             error_code = None
         self._event = Event(vector, error_code, software=software)
         self.uc.emu_stop()
+
+    def io_denied(self, port: int, size: int) -> bool:
+        """Whether the I/O instruction running now must raise #GP: protected mode with CPL >
+        IOPL (or virtual-8086 mode) and a TSS I/O bitmap that does not grant every byte of
+        ``[port, port + size)`` (SDM vol. 1, 19.5). Unicorn leaves QEMU's check out ("allow all
+        I/O instructions"), so without this a guest's user space (a Xen PV kernel in ring 3)
+        reached devices its kernel (Xen) keeps for itself. If so, the instruction is undone on
+        the way out (``_io_refused``)."""
+        uc, x86 = self.uc, self._x86
+        cs = uc.reg_read(x86.UC_X86_REG_CS)
+        flags = uc.reg_read(self._flags_id)
+        if not cs & 3 and not flags & VM:
+            return False  # CPL 0, or real mode
+        if not self._read_cr0() & 1:
+            return False
+        if cs & 3 <= (flags >> 12) & 3 and not flags & VM:
+            return False
+        if self._io_bitmap_grants(port, size):
+            return False
+        self._io_fault = (uc.reg_read(self._ip_id), [uc.reg_read(r) for r in self._io_regs])
+        self._event = _IO_DENIED
+        uc.emu_stop()
+        return True
+
+    def _io_bitmap_grants(self, port: int, size: int) -> bool:
+        # QEMU's check_io: the two bytes holding the port's bits must lie inside the TSS limit.
+        _selector, base, limit, _flags = self.uc.reg_read(self._x86.UC_X86_REG_TR)
+        s = self.get_sregs()
+        mode = PagingMode(s.cr0, s.cr3, s.cr4, s.efer)
+        try:
+            if limit < 0x67:
+                return False
+            iomap = int.from_bytes(read_virtual(self.memory, mode, base + 0x66, 2), "little")
+            offset = iomap + (port >> 3)
+            if offset + 1 > limit:
+                return False
+            bits = int.from_bytes(read_virtual(self.memory, mode, base + offset, 2), "little")
+        except (PageFault, GuestMemoryError):
+            return False
+        return not (bits >> (port & 7)) & ((1 << size) - 1)
+
+    def io_unchanged_result(self, size: int) -> int:
+        """What a refused IN hands unicorn: the accumulator as it is (restored anyway)."""
+        return self.uc.reg_read(self._gpr_ids[0]) & ((1 << (8 * size)) - 1)
+
+    def _io_refused(self) -> kx.VcpuExit | None:
+        # Unicorn finished the instruction after the hook: put back RIP (the hook saw the
+        # instruction's own address) and what it changed in the registers, then #GP(0).
+        rip, values = self._io_fault
+        uc = self.uc
+        uc.reg_write(self._ip_id, rip)
+        for reg, value in zip(self._io_regs, values):
+            uc.reg_write(reg, value)
+        return self._deliver(Event(13, 0))
 
     def on_syscall(self) -> None:
         self._event = _SYSCALL  # unicorn moves RIP past the instruction once this returns
@@ -254,6 +318,8 @@ class UnicornEngine(Engine):
             return self._do_syscall()
         if event is _SYSENTER:
             return self._do_sysenter()
+        if event is _IO_DENIED:
+            return self._io_refused()
         if event.software:
             event.insn_length = self._int_length(event.vector)
         return self._deliver(event)
@@ -493,7 +559,8 @@ class UnicornEngine(Engine):
                 slicer.end()
                 self.emu_seconds += time.perf_counter() - t0
                 self._raise_hook_failure()
-                problem = self._fault(exc)
+                # A refused IN/OUT came first (unicorn ran on to an invalid opcode after it).
+                problem = self._take_event() if self._event is _IO_DENIED else self._fault(exc)
                 if problem is not None:
                     return problem
                 continue
