@@ -11,10 +11,6 @@ from conftest import REPO, hvmrun, recipe_image
 
 
 @pytest.mark.slow
-# Measured here: 3 of 5 boots reach dom0's init (95-145 s); in the others dom0 stops printing early
-# (last seen at "PCI: System does not support PCI") with vCPU 0 reading the UART's IIR in a loop
-# and vCPU 1 idle. Until that is understood (issue 17) a hang is reported, not a red build.
-@pytest.mark.xfail(reason="Xen + dom0 under unicorn hangs in some boots (issue 17)", strict=False)
 def test_xen_boots_a_linux_dom0_that_sees_xen_and_two_cpus(linux_image):
     xen = recipe_image("xen", "Xen")
     if str(REPO) not in sys.path:
