@@ -192,8 +192,11 @@ class UnicornEngine(Engine):
         self._gpr_ids += [getattr(x86, f"UC_X86_REG_R{i}") for i in range(8, 16)]
         self._ip_id = x86.UC_X86_REG_RIP
         self._flags_id = x86.UC_X86_REG_RFLAGS
-        # What IN/INS/OUTS change: the accumulator, the count and the string pointers.
-        self._io_regs = [x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI]
+        # Unicorn carries on past a hook's stop request until the next memory access or block
+        # end, so the instructions after a refused IN/OUT may run: every register and the flags
+        # are put back. (A store among them has happened; the guest redoes it when it runs that
+        # code again after its #GP handler.)
+        self._io_regs = [*self._gpr_ids, self._flags_id]
         self._io_fault: tuple[int, list[int]] | None = None
         self._state_ids = [*self._gpr_ids, self._ip_id, self._flags_id]
         self._x86 = x86
@@ -260,9 +263,10 @@ class UnicornEngine(Engine):
             return False
         if self._io_bitmap_grants(port, size):
             return False
-        self._io_fault = (uc.reg_read(self._ip_id), [uc.reg_read(r) for r in self._io_regs])
-        self._event = _IO_DENIED
-        uc.emu_stop()
+        if self._event is not _IO_DENIED:   # the first refusal is the one that faults
+            self._io_fault = (uc.reg_read(self._ip_id), [uc.reg_read(r) for r in self._io_regs])
+            self._event = _IO_DENIED
+            uc.emu_stop()
         return True
 
     def _io_bitmap_grants(self, port: int, size: int) -> bool:
@@ -287,8 +291,8 @@ class UnicornEngine(Engine):
         return self.uc.reg_read(self._gpr_ids[0]) & ((1 << (8 * size)) - 1)
 
     def _io_refused(self) -> kx.VcpuExit | None:
-        # Unicorn finished the instruction after the hook: put back RIP (the hook saw the
-        # instruction's own address) and what it changed in the registers, then #GP(0).
+        # Put back RIP (the hook saw the instruction's own address) and the registers as they
+        # were before it, then #GP(0).
         rip, values = self._io_fault
         uc = self.uc
         uc.reg_write(self._ip_id, rip)
