@@ -20,23 +20,10 @@ _start: lea kstack_top(%rip), %rsp
         xor %ecx, %ecx
         call set_gate
 
-        /* U on the walk to 2-4 MiB: PML4[0], PDPT[0] and the 2 MiB PD entry 1. */
-        mov %cr3, %rax
-        and $~0xfff, %rax
-        orq $4, (%rax)
-        mov (%rax), %rax
-        and $~0xfff, %rax
-        orq $4, (%rax)
-        mov (%rax), %rax
-        and $~0xfff, %rax
-        orq $4, 8(%rax)
-        mov %cr3, %rax
-        mov %rax, %cr3
-
-        lea user_code(%rip), %rsi
+        lea user_code(%rip), %rsi        /* the user routine, at USER for CPL3 */
         mov $USER, %edi
         mov $(user_end - user_code), %ecx
-        rep movsb
+        call user_page
 
         mov $7, %eax
         xor %ecx, %ecx

@@ -51,6 +51,24 @@ set_gate:
         movl $0, 12(%rdi)
         ret
 
+/* user_page: let CPL3 reach the 2 MiB page at 2-4 MiB of hvm's identity tables (U on PML4[0],
+   PDPT[0] and PD entry 1) and copy %ecx bytes from %rsi to %rdi (inside that page) for it to run.
+   Clobbers %rax, %rcx, %rsi and %rdi. */
+user_page:
+        mov %cr3, %rax
+        and $~0xfff, %rax
+        orq $4, (%rax)
+        mov (%rax), %rax
+        and $~0xfff, %rax
+        orq $4, (%rax)
+        mov (%rax), %rax
+        and $~0xfff, %rax
+        orq $4, 8(%rax)
+        mov %cr3, %rax
+        mov %rax, %cr3
+        rep movsb
+        ret
+
 /* user_iret: continue at CPL3 at %rax on the stack %rdx, interrupts enabled. */
 user_iret:
         push $UDATA
