@@ -24,15 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # importable however we are started
+from bench_vs_qemu import EX_ABSENT, EX_BROKEN, EX_MISSED, EX_OK, REPO, BenchError  # noqa: E402
+
 TARGET = 2.0
 MEMORY = "256M"
 APPEND = "console=ttyS0 hvm.run='grep -c processor /proc/cpuinfo'"
-EX_OK, EX_MISSED, EX_ABSENT, EX_BROKEN = 0, 1, 2, 3
-
-
-class BenchError(RuntimeError):
-    """A run that produced no usable measurement."""
 
 
 def _images() -> Path:
@@ -55,9 +52,9 @@ def _qemu_cmd(qemu: str, out: Path, cpus: int) -> list[str]:
             "-kernel", str(out / "vmlinuz"), "-initrd", str(out / "initramfs.cpio"), "-append", APPEND]
 
 
-def run_once(cmd: list[str], cpus: int, timeout: float) -> tuple[float, str, str]:
-    """Wall seconds from start to exit, stdout, stderr; BenchError unless the guest counted
-    ``cpus`` processors and the VMM exited 0."""
+def run_to_poweroff(cmd: list[str], timeout: float, lines: list[str]) -> tuple[float, str, str]:
+    """Wall seconds from start to exit, stdout, stderr; BenchError unless the VMM exited 0 and the
+    guest printed a whole line matching each regular expression in ``lines``."""
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -65,9 +62,15 @@ def run_once(cmd: list[str], cpus: int, timeout: float) -> tuple[float, str, str
         raise BenchError(f"{cmd[0]}: no poweroff within {timeout:g} s") from None
     wall = time.perf_counter() - t0
     out, err = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-    if r.returncode != 0 or not re.search(rf"^{cpus}\r?$", out, re.M):
-        raise BenchError(f"{cmd[0]} exited {r.returncode} without printing {cpus}:\n{out[-1500:]}\n{err[-1500:]}")
+    if r.returncode != 0 or not all(re.search(rf"^{line}$", out, re.M) for line in lines):
+        raise BenchError(f"{cmd[0]} exited {r.returncode} without printing {lines}:\n{out[-1500:]}\n"
+                         f"{err[-1500:]}")
     return wall, out, err
+
+
+def run_once(cmd: list[str], cpus: int, timeout: float) -> tuple[float, str, str]:
+    """``run_to_poweroff`` of a guest that counts ``cpus`` processors."""
+    return run_to_poweroff(cmd, timeout, [rf"{cpus}\r?"])
 
 
 def main(argv: list[str] | None = None) -> int:
