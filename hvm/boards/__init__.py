@@ -19,7 +19,6 @@ class Board:
     """A kind of machine; ``attach`` runs before the vCPUs exist, ``boot`` after the devices."""
 
     name = "board"
-    description = ""
 
     def attach(self, machine: "Machine") -> None:
         """Add the board's devices to ``machine``'s buses."""

@@ -34,7 +34,6 @@ class DirectBoard(Board):
     """A PC without firmware: the kernel given with ``--kernel`` runs first."""
 
     name = "direct"
-    description = "kernel loaded by hvm (multiboot, Linux bzImage/vmlinux, PVH, flat binaries)"
 
     def __init__(self) -> None:
         self.legacy: LegacyDevices | None = None
@@ -43,14 +42,15 @@ class DirectBoard(Board):
         self.testdev: PcTestdev | None = None
 
     def attach(self, machine: "Machine") -> None:
-        self.legacy = add_legacy_devices(machine)
+        testdev = "pc-testdev" in machine.config.devices
+        self.legacy = add_legacy_devices(machine, debugcon_port=not testdev)   # 0xe9 is pc-testdev's
         machine.add_port_device(ACPI_PM_BASE, ACPI_PM_LENGTH, AcpiPm(
             lambda: machine.finish(Outcome(End.POWEROFF, message="guest powered off"))))
         self.fw_cfg = fw_cfg = FwCfg(machine.memory)
         machine.add_port_device(FW_CFG_PORT, 2, fw_cfg.ports, "fw_cfg")
         machine.add_port_device(DMA_PORT, DMA_LENGTH, fw_cfg.dma, "fw_cfg")
         self._describe(machine, fw_cfg)
-        if "pc-testdev" in machine.config.devices:
+        if testdev:
             self.testdev = PcTestdev(lambda gsi, level: machine.irq(gsi).set_level(level))
             self.testdev.attach(machine.add_port_device, machine.add_mmio_device)
 

@@ -29,13 +29,14 @@ class LegacyDevices:
     i8042: I8042
 
 
-def add_legacy_devices(machine: "Machine") -> LegacyDevices:
-    """Attach the devices every PC has, wired to ``machine``'s interrupt lines and lifecycle."""
+def add_legacy_devices(machine: "Machine", debugcon_port: bool = True) -> LegacyDevices:
+    """Attach the devices every PC has, wired to ``machine``'s interrupt lines and lifecycle;
+    ``debugcon_port`` False leaves port 0xE9 to another device (pc-testdev's byte port, as in QEMU)."""
     cfg = machine.config
     output = BufferBackend()
     debugcon = DebugCon(machine.output_backend("--debugcon", cfg.debugcon, output))
     post = PostCode()
-    if "pc-testdev" not in cfg.devices:   # its byte port covers 0xe8-0xeb, as in QEMU
+    if debugcon_port:
         machine.add_port_device(DEBUGCON_PORT, 1, debugcon)
     machine.add_port_device(POST_PORT, 1, post)
     machine.add_port_device(DEBUG_EXIT_PORT, DEBUG_EXIT_LEN, DebugExit(machine.debug_exit))

@@ -66,6 +66,7 @@ class FwCfg:
         self._lock = threading.Lock()
         self._items: dict[int, bytes] = {}
         self._files: dict[str, bytes] = {}
+        self._names: list[str] = []   # file names in directory (selector) order
         self._selected: bytes | None = None
         self._offset = 0
         self._dma_high = 0
@@ -102,19 +103,18 @@ class FwCfg:
 
     def key_of(self, name: str) -> int:
         """The selector of file ``name``."""
-        return f.FILE_FIRST + sorted(self._files).index(name)
+        return f.FILE_FIRST + self._names.index(name)
 
     def _update_directory(self) -> None:
-        names = sorted(self._files)
+        self._names = names = sorted(self._files)
         entries = [dict(size=len(self._files[n]), select=f.FILE_FIRST + i, name=n) for i, n in enumerate(names)]
         self._items[f.FILE_DIR] = f.FileDirectory.build(dict(count=len(entries), files=entries))
 
     def _item(self, key: int) -> bytes | None:
         key &= _ENTRY_MASK
         if f.FILE_FIRST <= key < f.ARCH_LOCAL:
-            names = sorted(self._files)
             index = key - f.FILE_FIRST
-            return self._files[names[index]] if index < len(names) else None
+            return self._files[self._names[index]] if index < len(self._names) else None
         return self._items.get(key)
 
     # -- the guest's side ---------------------------------------------------------------------------

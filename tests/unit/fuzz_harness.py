@@ -349,7 +349,7 @@ def _fw_cfg(clock: FakeClock) -> Rig:
     cfg.add_file("opt/big", bytes(range(256)) * 4)
     rig.port(FW_CFG_PORT, 2, cfg.ports, cfg)
     rig.port(DMA_PORT, DMA_LENGTH, cfg.dma, cfg)
-    rig.container_limits["_files"] = 8
+    rig.container_limits["_files"] = rig.container_limits["_names"] = 8
     rig.container_limits["_items"] = 16
     rig.container_limits["_selected"] = 1024   # the largest item (opt/big)
 
