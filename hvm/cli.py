@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "66 missing file; 69 no usable /dev/kvm, or the guest needs what this host's KVM cannot do; "
                        "70 internal error.")
     p.add_argument("-M", "--machine", choices=BOARD_NAMES, default="direct",
-                   help="the board: direct (hvm loads --kernel and stands in for the firmware; the default)")
+                   help="the board: direct (hvm loads --kernel and stands in for the firmware; the default) "
+                        "or pc (QEMU's pc machine: i440FX/PIIX, booted by firmware, see --bios)")
+    p.add_argument("--bios", metavar="PATH",
+                   help="-M pc: the firmware image (default: SeaBIOS's bios-256k.bin from `python3 -m images "
+                        "seabios`, else the host's /usr/share/seabios)")
     p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
                    help="guest RAM, e.g. 64M, 1G (default 128M; a bare number means MiB)")
     p.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fw-cfg", action="append", default=[], metavar="NAME,file=PATH|NAME,string=TEXT",
                    help="a named fw_cfg file for the guest, as QEMU's -fw_cfg (repeatable; names should "
                         "start with opt/)")
-    p.add_argument("--flat-mode", choices=[m.value for m in Mode],
+    p.add_argument("--flat-mode", choices=[m.value for m in Mode if m is not Mode.RESET],
                    help="run an image hvm does not recognise as a raw binary entered in this mode (without "
                         "it only a boot sector, 55 AA at byte 510, runs raw: in real mode at 0x7c00)")
     p.add_argument("--load-addr", type=_int, metavar="ADDR",
@@ -104,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
     return MachineConfig(
-        machine=args.machine, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
+        machine=args.machine, bios=args.bios, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module],
         fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg], devices=args.device,
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
@@ -149,8 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     from .host import host_info
 
     cfg = config_from_args(args)
-    if cfg.kernel is None:
-        raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
+    cfg.validate()
     banner = host_info(cfg.kvm_path).banner()
     first = True
     # --timeout bounds the whole run, reboots included.
@@ -183,7 +186,7 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
             if machine.kvm_emulates:
                 _say(f"warning: {KVM_USERSPACE_LIMIT}")
         if args.verbose:
-            _say(f"booting {cfg.kernel}: {machine.entry.description or machine.entry.mode.value} "
+            _say(f"booting {cfg.kernel or machine.board.name}: {machine.entry.description or machine.entry.mode.value} "
                  f"entry {machine.entry.entry:#x}, {cfg.memory >> 20} MiB, {cfg.cpus} vCPU(s)")
         left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         outcome = machine.run(timeout=None if left is None else left)

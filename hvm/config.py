@@ -110,8 +110,11 @@ DECOMPRESS_CHOICES = ("auto", "host", "guest")
 class MachineConfig:
     """Everything a Machine is built from."""
 
-    # The board: "direct" (hvm loads the kernel and stands in for the firmware).
+    # The board: "direct" (hvm loads the kernel and stands in for the firmware) or "pc" (firmware
+    # boots the machine as on QEMU's pc machine).
     machine: str = "direct"
+    # The pc board's firmware image (None: SeaBIOS from the seabios recipe or the host).
+    bios: str | None = None
     memory: int = 128 * MiB
     cpus: int = 1
     kernel: str | None = None
@@ -165,8 +168,13 @@ class MachineConfig:
                               f"{', '.join(DECOMPRESS_CHOICES)})")
         if self.machine not in BOARD_NAMES:
             raise ConfigError(f"unknown machine {self.machine!r} (choose from {', '.join(BOARD_NAMES)})")
-        if self.kernel is None:
+        if self.machine == "pc":
+            if self.kernel is not None:
+                raise ConfigError("-M pc boots through its firmware; --kernel is for -M direct (the default)")
+        elif self.kernel is None:
             raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
+        elif self.bios is not None:
+            raise ConfigError("--bios is for -M pc: the direct board runs no firmware")
         if self.initrd is not None and self.modules:
             raise ConfigError("--initrd and --module cannot be combined")
         self.devices = [d for d in (parse_device(spec) for spec in self.devices) if d]
@@ -181,6 +189,8 @@ class MachineConfig:
                                   f"{FW_CFG_NAME_LIMIT} characters")
             if f.path is not None and os.path.isfile(f.path) and os.path.getsize(f.path) > FW_CFG_FILE_LIMIT:
                 raise ConfigError(f"--fw-cfg {f.name}: {f.path} is larger than {FW_CFG_FILE_LIMIT >> 20} MiB")
+        if self.bios is not None and not os.path.exists(self.bios):
+            raise MissingFileError(self.bios)   # the board says what is wrong with one that exists
         for path in [self.kernel, self.initrd, *(m.path for m in self.modules),
                      *(f.path for f in self.fw_cfg if f.path is not None)]:
             if path is not None and not os.path.isfile(path):

@@ -29,6 +29,7 @@ from .engine.kvm import KvmEngine
 from .host import HostInfo, choose_accel, host_info, open_kvm
 from .irq import IrqLine
 from .memory import GuestMemory
+from .physmap import Window
 from .console_watch import PANIC, RUN_INIT, LineWatch, last_lines
 from .outcome import End, GuestCrash, Outcome
 from .serial import BufferBackend, SerialBackend, StdioBackend, backend_from_spec
@@ -261,12 +262,14 @@ class Machine:
     def _build(self, serial_backends, on_quit) -> None:
         cfg = self.config
         self.memory = GuestMemory(cfg.memory)
+        self.physmap = self.board.memory_map(self.memory, cfg)
         if self.kvm is not None:
             self.vm = self.kvm.create_vm()
             self.vm.set_tss_addr(layout.KVM_TSS)
             self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP)
-            for slot, region in enumerate(self.memory.regions):
-                self.vm.set_user_memory_region(slot, region.gpa, region.size, region.host_addr)
+            self._slots: dict[Window, int] = {}
+            self._map_slots([], self.physmap.windows())
+            self.physmap.subscribe(self._map_slots)
             self.vm.create_irqchip()
             self.vm.set_gsi_routing(_pc_gsi_routes())
             self.vm.create_pit2()
@@ -290,7 +293,7 @@ class Machine:
             from .engine.fallback import FallbackExecutor
 
             self.fallback = FallbackExecutor(self.memory, self.mmio, self.pio.read, self.pio.write,
-                                             say=_say if cfg.verbose else None)
+                                             say=_say if cfg.verbose else None, physmap=self.physmap)
         self.entry: EntryState = self.board.boot(self)
         if self.vm is not None:
             supported = self.kvm.supported_cpuid()
@@ -307,6 +310,18 @@ class Machine:
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
         bsp.set_regs(regs)
+
+    def _map_slots(self, removed: list[Window], added: list[Window]) -> None:
+        # One KVM memory slot per window; a read-only one makes the guest's stores exit as MMIO,
+        # where the board's device for that range decides what they mean.
+        for window in removed:
+            self.vm.set_user_memory_region(self._slots.pop(window), window.gpa, 0, 0)
+        used = set(self._slots.values())
+        free = (n for n in range(1 << 15) if n not in used)
+        for window in added:
+            slot = self._slots[window] = next(free)
+            self.vm.set_user_memory_region(slot, window.gpa, window.size, window.host_addr,
+                                           lib.KVM_MEM_READONLY if window.readonly else 0)
 
     @property
     def com_ports(self) -> list[tuple[int, int]]:
@@ -421,7 +436,7 @@ class Machine:
         from .engine.unicorn import UnicornEngine
 
         ncpus = self.config.cpus
-        core = UnicornCore(self.memory, self.mmio, on_failure=self.internal_error)
+        core = UnicornCore(self.memory, self.mmio, on_failure=self.internal_error, physmap=self.physmap)
         self._unicorn_engines = engines = [
             UnicornEngine(self.memory, self.mmio, core=core, index=i, ncpus=ncpus, started=i == 0)
             for i in range(ncpus)]
@@ -462,7 +477,7 @@ class Machine:
 
     def add_mmio_device(self, base: int, length: int, device: Device, name: str | None = None) -> None:
         """Attach a device to guest-physical ``[base, base+length)`` (outside RAM)."""
-        if any(r.gpa < base + length and base < r.end for r in self.memory.regions):
+        if any(w.gpa < base + length and base < w.end for w in self.physmap.windows() if not w.readonly):
             raise ValueError(f"MMIO range {base:#x}+{length:#x} overlaps guest RAM")
         self.mmio.register(base, length, device, name)
 

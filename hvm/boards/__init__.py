@@ -12,13 +12,23 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..boot.entry import EntryState
+    from ..config import MachineConfig
     from ..machine import Machine
+    from ..memory import GuestMemory
+    from ..physmap import PhysMap
 
 
 class Board:
     """A kind of machine; ``attach`` runs before the vCPUs exist, ``boot`` after the devices."""
 
     name = "board"
+
+    def memory_map(self, memory: "GuestMemory", config: "MachineConfig") -> "PhysMap":
+        """What the CPUs see of guest-physical space (before any engine maps it): all of RAM,
+        unless the board has ROMs or holes."""
+        from ..physmap import PhysMap
+
+        return PhysMap(memory)
 
     def attach(self, machine: "Machine") -> None:
         """Add the board's devices to ``machine``'s buses."""
@@ -30,11 +40,12 @@ class Board:
 
 def _boards() -> dict[str, type[Board]]:
     from .direct import DirectBoard
+    from .pc import PcBoard
 
-    return {board.name: board for board in (DirectBoard,)}
+    return {board.name: board for board in (DirectBoard, PcBoard)}
 
 
-BOARD_NAMES = ("direct",)
+BOARD_NAMES = ("direct", "pc")
 
 
 def board_for(name: str) -> Board:

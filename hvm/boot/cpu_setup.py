@@ -23,6 +23,7 @@ _GDT = [0, _CODE64, _DATA, _CODE32]
 _LINUX_GDT = [0, 0, _CODE64, _DATA]
 
 CR0_PE, CR0_ET, CR0_PG = 1, 0x10, 1 << 31
+RESET_CR0 = 0x6000_0010
 CR4_PAE = 1 << 5
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 
@@ -58,6 +59,19 @@ def entry_cpu_state(mem: GuestMemory, entry: EntryState) -> tuple[Regs, SRegs]:
             raise ConfigError(f"loader asked for unknown register {name!r}")
         setattr(regs, attr, value)
     sregs = SRegs()
+    if entry.mode == Mode.RESET:
+        # SDM vol. 3A §9.1.1 table 9-1: real mode with CS.base FFFF0000 until the first far jump,
+        # so the first instruction is at FFFFFFF0; CD and NW set (caches off).
+        sregs.cs = Segment(base=entry.entry & ~0xFFFF, limit=0xFFFF, selector=0xF000, type=0xB, present=1,
+                           dpl=0, db=0, s=1, l=0, g=0)
+        regs.rip = entry.entry & 0xFFFF
+        for name in ("ds", "es", "fs", "gs", "ss"):
+            setattr(sregs, name, _real(0, False))
+        sregs.cr0 = RESET_CR0
+        sregs.gdt = DTable(0, 0xFFFF)
+        sregs.idt = DTable(0, 0xFFFF)
+        _system_segments(sregs)
+        return regs, sregs
     if entry.mode == Mode.REAL:
         cs = entry.real_cs or 0
         regs.rip = entry.entry - (cs << 4)

@@ -11,6 +11,7 @@ class Mode(str, Enum):
     REAL = "real"            # 16-bit real mode, CS:IP
     PROTECTED = "protected"  # 32-bit flat protected mode, paging off
     LONG = "long"            # 64-bit mode, identity-mapped page tables built by hvm
+    RESET = "reset"          # a CPU after RESET: real mode at the reset vector, CS base FFFF0000
 
 
 @dataclass

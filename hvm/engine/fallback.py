@@ -33,6 +33,7 @@ from .state import Regs
 
 if TYPE_CHECKING:
     from ..vcpu import EmulationEvent
+    from ..physmap import PhysMap
     from .unicorn import UnicornEngine
 
 _VEC_DB, _VEC_BP, _VEC_OF, _VEC_PF = 1, 3, 4, 14
@@ -70,8 +71,9 @@ class FallbackExecutor:
     """An emulation-failure hook (``Machine.emulation_fallbacks``) for KVM vCPUs."""
 
     def __init__(self, memory: GuestMemory, mmio: MmioBus, pio_read: Callable[[int, int], int],
-                 pio_write: Callable[[int, int, int], None], say: Callable[[str], None] | None = None):
-        self.memory, self.mmio = memory, mmio
+                 pio_write: Callable[[int, int, int], None], say: Callable[[str], None] | None = None,
+                 physmap: "PhysMap | None" = None):
+        self.memory, self.mmio, self.physmap = memory, mmio, physmap
         self._pio = (pio_read, pio_write)
         self._say = say
         self._stepper: UnicornEngine | None = None
@@ -89,7 +91,7 @@ class FallbackExecutor:
         if self._stepper is None:
             from .unicorn import UnicornEngine  # unicorn is loaded only when first needed
 
-            self._stepper = UnicornEngine(self.memory, self.mmio)
+            self._stepper = UnicornEngine(self.memory, self.mmio, physmap=self.physmap)
             self._stepper.serve_port_io(*self._pio)
         return self._stepper
 

@@ -22,9 +22,12 @@ from collections import deque
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from kvmffi import ffi
+
 from ..bus import MmioBus
 from ..errors import HostError
-from ..memory import HIGHMEM_BASE, GuestMemory
+from ..memory import GuestMemory
+from ..physmap import PhysMap, Window
 from ..threads import Failure
 from . import uc_context
 from .uc_slicer import Slicer
@@ -39,20 +42,6 @@ def _uc():
     import unicorn  # imported only when the software engine is chosen
     from unicorn import x86_const
     return unicorn, x86_const
-
-
-def _mmio_holes(memory: GuestMemory) -> list[tuple[int, int]]:
-    """Page-aligned gaps between RAM regions below 4 GiB: the guest-physical MMIO space."""
-    holes, cursor = [], 0
-    for r in sorted(memory.regions, key=lambda r: r.gpa):
-        if r.gpa >= HIGHMEM_BASE:
-            break
-        if r.gpa > cursor:
-            holes.append((cursor, r.gpa - cursor))
-        cursor = max(cursor, r.end)
-    if cursor < HIGHMEM_BASE:
-        holes.append((cursor, HIGHMEM_BASE - cursor))
-    return holes
 
 
 def _stop_hook(uc):
@@ -141,8 +130,11 @@ class UnicornCore:
     """The unicorn instance, its hooks (which act for the vCPU whose turn it is), the slicer
     thread that ends time slices, and the switching of vCPU contexts."""
 
-    def __init__(self, memory: GuestMemory, mmio: MmioBus, on_failure: Failure | None = None):
+    def __init__(self, memory: GuestMemory, mmio: MmioBus, on_failure: Failure | None = None,
+                 physmap: PhysMap | None = None):
         self.memory, self.mmio = memory, mmio
+        self.physmap = physmap if physmap is not None else PhysMap(memory)
+        self._undo: list[tuple[int, bytes]] = []  # stores unicorn made into read-only windows
         self.on_failure = on_failure  # for the slicer thread: its death would leave slices unended
         self.uc = None
         self.current: UnicornEngine | None = None
@@ -171,10 +163,12 @@ class UnicornCore:
         # unicorn's default: Broadwell is the newest one whose features QEMU 5's TCG executes
         # (SSE4.2, POPCNT, AES, PCLMULQDQ, MOVBE, BMI1/2, ADX, SMAP; AVX is filtered out).
         uc.ctl_set_cpu_model(getattr(x86, f"UC_CPU_X86_{CPU_MODEL}"))
-        for r in self.memory.regions:
-            uc.mem_map_ptr(r.gpa, r.size, unicorn.UC_PROT_ALL, r.host_addr)
-        for base, size in _mmio_holes(self.memory):
+        for window in self.physmap.windows():
+            self._map(uc, window)
+        for base, size in self.physmap.holes():
             uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
+        self.physmap.subscribe(self._remap)
+        uc.hook_add(unicorn.UC_HOOK_MEM_WRITE_PROT, self._write_protected)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._in, None, 1, 0, x86.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._out, None, 1, 0, x86.UC_X86_INS_OUT)
         # No `until` address: emu_start walks the guest's page tables for it, and when it is not
@@ -198,6 +192,54 @@ class UnicornCore:
         self.current = engine
         for e in self.engines:
             e.bind(self)
+
+    # -- the memory map --------------------------------------------------------------------------
+    @staticmethod
+    def _map(uc, window: Window) -> None:
+        unicorn, _ = _uc()
+        perms = unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC if window.readonly else unicorn.UC_PROT_ALL
+        uc.mem_map_ptr(window.gpa, window.size, perms, window.host_addr)
+
+    def _remap(self, removed: list[Window], added: list[Window]) -> None:
+        # On the thread that changed the map (a vCPU's port hook, inside emu_start: unicorn
+        # allows it, and drops translated code of the range, measured with 2.1.4).
+        uc = self.uc
+        if uc is None:
+            return
+        unicorn, _ = _uc()
+        same = {(w.gpa, w.size, w.host_addr): w for w in added}
+        for window in removed:
+            twin = same.pop((window.gpa, window.size, window.host_addr), None)
+            if twin is not None:   # the same memory, other permissions: code running there survives
+                uc.mem_protect(window.gpa, window.size, unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC
+                               if twin.readonly else unicorn.UC_PROT_ALL)
+                continue
+            uc.mem_unmap(window.gpa, window.size)
+        for window in added:
+            if (window.gpa, window.size, window.host_addr) in same:
+                self._map(uc, window)
+
+    def _write_protected(self, uc, _access, addr: int, size: int, value: int, _user) -> bool:
+        # A store into a read-only window: the MMIO bus says what it means (the board's
+        # device there), but unicorn stores into the window's memory anyway once this returns
+        # (measured with 2.1.4). The bytes there now are put back at the slice's end, which
+        # comes at the next block.
+        window = self.physmap.window_at(addr)
+        if window is not None:
+            end = min(addr + size, window.end)
+            self._undo.append((window.host_addr + addr - window.gpa,
+                               bytes(ffi.buffer(ffi.cast("char *", window.host_addr + addr - window.gpa),
+                                                end - addr))))
+        self._mmio_write(uc, addr, size, value, 0)
+        if self.current is not None:
+            self.current.poke()
+        return True
+
+    def after_slice(self) -> None:
+        """Undo the stores unicorn made into read-only memory during the last slice."""
+        while self._undo:
+            host_addr, old = self._undo.pop()
+            ffi.memmove(ffi.cast("char *", host_addr), old, len(old))
 
     # -- turns ----------------------------------------------------------------------------------
     def switch_to(self, engine: "UnicornEngine") -> None:

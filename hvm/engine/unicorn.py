@@ -35,6 +35,7 @@ from kvmffi import exits as kx
 
 from ..bus import MmioBus
 from ..memory import GuestMemory, GuestMemoryError
+from ..physmap import PhysMap
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
 from . import uc_context, uc_cpuid
@@ -150,7 +151,7 @@ class UnicornEngine(Engine):
 
     def __init__(self, memory: GuestMemory, mmio: MmioBus, *,
                  core: UnicornCore | None = None, index: int = 0, ncpus: int = 1,
-                 started: bool = True):
+                 started: bool = True, physmap: PhysMap | None = None):
         self.memory = memory
         self.mmio = mmio
         self.index = index
@@ -177,7 +178,7 @@ class UnicornEngine(Engine):
         self._halted = False
         self._started = started
         self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=index, ncpus=ncpus)
-        self._core = core if core is not None else UnicornCore(memory, mmio)
+        self._core = core if core is not None else UnicornCore(memory, mmio, physmap=physmap)
         self._core.add(self)
 
     # -- setup ----------------------------------------------------------------------------------
@@ -587,6 +588,7 @@ class UnicornEngine(Engine):
             self._halted = True  # emu_start returned on its own: the guest executed HLT
 
     def _raise_hook_failure(self) -> None:
+        self._core.after_slice()
         exc = self._core.take_hook_failure()
         if exc is not None:
             raise exc

@@ -1,0 +1,134 @@
+"""The PC board (``-M pc``): QEMU's ``pc`` machine as firmware sees it, for unmodified guests.
+
+An i440FX host bridge and PIIX3/PIIX4 functions on PCI bus 0, the legacy ISA devices, QEMU's
+fw_cfg, and real firmware (SeaBIOS, ``--bios``) entered at the reset vector: the firmware finds
+the devices, places the BARs, builds its tables and boots. Device numbers follow QEMU's ``pc``
+machine (00.0 host bridge, 01.0 ISA bridge, 01.3 power management) so guests and firmware meet
+the topology they know.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import TYPE_CHECKING
+
+from ..boot.entry import EntryState, Mode
+from ..cache import cache_root
+from ..devices.acpi_pm import AcpiPm, LENGTH as ACPI_PM_LENGTH
+from ..devices.debugcon import DebugCon
+from ..devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
+from ..devices.pci.chipset import I440fxHostBridge, Piix3Isa, Piix4Pm
+from ..devices.pci.host import BusOps, PciHost, devfn
+from ..errors import ConfigError, ImageError
+from ..formats import fw_cfg as keys
+from ..formats.e820 import E820_RAM, E820Entry
+from ..outcome import End, Outcome
+from . import Board
+from .legacy import LegacyDevices, add_legacy_devices
+from .pc_memory import ISA_ROM_BASE, ISA_ROM_SIZE, PcMemoryMap, RomWrites
+
+if TYPE_CHECKING:
+    from ..config import MachineConfig
+    from ..machine import Machine
+    from ..memory import GuestMemory
+    from ..physmap import PhysMap
+
+BIOS_NAME = "bios-256k.bin"
+SEABIOS_LOG_PORT = 0x402   # where SeaBIOS built for QEMU writes its debug log
+# What the reset vector finds (SDM vol. 3A §9.1.4): CS selector F000 with base FFFF0000, IP FFF0.
+RESET_CS, RESET_CS_BASE, RESET_IP = 0xF000, 0xFFFF0000, 0xFFF0
+
+
+def default_bios() -> str | None:
+    """The firmware ``-M pc`` runs without ``--bios``: the seabios recipe's, else the host's."""
+    for directory in (cache_root() / "seabios" / "firmware", "/usr/share/seabios"):
+        path = os.path.join(directory, BIOS_NAME)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_bios(path: str) -> bytes:
+    """The firmware image, checked for what the board can map; ImageError names the problem."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(16 << 20 + 1)
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not a firmware image") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot be read: {exc.strerror}") from None
+    if not data or len(data) % 0x10000 or len(data) > 16 << 20:
+        raise ImageError(path, f"is {len(data)} bytes; a BIOS image is a multiple of 64 KiB, at most 16 MiB")
+    return data
+
+
+class PcBoard(Board):
+    """i440FX + PIIX, SeaBIOS, fw_cfg: what QEMU's ``-machine pc`` gives firmware and guests."""
+
+    name = "pc"
+
+    def __init__(self) -> None:
+        self.legacy: LegacyDevices | None = None
+        self.memory_layout: PcMemoryMap | None = None
+        self.fw_cfg: FwCfg | None = None
+        self.pci: PciHost | None = None
+        self.firmware_log: DebugCon | None = None
+        self.bios_path: str | None = None
+
+    def memory_map(self, memory: "GuestMemory", config: "MachineConfig") -> "PhysMap":
+        path = config.bios or default_bios()
+        if path is None:
+            raise ConfigError(f"-M pc needs firmware: run `python3 -m images seabios` (Debian's SeaBIOS "
+                              f"into hvm's cache) or give --bios PATH")
+        self.bios_path = path
+        self.memory_layout = PcMemoryMap(memory, read_bios(path), os.path.basename(path))
+        return self.memory_layout.physmap
+
+    def attach(self, machine: "Machine") -> None:
+        layout = self.memory_layout
+        machine.mmio.register(ISA_ROM_BASE, ISA_ROM_SIZE, layout, "pam")
+        machine.mmio.register(layout.bios_base, layout.bios.size, RomWrites(), "bios-rom")
+        self.legacy = add_legacy_devices(machine)
+        self.firmware_log = DebugCon(self.legacy.debugcon.backend)
+        machine.add_port_device(SEABIOS_LOG_PORT, 1, self.firmware_log, "firmware-log")
+
+        self.pci = pci = PciHost(BusOps(machine.add_port_device, machine.pio.unregister,
+                                        machine.add_mmio_device, machine.mmio.unregister))
+        pci.attach(machine.add_port_device)
+        pci.add(devfn(0), I440fxHostBridge(layout.set_pam))
+        self.isa = Piix3Isa()
+        pci.add(devfn(1, 0), self.isa)
+        pm = AcpiPm(lambda: machine.finish(Outcome(End.POWEROFF, message="guest powered off")))
+        pci.add(devfn(1, 3), Piix4Pm(pm, ACPI_PM_LENGTH, machine.add_port_device, machine.pio.unregister))
+
+        self.fw_cfg = fw_cfg = FwCfg(machine.memory)
+        machine.add_port_device(FW_CFG_PORT, 2, fw_cfg.ports, "fw_cfg")
+        machine.add_port_device(DMA_PORT, DMA_LENGTH, fw_cfg.dma, "fw_cfg")
+        self._describe(machine, fw_cfg)
+
+    @staticmethod
+    def _describe(machine: "Machine", fw_cfg: FwCfg) -> None:
+        cpus = machine.config.cpus
+        fw_cfg.add_item(keys.UUID, bytes(16))
+        fw_cfg.add_u64(keys.RAM_SIZE, machine.memory.size)
+        fw_cfg.add_u16(keys.NOGRAPHIC, 1)
+        fw_cfg.add_u16(keys.NB_CPUS, cpus)
+        fw_cfg.add_u16(keys.MAX_CPUS, cpus)
+        fw_cfg.add_u16(keys.BOOT_MENU, 0)
+        fw_cfg.add_u32(keys.IRQ0_OVERRIDE, 1)
+        # RAM as it is, holes included: the firmware reserves what it uses (as QEMU's e820 file).
+        fw_cfg.add_file("etc/e820", b"".join(E820Entry.build(dict(addr=r.gpa, size=r.size, type=E820_RAM))
+                                             for r in machine.memory.regions))
+        # No reboot when nothing boots: "No bootable device." and wait (QEMU's default).
+        fw_cfg.add_file("etc/boot-fail-wait", struct.pack("<I", 0xFFFFFFFF))
+        for user_file in machine.config.fw_cfg:
+            try:
+                fw_cfg.add_file(user_file.name, user_file.data())
+            except OSError as exc:
+                raise ConfigError(f"--fw-cfg {user_file.name}: {user_file.path}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ConfigError(f"--fw-cfg {user_file.name}: {exc}") from None
+
+    def boot(self, machine: "Machine") -> EntryState:
+        return EntryState(Mode.RESET, RESET_CS_BASE + RESET_IP, regs={"edx": 0x600},
+                          description="firmware reset vector")

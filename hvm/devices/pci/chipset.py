@@ -1,0 +1,114 @@
+"""The PC's chipset functions on PCI bus 0: the i440FX host bridge (with its PAM registers), the
+PIIX3 PCI-to-ISA bridge (PIRQ routing) and the PIIX4 power-management function (the ACPI PM
+registers, placed where the firmware says).
+
+Register offsets and reset values from Intel's 82441FX PMC datasheet (290549, §3.2: PAM0-PAM6 at
+0x59-0x5F, SMRAM at 0x72) and 82371AB PIIX4 datasheet (290562, §3.1 PIRQRC 0x60-0x63 reset 0x80,
+§7.1 PMBA 0x40, PMREGMISC 0x80 bit 0 PMIOSE); IDs as QEMU's `pc` machine shows them to guests.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..base import Device
+from .config import PciFunction
+
+# Every function of QEMU's machines carries Red Hat's subsystem ID; SeaBIOS recognises QEMU by
+# the host bridge's (and then takes its configuration from fw_cfg).
+QEMU_SUBSYSTEM = (0x1AF4, 0x1100)
+PAM0, PAM_COUNT = 0x59, 7
+SMRAM = 0x72
+PIRQ_ROUTE = 0x60
+PMBA, PMREGMISC, PMIOSE = 0x40, 0x80, 1
+DEVACTB, DEVACTB_APMC_EN = 0x58, 1 << 25
+SMBBA, SMBHSTCFG = 0x90, 0xD2
+
+
+class I440fxHostBridge(PciFunction):
+    """Device 0: the host bridge. ``on_pam(values)`` hears the seven PAM registers after every
+    write that touches them."""
+
+    name = "i440fx"
+
+    def __init__(self, on_pam: Callable[[bytes], None]):
+        super().__init__(0x8086, 0x1237, 0x060000, revision=0x02, subsystem=QEMU_SUBSYSTEM)
+        self.on_pam = on_pam
+        self.writable(PAM0, PAM_COUNT, int.from_bytes(bytes([0x30] + [0x33] * 6), "little"))
+        self.writable(SMRAM, 1, 0x78)    # D_OPEN, D_CLS, D_LCK (no SMM here: nothing else changes)
+        self.set_config(SMRAM, 1, 0x02)
+
+    def pam(self) -> bytes:
+        """The PAM0-PAM6 registers."""
+        return bytes(self.config[PAM0:PAM0 + PAM_COUNT])
+
+    def config_written(self, offset: int, size: int, value: int) -> None:
+        if offset < PAM0 + PAM_COUNT and offset + size > PAM0:
+            self.on_pam(self.pam())
+
+
+class Piix3Isa(PciFunction):
+    """Device 1 function 0: the PCI-to-ISA bridge; a multi-function device (IDE and PM follow)."""
+
+    name = "piix3"
+
+    def __init__(self) -> None:
+        super().__init__(0x8086, 0x7000, 0x060100, header_type=0x80, subsystem=QEMU_SUBSYSTEM)
+        self.set_config(PIRQ_ROUTE, 4, 0x80808080)   # every PIRQ line disabled until routed
+        self.writable(PIRQ_ROUTE, 4, 0x8F8F8F8F)
+        self.writable(0x4C, 1, 0xFF)                 # IORT
+        self.writable(0x4E, 2, 0xFFFF)               # XBCS
+        self.writable(0x69, 1, 0xFE)                 # TOM
+        self.writable(0x6A, 2, 0xFFFF)               # MSTAT
+        self.writable(0xA0, 0x20, (1 << 256) - 1)     # power management (SMI) block, unused
+
+    def pirq_irq(self, pirq: int) -> int | None:
+        """The ISA IRQ PIRQ ``pirq`` (0-3 for A-D) is routed to, or None when disabled."""
+        value = self.config[PIRQ_ROUTE + pirq]
+        return None if value & 0x80 else value & 0x0F
+
+
+class Piix4Pm(PciFunction):
+    """Device 1 function 3: power management; its ACPI register block (``pm``) appears at PMBA
+    when PMREGMISC enables it. ``map_port``/``unmap_port`` place it on the port bus."""
+
+    name = "piix4-pm"
+    BLOCK = 0x40
+
+    def __init__(self, pm: Device, length: int, map_port: Callable[[int, int, Device, str], None],
+                 unmap_port: Callable[[int], None]):
+        super().__init__(0x8086, 0x7113, 0x068000, revision=0x03, irq_pin=1, subsystem=QEMU_SUBSYSTEM)
+        self.pm, self.length = pm, length
+        self._map, self._unmap = map_port, unmap_port
+        self._at: int | None = None
+        self.set_config(PMBA, 4, 1)                  # an I/O base
+        self.writable(PMBA, 4, 0xFFC0)
+        self.writable(PMREGMISC, 1, PMIOSE)
+        # No SMM here: DEVACTB reports the APM-control SMI as already enabled, which tells
+        # firmware SMM is set up and keeps SeaBIOS from waiting on an SMI that never comes (QEMU
+        # does the same with -machine smm=off).
+        self.set_config(DEVACTB, 4, DEVACTB_APMC_EN)
+        self.set_config(SMBBA, 4, 1)
+        self.writable(SMBBA, 4, 0xFFF0)
+        self.writable(SMBHSTCFG, 1, 0x0F)
+
+    @property
+    def pm_base(self) -> int | None:
+        """Where the PM registers decode now."""
+        if not self.config[PMREGMISC] & PMIOSE:
+            return None
+        base = self.config_read(PMBA, 4) & 0xFFC0
+        return base or None
+
+    def config_written(self, offset: int, size: int, value: int) -> None:
+        base = self.pm_base
+        if base == self._at:
+            return
+        if self._at is not None:
+            self._unmap(self._at)
+            self._at = None
+        if base is not None:
+            try:
+                self._map(base, self.length, self.pm, "acpi-pm")
+            except ValueError:
+                return   # collides with another device: the block decodes nothing
+            self._at = base

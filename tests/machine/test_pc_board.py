@@ -1,0 +1,90 @@
+"""The PC board (-M pc) runs Debian's SeaBIOS from the reset vector to "No bootable device."
+under both engines, and SeaBIOS's own log says it found what it finds on QEMU's pc machine:
+the chipset, fw_cfg, the RAM, the CPUs, the keyboard and serial port. The expected lines are
+taken from QEMU's run of the same firmware on the same machine (checked in the test itself)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import hvmrun, recipe_image, unavailable
+from hvm.config import MachineConfig
+from hvm.machine import Machine
+
+# Lines of SeaBIOS's debug log (port 0x402) that QEMU's pc machine gives with `-nodefaults
+# -m 256 -smp N` and hvm's must too; "{n}" is the CPU count.
+EXPECTED = [
+    "Running on QEMU (i440fx)",
+    "Found QEMU fw_cfg",
+    "QEMU fw_cfg DMA interface supported",
+    "qemu/e820: addr 0x0000000000000000 len 0x0000000010000000 [RAM]",
+    "PCI: init bdf=00:00.0 id=8086:1237",
+    "PCI: init bdf=00:01.0 id=8086:7000",
+    "PIIX3/PIIX4 init: elcr=00 0c",
+    "PCI: init bdf=00:01.3 id=8086:7113",
+    "Found {n} cpu(s) max supported {n} cpu(s)",
+    "Found 1 serial ports",
+    "PS2 keyboard initialized",
+    "No bootable device.",
+]
+
+
+@pytest.fixture(scope="module")
+def bios():
+    return recipe_image("seabios", "SeaBIOS") / "bios-256k.bin"
+
+
+def _qemu_log(bios, cpus: int, tmp_path) -> list[str]:
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        unavailable("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    log = tmp_path / "qemu-firmware.log"
+    proc = subprocess.Popen([qemu, "-accel", "tcg", "-machine", "pc", "-nodefaults", "-m", "256", "-smp", str(cpus),
+                             "-bios", str(bios), "-display", "none", "-serial", "null", "-chardev",
+                             f"file,id=log,path={log}", "-device", "isa-debugcon,iobase=0x402,chardev=log"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:   # SeaBIOS waits for ever after "No bootable device."
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (log.exists() and b"No bootable device." in log.read_bytes()):
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    return log.read_text(errors="replace").splitlines()
+
+
+@pytest.mark.parametrize("accel, cpus", [("unicorn", 1), ("unicorn", 2), ("kvm", 1)])
+def test_seabios_finds_the_pc(bios, accel, cpus, tmp_path):
+    expected = [line.format(n=cpus) for line in EXPECTED]
+    qemu = _qemu_log(bios, cpus, tmp_path)
+    assert [line for line in expected if line not in qemu] == [], "QEMU's own log lacks these"
+
+    config = MachineConfig(machine="pc", bios=str(bios), accel=accel, memory="256M", cpus=cpus)
+    with Machine(config) as machine:
+        machine.start()
+        machine.debugcon_output.wait_for("No bootable device.", timeout=90)
+        # With no screen (fw_cfg NOGRAPHIC), SeaBIOS shows its screen on COM1.
+        on_serial = machine.serial.wait_for("No bootable device.", timeout=10)
+        ours = machine.debugcon_output.text.splitlines()
+    assert [line for line in expected if line not in ours] == []
+    assert on_serial
+
+
+@pytest.mark.parametrize("args, code, says", [
+    (["--bios", "/nonexistent/bios.bin"], 66, "/nonexistent/bios.bin"),
+    (["--bios", "/"], 65, "/: is a directory"),
+    (["--bios", "/etc/hostname"], 65, "multiple of 64 KiB"),
+    (["--kernel", "/etc/hostname"], 64, "--kernel is for -M direct"),
+])
+def test_bad_firmware_arguments(args, code, says):
+    r = hvmrun("-M", "pc", "--accel", "unicorn", *args, "--timeout", "10")
+    assert r.returncode == code, r.stderr
+    assert says in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+
+
+def test_bios_only_for_the_pc_board(guests):
+    r = hvmrun("--kernel", str(guests("multiboot")), "--bios", "/etc/hostname")
+    assert r.returncode == 64 and "--bios is for -M pc" in r.stderr.decode()
