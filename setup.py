@@ -18,6 +18,7 @@ setup(
         "unicorn==2.1.4",  # the software engine; its semantics are validated against this version
         "zstandard>=0.19",  # host-side decompression of zstd-compressed kernels
         "lz4>=4.0",  # ... and lz4 ones (gzip, xz, lzma, bzip2 are in the standard library)
+        "pillow>=9",  # the VGA screen as a picture (machine.screen.png(), --screenshot)
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["hvmrun = hvm.cli:main"]},

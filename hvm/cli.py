@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bios", metavar="PATH",
                    help="-M pc: the firmware image (default: SeaBIOS's bios-256k.bin from `python3 -m images "
                         "seabios`, else the host's /usr/share/seabios)")
+    p.add_argument("--vga", choices=["std", "none"], default="std",
+                   help="-M pc: the display adapter, as QEMU's -vga (std: standard VGA with the Bochs VBE "
+                        "extension and SeaBIOS's VGA BIOS; the default)")
+    p.add_argument("--screenshot", metavar="PATH",
+                   help="-M pc: write the screen as a PNG picture to PATH when the guest stops")
     p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
                    help="guest RAM, e.g. 64M, 1G (default 128M; a bare number means MiB)")
     p.add_argument("-c", "--cpus", type=int, default=1, metavar="N", help="number of vCPUs (default 1)")
@@ -108,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
     return MachineConfig(
-        machine=args.machine, bios=args.bios, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
+        machine=args.machine, bios=args.bios, vga=args.vga, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module],
         fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg], devices=args.device,
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
@@ -154,6 +159,8 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.validate()
+    if args.screenshot and (cfg.machine != "pc" or cfg.vga == "none"):
+        raise ConfigError("--screenshot needs a screen: -M pc with --vga std")
     banner = host_info(cfg.kvm_path).banner()
     first = True
     # --timeout bounds the whole run, reboots included.
@@ -164,6 +171,15 @@ def _run(args: argparse.Namespace) -> int:
             return code
         _say("the guest reset the machine: booting again (--no-reboot exits instead)")
         first = False
+
+
+def _screenshot(machine, path: str) -> None:
+    """The screen as the guest left it, as a PNG; a file that cannot be written is reported."""
+    try:
+        with open(path, "wb") as f:
+            f.write(machine.screen.png())
+    except OSError as exc:
+        _say(f"--screenshot {path}: {exc.strerror}")
 
 
 def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool,
@@ -195,6 +211,8 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
         if outcome.end == End.TIMEOUT and cfg.timeout is not None:
             outcome.message = f"timed out after {cfg.timeout:g} s"   # counted across reboots
         _report(outcome, args.verbose)
+        if args.screenshot:
+            _screenshot(machine, args.screenshot)
         if args.stats:
             sys.stderr.write(machine.stats().format() + "\n")
         return outcome.exit_code

@@ -104,6 +104,7 @@ def parse_device(spec: str) -> str:
 
 
 DECOMPRESS_CHOICES = ("auto", "host", "guest")
+VGA_CHOICES = ("std", "none")
 
 
 @dataclass
@@ -115,6 +116,8 @@ class MachineConfig:
     machine: str = "direct"
     # The pc board's firmware image (None: SeaBIOS from the seabios recipe or the host).
     bios: str | None = None
+    # The pc board's display adapter, as QEMU's -vga: "std" (standard VGA with VBE) or "none".
+    vga: str = "std"
     memory: int = 128 * MiB
     cpus: int = 1
     kernel: str | None = None
@@ -168,6 +171,8 @@ class MachineConfig:
                               f"{', '.join(DECOMPRESS_CHOICES)})")
         if self.machine not in BOARD_NAMES:
             raise ConfigError(f"unknown machine {self.machine!r} (choose from {', '.join(BOARD_NAMES)})")
+        if self.vga not in VGA_CHOICES:
+            raise ConfigError(f"unknown --vga {self.vga!r} (choose from {', '.join(VGA_CHOICES)})")
         if self.machine == "pc":
             if self.kernel is not None:
                 raise ConfigError("-M pc boots through its firmware; --kernel is for -M direct (the default)")

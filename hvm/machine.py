@@ -351,6 +351,12 @@ class Machine:
         return legacy.debugcon_output if legacy else None
 
     @property
+    def screen(self):
+        """The display as the guest drew it (``text()``, ``png()``), or None without one."""
+        vga = getattr(self.board, "vga", None)
+        return vga.screen if vga is not None else None
+
+    @property
     def acpi(self):
         """The ACPI tables the board wrote, if any."""
         return getattr(self.board, "acpi", None)

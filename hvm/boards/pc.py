@@ -19,6 +19,7 @@ from ..devices.debugcon import DebugCon
 from ..devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
 from ..devices.pci.chipset import I440fxHostBridge, Piix3Isa, Piix4Pm
 from ..devices.pci.host import BusOps, PciHost, devfn
+from ..devices.vga import Vga
 from ..errors import ConfigError, ImageError
 from ..formats import fw_cfg as keys
 from ..formats.e820 import E820_RAM, E820Entry
@@ -34,15 +35,17 @@ if TYPE_CHECKING:
     from ..physmap import PhysMap
 
 BIOS_NAME = "bios-256k.bin"
+VGA_BIOS_NAME = "vgabios-stdvga.bin"
+VGA_SLOT = devfn(2)
 SEABIOS_LOG_PORT = 0x402   # where SeaBIOS built for QEMU writes its debug log
 # What the reset vector finds (SDM vol. 3A §9.1.4): CS selector F000 with base FFFF0000, IP FFF0.
 RESET_CS, RESET_CS_BASE, RESET_IP = 0xF000, 0xFFFF0000, 0xFFF0
 
 
-def default_bios() -> str | None:
-    """The firmware ``-M pc`` runs without ``--bios``: the seabios recipe's, else the host's."""
+def default_firmware(name: str = BIOS_NAME) -> str | None:
+    """A SeaBIOS firmware file: the seabios recipe's, else the host's (QEMU's package)."""
     for directory in (cache_root() / "seabios" / "firmware", "/usr/share/seabios"):
-        path = os.path.join(directory, BIOS_NAME)
+        path = os.path.join(directory, name)
         if os.path.isfile(path):
             return path
     return None
@@ -74,9 +77,10 @@ class PcBoard(Board):
         self.pci: PciHost | None = None
         self.firmware_log: DebugCon | None = None
         self.bios_path: str | None = None
+        self.vga: Vga | None = None
 
     def memory_map(self, memory: "GuestMemory", config: "MachineConfig") -> "PhysMap":
-        path = config.bios or default_bios()
+        path = config.bios or default_firmware()
         if path is None:
             raise ConfigError(f"-M pc needs firmware: run `python3 -m images seabios` (Debian's SeaBIOS "
                               f"into hvm's cache) or give --bios PATH")
@@ -100,11 +104,32 @@ class PcBoard(Board):
         pci.add(devfn(1, 0), self.isa)
         pm = AcpiPm(lambda: machine.finish(Outcome(End.POWEROFF, message="guest powered off")))
         pci.add(devfn(1, 3), Piix4Pm(pm, ACPI_PM_LENGTH, machine.add_port_device, machine.pio.unregister))
+        if machine.config.vga == "std":
+            self.vga = self._standard_vga(machine)
+            pci.add(VGA_SLOT, self.vga.pci)
 
         self.fw_cfg = fw_cfg = FwCfg(machine.memory)
         machine.add_port_device(FW_CFG_PORT, 2, fw_cfg.ports, "fw_cfg")
         machine.add_port_device(DMA_PORT, DMA_LENGTH, fw_cfg.dma, "fw_cfg")
         self._describe(machine, fw_cfg)
+
+    def _standard_vga(self, machine: "Machine") -> Vga:
+        """QEMU's standard VGA with SeaBIOS's VGA BIOS (from beside the BIOS, else the usual places)
+        as its expansion ROM, which the firmware finds and runs."""
+        beside = os.path.join(os.path.dirname(self.bios_path), VGA_BIOS_NAME)
+        rom_path = beside if os.path.isfile(beside) else default_firmware(VGA_BIOS_NAME)
+        if rom_path is None:
+            raise ConfigError(f"--vga std needs {VGA_BIOS_NAME}: run `python3 -m images seabios` or "
+                              f"give --vga none")
+        try:
+            with open(rom_path, "rb") as f:
+                rom = f.read(1 << 20)
+        except OSError as exc:
+            raise ImageError(rom_path, f"cannot be read: {exc.strerror}") from None
+        vga = Vga()
+        vga.set_bios(rom)
+        vga.attach(machine.add_port_device, machine.add_mmio_device)
+        return vga
 
     @staticmethod
     def _describe(machine: "Machine", fw_cfg: FwCfg) -> None:

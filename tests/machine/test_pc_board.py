@@ -88,3 +88,42 @@ def test_bad_firmware_arguments(args, code, says):
 def test_bios_only_for_the_pc_board(guests):
     r = hvmrun("--kernel", str(guests("multiboot")), "--bios", "/etc/hostname")
     assert r.returncode == 64 and "--bios is for -M pc" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("accel", ["unicorn", "kvm"])
+def test_the_vga_bios_draws_the_screen(bios, accel, tmp_path):
+    """SeaBIOS finds the standard VGA, runs its VGA BIOS from the ROM BAR, and what it prints
+    is on the text screen and in the picture; the version is the one its own log reports."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    config = MachineConfig(machine="pc", bios=str(bios), accel=accel, memory="256M")
+    with Machine(config) as machine:
+        machine.start()
+        assert machine.debugcon_output.wait_for("No bootable device.", timeout=90)
+        log = machine.debugcon_output.text
+        deadline = time.monotonic() + 10
+        while "No bootable device." not in machine.screen.text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text, mode, png = machine.screen.text(), machine.screen.mode(), machine.screen.png()
+    version = next(line for line in log.splitlines() if line.startswith("SeaBIOS (version "))
+    assert "Running option rom at c000:0003" in log and "set VGA mode 3" in log
+    assert mode == "text 80x25"
+    lines = text.splitlines()
+    assert lines[0] == version and "No bootable device." in lines
+    picture = Image.open(BytesIO(png)).convert("RGB")
+    assert picture.size == (720, 400)                       # 80x25 cells of 9x16 dots
+    # The first cell holds an "S" in light grey on black: some of its dots are lit, not all.
+    cell = [picture.getpixel((x, y)) for x in range(9) for y in range(16)]
+    assert (0, 0, 0) in cell and any(p != (0, 0, 0) for p in cell)
+
+
+def test_screenshot_from_the_command_line(bios, tmp_path):
+    shot = tmp_path / "screen.png"
+    r = hvmrun("-M", "pc", "--bios", str(bios), "--accel", "unicorn", "--timeout", "20",
+               "--screenshot", str(shot), timeout=60)
+    assert r.returncode == 124, r.stderr
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = hvmrun("-M", "pc", "--vga", "none", "--accel", "unicorn", "--screenshot", str(shot))
+    assert r.returncode == 64 and "needs a screen" in r.stderr.decode()
