@@ -16,7 +16,7 @@ from .deferred import defer  # noqa: E402
 
 defer("pdb", "pickle", "hashlib", "inspect")
 
-from .config import FwCfgFile, MachineConfig, ModuleSpec  # noqa: E402
+from .config import DiskSpec, FwCfgFile, MachineConfig, ModuleSpec  # noqa: E402
 from .devices.base import Device  # noqa: E402
 from .errors import ConfigError, HostError, HvmError, ImageError, MissingFileError  # noqa: E402
 from .outcome import End, GuestCrash, Outcome  # noqa: E402
@@ -30,5 +30,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["Machine", "MachineConfig", "ModuleSpec", "FwCfgFile", "Device", "Outcome", "End", "GuestCrash",
+__all__ = ["Machine", "MachineConfig", "ModuleSpec", "FwCfgFile", "DiskSpec", "Device", "Outcome", "End", "GuestCrash",
            "HvmError", "ConfigError", "ImageError", "MissingFileError", "HostError", "__version__"]

@@ -61,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vga", choices=["std", "none"], default="std",
                    help="-M pc: the display adapter, as QEMU's -vga (std: standard VGA with the Bochs VBE "
                         "extension and SeaBIOS's VGA BIOS; the default)")
+    p.add_argument("--cdrom", metavar="ISO",
+                   help="-M pc: a CD-ROM image on the IDE secondary master, as QEMU's -cdrom")
+    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
+                   help="-M pc: a raw disk image on IDE (repeatable: primary master, primary slave, then "
+                        "the secondary channel); ro opens it read-only")
+    p.add_argument("--boot", default="cad", metavar="ORDER",
+                   help="-M pc: boot order by drive letter as QEMU's -boot: c hard disk, d CD-ROM, a floppy, "
+                        "n network (default cad)")
     p.add_argument("--screenshot", metavar="PATH",
                    help="-M pc: write the screen as a PNG picture to PATH when the guest stops")
     p.add_argument("-m", "--memory", type=_size, default=128 << 20, metavar="SIZE",
@@ -113,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
     return MachineConfig(
-        machine=args.machine, bios=args.bios, vga=args.vga, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
+        machine=args.machine, bios=args.bios, vga=args.vga, cdrom=args.cdrom,
+        disks=args.disk, boot=args.boot, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module],
         fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg], devices=args.device,
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,

@@ -103,6 +103,36 @@ def parse_device(spec: str) -> str:
                       f"{', '.join(ALWAYS_PRESENT)} is always present)")
 
 
+@dataclass
+class DiskSpec:
+    """A disk image for the IDE controller: ``PATH[,ro]`` as given to ``--disk``."""
+
+    path: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> "DiskSpec":
+        """``PATH`` or ``PATH,ro`` (``,rw`` is the default, accepted too)."""
+        path, _, flags = spec.rpartition(",") if spec.endswith((",ro", ",rw")) else (spec, "", "")
+        if not path:
+            raise ConfigError(f"--disk {spec!r}: missing file name")
+        return cls(path, readonly=flags == "ro")
+
+
+# -boot's drive letters, as QEMU and the PC BIOS CMOS boot flags know them.
+BOOT_DEVICES = {"a": "floppy", "c": "hard disk", "d": "CD-ROM", "n": "network"}
+IDE_DRIVES = 4
+
+
+def parse_boot(spec: str) -> str:
+    """``--boot`` as QEMU's -boot: drive letters in order (``d``, ``cd``, ``order=dc``)."""
+    order = spec.removeprefix("order=")
+    if not order or any(c not in BOOT_DEVICES for c in order) or len(set(order)) != len(order):
+        raise ConfigError(f"--boot {spec!r}: expected drive letters in boot order, each once: "
+                          + ", ".join(f"{k} {v}" for k, v in BOOT_DEVICES.items()))
+    return order
+
+
 DECOMPRESS_CHOICES = ("auto", "host", "guest")
 VGA_CHOICES = ("std", "none")
 
@@ -118,6 +148,12 @@ class MachineConfig:
     bios: str | None = None
     # The pc board's display adapter, as QEMU's -vga: "std" (standard VGA with VBE) or "none".
     vga: str = "std"
+    # The pc board's IDE drives: a CD-ROM image (secondary master, as QEMU's -cdrom) and disks
+    # (primary master, primary slave, then the secondary channel's free places).
+    cdrom: str | None = None
+    disks: list[DiskSpec] = field(default_factory=list)
+    # Boot order by drive letter (QEMU's -boot): "cad" (hard disk, floppy, CD) is QEMU's default.
+    boot: str = "cad"
     memory: int = 128 * MiB
     cpus: int = 1
     kernel: str | None = None
@@ -173,13 +209,22 @@ class MachineConfig:
             raise ConfigError(f"unknown machine {self.machine!r} (choose from {', '.join(BOARD_NAMES)})")
         if self.vga not in VGA_CHOICES:
             raise ConfigError(f"unknown --vga {self.vga!r} (choose from {', '.join(VGA_CHOICES)})")
+        self.disks = [DiskSpec.parse(d) if isinstance(d, str) else d for d in self.disks]
+        self.boot = parse_boot(self.boot)
         if self.machine == "pc":
             if self.kernel is not None:
                 raise ConfigError("-M pc boots through its firmware; --kernel is for -M direct (the default)")
+            if len(self.disks) + (self.cdrom is not None) > IDE_DRIVES:
+                raise ConfigError(f"the IDE controller has {IDE_DRIVES} places: --cdrom and --disk "
+                                  f"take one each")
+            for path in [*(d.path for d in self.disks), *([self.cdrom] if self.cdrom else [])]:
+                if not os.path.exists(path):
+                    raise MissingFileError(path)
         elif self.kernel is None:
             raise ConfigError("nothing to boot: give a kernel (--kernel PATH)")
-        elif self.bios is not None:
-            raise ConfigError("--bios is for -M pc: the direct board runs no firmware")
+        elif self.bios is not None or self.cdrom is not None or self.disks:
+            raise ConfigError("--bios, --cdrom and --disk are for -M pc: the direct board runs no "
+                              "firmware and has no IDE controller")
         if self.initrd is not None and self.modules:
             raise ConfigError("--initrd and --module cannot be combined")
         self.devices = [d for d in (parse_device(spec) for spec in self.devices) if d]

@@ -351,6 +351,16 @@ class Machine:
         return legacy.debugcon_output if legacy else None
 
     @property
+    def keyboard(self):
+        """The PS/2 keyboard to type on (``type``, ``press``), or None on a board without one."""
+        legacy = getattr(self.board, "legacy", None)
+        if legacy is None:
+            return None
+        from .keyboard import Keyboard
+
+        return Keyboard(legacy.i8042)
+
+    @property
     def screen(self):
         """The display as the guest drew it (``text()``, ``png()``), or None without one."""
         vga = getattr(self.board, "vga", None)

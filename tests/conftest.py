@@ -44,6 +44,7 @@ RECIPES = {
     "smap64": GuestRecipe("smap64.S", 64, 0x100000),
     "testdev32": GuestRecipe("testdev32.S", 32),
     "iopl64": GuestRecipe("iopl64.S", 64, 0x100000),
+    "disk16": GuestRecipe("disk16.S", 16, 0x7C00),
 }
 
 

@@ -19,6 +19,7 @@ from ..devices.debugcon import DebugCon
 from ..devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
 from ..devices.pci.chipset import I440fxHostBridge, Piix3Isa, Piix4Pm
 from ..devices.pci.host import BusOps, PciHost, devfn
+from ..devices.ide import AtaDisk, AtapiCdrom, DiskImage, PiixIde
 from ..devices.vga import Vga
 from ..errors import ConfigError, ImageError
 from ..formats import fw_cfg as keys
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 BIOS_NAME = "bios-256k.bin"
 VGA_BIOS_NAME = "vgabios-stdvga.bin"
 VGA_SLOT = devfn(2)
+IDE_SLOT = devfn(1, 1)
+BOOT_CODES = {"a": 1, "c": 2, "d": 3, "n": 4}
+CMOS_BOOT_FLAG1, CMOS_BOOT_FLAG2 = 0x38, 0x3D
 SEABIOS_LOG_PORT = 0x402   # where SeaBIOS built for QEMU writes its debug log
 # What the reset vector finds (SDM vol. 3A §9.1.4): CS selector F000 with base FFFF0000, IP FFF0.
 RESET_CS, RESET_CS_BASE, RESET_IP = 0xF000, 0xFFFF0000, 0xFFF0
@@ -78,6 +82,7 @@ class PcBoard(Board):
         self.firmware_log: DebugCon | None = None
         self.bios_path: str | None = None
         self.vga: Vga | None = None
+        self.ide: PiixIde | None = None
 
     def memory_map(self, memory: "GuestMemory", config: "MachineConfig") -> "PhysMap":
         path = config.bios or default_firmware()
@@ -104,6 +109,9 @@ class PcBoard(Board):
         pci.add(devfn(1, 0), self.isa)
         pm = AcpiPm(lambda: machine.finish(Outcome(End.POWEROFF, message="guest powered off")))
         pci.add(devfn(1, 3), Piix4Pm(pm, ACPI_PM_LENGTH, machine.add_port_device, machine.pio.unregister))
+        self.ide = self._ide(machine)
+        pci.add(IDE_SLOT, self.ide)
+        self._boot_order(machine.config.boot)
         if machine.config.vga == "std":
             self.vga = self._standard_vga(machine)
             pci.add(VGA_SLOT, self.vga.pci)
@@ -112,6 +120,29 @@ class PcBoard(Board):
         machine.add_port_device(FW_CFG_PORT, 2, fw_cfg.ports, "fw_cfg")
         machine.add_port_device(DMA_PORT, DMA_LENGTH, fw_cfg.dma, "fw_cfg")
         self._describe(machine, fw_cfg)
+
+    @staticmethod
+    def _ide(machine: "Machine") -> PiixIde:
+        """The PIIX3 IDE function with the user's drives where QEMU puts them: --cdrom on the
+        secondary master, disks on the primary master and slave, then the secondary's free places."""
+        cfg = machine.config
+        places: list = [None, None, None, None]       # primary master/slave, secondary master/slave
+        if cfg.cdrom is not None:
+            places[2] = AtapiCdrom(DiskImage.open(cfg.cdrom, readonly=True))
+        free = [i for i in (0, 1, 3, 2) if places[i] is None]
+        for disk, index in zip(cfg.disks, free):
+            places[index] = AtaDisk(DiskImage.open(disk.path, readonly=disk.readonly))
+        ide = PiixIde(machine.memory, machine.irq(14), machine.irq(15), primary=(places[0], places[1]),
+                      secondary=(places[2], places[3]))
+        ide.attach(machine.add_port_device)
+        return ide
+
+    def _boot_order(self, order: str) -> None:
+        # The CMOS boot flags SeaBIOS reads on QEMU (as QEMU's -boot sets them): the first two
+        # devices in 0x3D's nibbles, the third in 0x38's high nibble.
+        codes = [BOOT_CODES[c] for c in order[:3]] + [0, 0, 0]
+        self.legacy.rtc.ram[CMOS_BOOT_FLAG2] = codes[0] | codes[1] << 4
+        self.legacy.rtc.ram[CMOS_BOOT_FLAG1] = codes[2] << 4
 
     def _standard_vga(self, machine: "Machine") -> Vga:
         """QEMU's standard VGA with SeaBIOS's VGA BIOS (from beside the BIOS, else the usual places)

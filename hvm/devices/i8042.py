@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..irq import IrqLine
 from .base import Device
+from .ps2_keys import scan_codes
 
 DATA_PORT, COMMAND_PORT = 0x60, 0x64
 
@@ -172,6 +173,25 @@ class I8042(Device):
             self._reply(ACK)
         else:
             self._reply(RESEND)
+
+    # -- input from the user --------------------------------------------------------------------
+    def room(self) -> int:
+        """How many more bytes the keyboard's buffer takes now."""
+        with self._lock:
+            return QUEUE_LIMIT - len(self._queue)
+
+    def key(self, name: str, down: bool) -> bool:
+        """Press or release key ``name`` (see ``ps2_keys.KEYS``): its scan codes in the set the
+        guest sees (set 1 when the controller translates, else the keyboard's set). False when
+        the buffer has no room for them (nothing is queued then)."""
+        with self._lock:
+            scan_set = 1 if self.ctr & CTR_XLATE or self._scan_set == 1 else 2
+            codes = scan_codes(name, down, scan_set)
+            if len(codes) > QUEUE_LIMIT - len(self._queue):
+                return False
+            self._queue.extend(codes)
+            self._update_irq()
+            return True
 
     def _update_irq(self) -> None:
         # IRQ 1 is up while a keyboard byte waits and the interrupt is enabled (ISA, edge-triggered).

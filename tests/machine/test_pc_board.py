@@ -127,3 +127,69 @@ def test_screenshot_from_the_command_line(bios, tmp_path):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     r = hvmrun("-M", "pc", "--vga", "none", "--accel", "unicorn", "--screenshot", str(shot))
     assert r.returncode == 64 and "needs a screen" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("accel", ["unicorn", "kvm"])
+def test_a_boot_sector_writes_the_ide_disk(bios, guests, accel, tmp_path):
+    """SeaBIOS boots a hard disk image from IDE (--boot c), the boot sector writes a sector
+    through INT 13h and reads it back; the bytes are in the image file afterwards. The payload
+    (the guest's second sector) is the reference."""
+    code = guests("disk16").read_bytes()
+    payload = code[512:1024]
+    image = tmp_path / "disk.img"
+    image.write_bytes(code[:1024] + bytes((1 << 20) - 1024))
+    r = hvmrun("-M", "pc", "--bios", str(bios), "--accel", accel, "--disk", str(image), "--boot", "c",
+               "--timeout", "120", timeout=180)
+    assert r.returncode == 3, (r.returncode, r.stdout[-300:], r.stderr)   # isa-debug-exit 1
+    assert b"disk16: wrote LBA 2 and read it back" in r.stdout
+    assert image.read_bytes()[1024:1536] == payload
+
+
+def test_a_read_only_disk_refuses_the_write(bios, guests, tmp_path):
+    code = guests("disk16").read_bytes()
+    image = tmp_path / "disk.img"
+    image.write_bytes(code[:1024] + bytes((1 << 20) - 1024))
+    r = hvmrun("-M", "pc", "--bios", str(bios), "--accel", "unicorn", "--disk", f"{image},ro", "--boot", "c",
+               "--timeout", "60", timeout=120)
+    assert r.returncode == 5 and b"disk16: disk call failed" in r.stdout   # isa-debug-exit 2
+    assert image.read_bytes()[1024:1536] == bytes(512)
+
+
+@pytest.fixture(scope="module")
+def grub_rescue():
+    return recipe_image("grub-rescue", "GRUB's rescue CD")
+
+
+def test_grub_rescue_cd_to_its_command_line(bios, grub_rescue, tmp_path):
+    """The issue's yardstick: Debian's GRUB rescue CD boots from the IDE CD-ROM to GRUB's menu
+    (as under QEMU: "GNU GRUB  version 2.06-..."); 'c' opens its command line, and GRUB's own
+    lspci lists the functions hvm's PC has (IDs as QEMU's pc machine shows them)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    config = MachineConfig(machine="pc", bios=str(bios), accel="unicorn", memory="256M",
+                           cdrom=str(grub_rescue), boot="d")
+
+    def shows(machine, text, timeout=120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in machine.screen.text():
+                return True
+            time.sleep(0.2)
+        return False
+
+    with Machine(config) as machine:
+        machine.start()
+        assert shows(machine, "GNU GRUB  version 2.06"), machine.screen.text()
+        machine.keyboard.press("c")
+        assert shows(machine, "grub>"), machine.screen.text()
+        machine.keyboard.type("lspci\n")
+        assert shows(machine, "00:02.0 1234:1111 [0300]"), machine.screen.text()
+        machine.keyboard.type("ls\n")
+        assert shows(machine, "(cd) (cd,msdos1)"), machine.screen.text()   # the BIOS drive it booted from
+        text, png = machine.screen.text(), machine.screen.png()
+    for line in ("00:00.0 8086:1237 [0600] Host Bridge", "00:01.0 8086:7000 [0601] ISA Bridge",
+                 "00:01.1 8086:7010 [0101] IDE Controller [PI 80]"):
+        assert line in text
+    assert Image.open(BytesIO(png)).size == (720, 400)

@@ -136,3 +136,24 @@ def test_unread_replies_stop_at_sixteen_bytes():
     assert _drain(kbc) == [0xFA, 0xAB, 0x83] * 5 + [0xFA]
     kbc.data_port.write(0, 1, 0xEE)              # room again once read
     assert _drain(kbc) == [0xEE]
+
+
+def test_typed_keys_arrive_as_the_guest_expects_them():
+    """Scan codes per the IBM keyboard references: 'a' is set-2 1C, translated by the controller
+    to set-1 1E (release 9E); with translation off the keyboard's own set 2 comes through
+    (release F0 1C); an arrow key carries E0."""
+    from hvm.devices.i8042 import I8042
+    from hvm.irq import RecordingIrqLine
+
+    irq = RecordingIrqLine(1)
+    kbc = I8042(irq, lambda why: None)
+    assert kbc.key("a", True) and kbc.key("a", False) and kbc.key("Up", True)
+    assert [kbc.read(0, 1) for _ in range(4)] == [0x1E, 0x9E, 0xE0, 0x48]
+    assert irq.history[0] is True
+    kbc.write(4, 1, 0x60)
+    kbc.write(0, 1, 0x01)           # CTR: keyboard interrupt on, translation off
+    assert kbc.key("a", True) and kbc.key("a", False)
+    assert [kbc.read(0, 1) for _ in range(3)] == [0x1C, 0xF0, 0x1C]
+    while kbc.key("Up", True):       # a full buffer takes no partial key
+        pass
+    assert kbc.room() < 2
