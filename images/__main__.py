@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             for r in known.values():
-                print(f"{r.name:<10} {r.summary}")
+                print(f"{r.name:<12} {r.summary}")
             return 0
         if args.command == "path":
             print(known[args.recipe].path(args.cache))

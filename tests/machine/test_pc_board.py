@@ -87,7 +87,7 @@ def test_bad_firmware_arguments(args, code, says):
 
 def test_bios_only_for_the_pc_board(guests):
     r = hvmrun("--kernel", str(guests("multiboot")), "--bios", "/etc/hostname")
-    assert r.returncode == 64 and "--bios is for -M pc" in r.stderr.decode()
+    assert r.returncode == 64 and "--bios, --cdrom and --disk are for -M pc" in r.stderr.decode()
 
 
 @pytest.mark.parametrize("accel", ["unicorn", "kvm"])
@@ -155,6 +155,21 @@ def test_a_read_only_disk_refuses_the_write(bios, guests, tmp_path):
     assert image.read_bytes()[1024:1536] == bytes(512)
 
 
+def shows(machine, text, timeout=120.0):
+    """Wait until ``text`` is on the machine's screen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in machine.screen.text():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _cd_machine(bios, iso, memory="256M"):
+    return Machine(MachineConfig(machine="pc", bios=str(bios), accel="unicorn", memory=memory, cdrom=str(iso),
+                                 boot="d"))
+
+
 @pytest.fixture(scope="module")
 def grub_rescue():
     return recipe_image("grub-rescue", "GRUB's rescue CD")
@@ -168,18 +183,7 @@ def test_grub_rescue_cd_to_its_command_line(bios, grub_rescue, tmp_path):
 
     from PIL import Image
 
-    config = MachineConfig(machine="pc", bios=str(bios), accel="unicorn", memory="256M",
-                           cdrom=str(grub_rescue), boot="d")
-
-    def shows(machine, text, timeout=120.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in machine.screen.text():
-                return True
-            time.sleep(0.2)
-        return False
-
-    with Machine(config) as machine:
+    with _cd_machine(bios, grub_rescue) as machine:
         machine.start()
         assert shows(machine, "GNU GRUB  version 2.06"), machine.screen.text()
         machine.keyboard.press("c")
@@ -193,3 +197,35 @@ def test_grub_rescue_cd_to_its_command_line(bios, grub_rescue, tmp_path):
                  "00:01.1 8086:7010 [0101] IDE Controller [PI 80]"):
         assert line in text
     assert Image.open(BytesIO(png)).size == (720, 400)
+
+
+def _package_version(image) -> str:
+    """The Debian version of the package an images recipe took ``image`` from (its manifest)."""
+    import json
+
+    manifest = json.loads((image.parent / "debs" / "manifest.json").read_text())
+    return next(iter(manifest.values()))["version"]
+
+
+def test_ipxe_cd_shows_its_banner(bios):
+    """Debian's iPXE CD (isolinux, then iPXE) prints its banner with the package's version and,
+    with no network card on the board, says so."""
+    iso = recipe_image("ipxe", "iPXE")
+    with _cd_machine(bios, iso) as machine:
+        machine.start()
+        assert shows(machine, f"iPXE {_package_version(iso)} -- Open Source Network Boot Firmware"), \
+            machine.screen.text()
+        assert shows(machine, "No more network devices"), machine.screen.text()
+
+
+def test_memtest86_reaches_its_main_screen(bios):
+    """memtest86+ (its own 64-bit kernel, from its CD) draws its main screen, sees the RAM it was
+    given and tests it without errors."""
+    iso = recipe_image("memtest86+", "memtest86+")
+    version = _package_version(iso).split("-")[0]
+    with _cd_machine(bios, iso) as machine:
+        machine.start()
+        assert shows(machine, f"Memtest86+ v{version}"), machine.screen.text()
+        assert shows(machine, "Status: Testing"), machine.screen.text()
+        text = machine.screen.text()
+    assert "Memory  :  256MB" in text and "Errors: 0" in text
