@@ -24,6 +24,7 @@ from ..devices.vga import Vga
 from ..errors import ConfigError, ImageError
 from ..formats import fw_cfg as keys
 from ..formats.e820 import E820_RAM, E820Entry
+from ..formats.iso9660 import DESCRIPTORS_AT, SECTOR, check_cd_image
 from ..outcome import End, Outcome
 from . import Board
 from .legacy import LegacyDevices, add_legacy_devices
@@ -128,7 +129,12 @@ class PcBoard(Board):
         cfg = machine.config
         places: list = [None, None, None, None]       # primary master/slave, secondary master/slave
         if cfg.cdrom is not None:
-            places[2] = AtapiCdrom(DiskImage.open(cfg.cdrom, readonly=True))
+            image = DiskImage.open(cfg.cdrom, readonly=True)
+            problem = check_cd_image(cfg.cdrom, image.read(0, DESCRIPTORS_AT + SECTOR), image.size)
+            if problem is not None:
+                image.close()
+                raise ImageError(cfg.cdrom, problem)
+            places[2] = AtapiCdrom(image)
         free = [i for i in (0, 1, 3, 2) if places[i] is None]
         for disk, index in zip(cfg.disks, free):
             places[index] = AtaDisk(DiskImage.open(disk.path, readonly=disk.readonly))

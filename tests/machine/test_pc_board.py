@@ -229,3 +229,32 @@ def test_memtest86_reaches_its_main_screen(bios):
         assert shows(machine, "Status: Testing"), machine.screen.text()
         text = machine.screen.text()
     assert "Memory  :  256MB" in text and "Errors: 0" in text
+
+
+def test_bad_cd_and_disk_images(tmp_path, grub_rescue):
+    """A missing, truncated or non-ISO CD image, a directory, an unreadable file: exit 65/66 with
+    the file and the reason, never a traceback. "Truncated" is measured against the volume size
+    the ISO's own primary volume descriptor states (ECMA-119 8.4)."""
+    iso = grub_rescue.read_bytes()
+    truncated = tmp_path / "truncated.iso"
+    truncated.write_bytes(iso[:len(iso) // 2])
+    short = tmp_path / "short.iso"
+    short.write_bytes(iso[:4096])
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"not a CD\n" * 5000)
+    locked = tmp_path / "locked.img"
+    locked.write_bytes(bytes(1 << 20))
+    locked.chmod(0)
+    cases = [(["--cdrom", str(tmp_path / "absent.iso")], 66, "absent.iso"),
+             (["--cdrom", str(truncated)], 65, "is truncated: its volume is"),
+             (["--cdrom", str(short)], 65, "too short for an ISO 9660 image"),
+             (["--cdrom", str(text)], 65, "no primary volume descriptor"),
+             (["--cdrom", str(tmp_path)], 65, "is a directory"),
+             (["--disk", str(tmp_path)], 65, "is a directory")]
+    import os
+    if os.geteuid() != 0:     # root reads any file
+        cases.append((["--disk", str(locked)], 65, "Permission denied"))
+    for args, code, says in cases:
+        r = hvmrun("-M", "pc", "--accel", "unicorn", *args, "--timeout", "10")
+        err = r.stderr.decode()
+        assert r.returncode == code and says in err and "Traceback" not in err, (args, r.returncode, err)

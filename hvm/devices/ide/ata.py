@@ -65,12 +65,15 @@ class DiskImage:
             fd = os.open(path, flags)
         except FileNotFoundError:
             raise MissingFileError(path, "disk image") from None
+        except IsADirectoryError:
+            raise ImageError(path, "is a directory, not a disk image") from None
         except OSError as exc:
             raise ImageError(path, exc.strerror or str(exc)) from None
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
             os.close(fd)
-            raise ImageError(path, "not a regular file or block device")
+            raise ImageError(path, "is a directory, not a disk image" if stat.S_ISDIR(mode)
+                             else "not a regular file or block device")
         return cls(fd, readonly, os.fspath(path), owns_fd=True)
 
     def read(self, offset: int, length: int) -> bytes:
