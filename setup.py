@@ -18,6 +18,7 @@ setup(
         "unicorn==2.1.4",  # the software engine; its semantics are validated against this version
         "zstandard>=0.19",  # host-side decompression of zstd-compressed kernels
         "lz4>=4.0",  # ... and lz4 ones (gzip, xz, lzma, bzip2 are in the standard library)
+        "pycdlib>=1.14",  # images: writes the ISO of the linux-iso recipe
         "pillow>=9",  # the VGA screen as a picture (machine.screen.png(), --screenshot)
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},

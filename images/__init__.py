@@ -79,9 +79,10 @@ def locked(directory: Path) -> Iterator[None]:
 def recipes() -> dict[str, Recipe]:
     """Every known recipe by name."""
     # Imported here so that ``import images`` stays cheap and free of import cycles.
-    from . import deb_images, grub, linux, seabios, xen
+    from . import deb_images, grub, linux, linux_iso, seabios, xen
 
-    return {r.name: r for r in (grub.RECIPE, linux.RECIPE, seabios.RECIPE, xen.RECIPE, *deb_images.RECIPES)}
+    return {r.name: r for r in (grub.RECIPE, linux.RECIPE, linux_iso.RECIPE, seabios.RECIPE, xen.RECIPE,
+                                *deb_images.RECIPES)}
 
 
 def build(name: str, cache: Path | None = None) -> Path:

@@ -151,12 +151,13 @@ def _log(msg: str) -> None:
     print(f"images: {msg}", file=sys.stderr, flush=True)
 
 
-def _mkimage(root: Path, config: Path, out: Path) -> None:
+def mkimage(root: Path, platform: str, config: Path, out: Path, modules: list[str], prefix: str = "/") -> None:
+    """Run the unpacked grub-mkimage for ``platform`` with ``config`` embedded."""
     tool = root / "usr/bin/grub-mkimage"
-    moddir = root / "usr/lib/grub" / PLATFORM
+    moddir = root / "usr/lib/grub" / platform.removesuffix("-eltorito")
     if not tool.is_file() or not (moddir / "kernel.img").is_file():
         raise VerificationError(f"unpacked packages lack {tool} or {moddir}/kernel.img")
-    cmd = [str(tool), "-O", PLATFORM, "-d", str(moddir), "-c", str(config), "-p", "/", "-o", str(out), *MODULES]
+    cmd = [str(tool), "-O", platform, "-d", str(moddir), "-c", str(config), "-p", prefix, "-o", str(out), *modules]
     _log(" ".join(["grub-mkimage", *cmd[1:]]))
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -184,7 +185,7 @@ def build(cache: Path | None = None) -> Path:
         cfg_path = workdir / "grub.cfg"
         cfg_path.write_text(config)
         coreboot_elf = workdir / "grub-coreboot.elf"
-        _mkimage(root, cfg_path, coreboot_elf)
+        mkimage(root, PLATFORM, cfg_path, coreboot_elf, MODULES)
         tmp = image.with_name(image.name + ".tmp")
         wrap(coreboot_elf, workdir, tmp)
         tmp.replace(image)

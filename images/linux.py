@@ -36,6 +36,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+for m in ata_piix sd_mod sr_mod; do modprobe -q $m; done   # PC disks and CD-ROMs, where there are any
 cmdline=$(cat /proc/cmdline)
 run=
 case "$cmdline" in
@@ -109,10 +110,101 @@ def members(deb: Path, prefix: str, into: Path) -> list[Path]:
     return found
 
 
-def initramfs(busybox: bytes) -> bytes:
-    """The newc archive: busybox, /init and the directories and node it needs."""
+# The PC board's disk drivers, which Debian builds as modules: IDE (PIIX), SCSI disks and CD-ROMs.
+DISK_MODULES = ("ata_piix", "sd_mod", "sr_mod")
+SEARCH_DIRS = ("drivers/ata", "drivers/scsi", "drivers/cdrom", "block", "lib", "crypto", "arch/x86/crypto")
+
+
+def _tar_members(deb: Path, wanted) -> dict[str, bytes]:
+    """The regular files of a .deb's file system for which ``wanted(name)`` is true."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for m in tar:
+                if m.isfile() and wanted(m.name):
+                    with tar.extractfile(m) as src:
+                        found[m.name] = src.read()
+    except tarfile.TarError as exc:
+        proc.kill()
+        raise RecipeError(f"{deb}: unreadable package contents ({exc})") from None
+    finally:
+        proc.stdout.close()
+        proc.wait()
+    return found
+
+
+def _depends(ko: bytes) -> list[str]:
+    """The modules a .ko needs, from its .modinfo section's ``depends=`` (what depmod reads)."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    section = ELFFile(io.BytesIO(ko)).get_section_by_name(".modinfo")
+    for field in (section.data().split(b"\0") if section is not None else []):
+        if field.startswith(b"depends="):
+            return [d for d in field[8:].decode().split(",") if d]
+    return []
+
+
+def disk_modules(deb: Path) -> list[tuple[str, bytes]]:
+    """(path in the initramfs, contents) of DISK_MODULES, what they need (their ``depends=``),
+    and a modules.dep for them (Debian's package leaves it to depmod at install time), so
+    busybox's modprobe loads them in order."""
+    def candidate(name: str) -> bool:
+        return name.endswith(".ko") and any(f"/kernel/{d}/" in name for d in SEARCH_DIRS)
+
+    files = {name[2:]: data for name, data in _tar_members(deb, candidate).items()}
+    by_name = {Path(path).name.removesuffix(".ko").replace("-", "_"): path for path in files}
+    deps: dict[str, list[str]] = {}
+    todo = list(DISK_MODULES)
+    while todo:
+        name = todo.pop().replace("-", "_")
+        path = by_name.get(name)
+        if path is None:
+            raise VerificationError(f"{deb.name}: no module {name} (needed for the PC's disks)")
+        if path not in deps:
+            needs = _depends(files[path])
+            deps[path] = [by_name.get(n.replace("-", "_"), n) for n in needs]
+            todo += needs
+    moddir = next(iter(deps)).split("/kernel/")[0]                # lib/modules/VERSION
+    order: list[str] = []                                         # each module after what it needs
+
+    def visit(module: str) -> None:
+        if module not in order:
+            for need in deps[module]:
+                visit(need)
+            order.append(module)
+
+    for module in sorted(deps):
+        visit(module)
+
+    def closure(module: str) -> list[str]:
+        seen: set[str] = set()
+        todo = list(deps[module])
+        while todo:
+            need = todo.pop()
+            if need not in seen:
+                seen.add(need)
+                todo += deps[need]
+        return sorted(seen, key=order.index, reverse=True)
+
+    # As depmod writes it: every module a module needs, directly or not, the one to load first
+    # last (busybox's modprobe loads the list from its end and does not recurse).
+    rel = lambda path: path[len(moddir) + 1:]  # noqa: E731
+    dep_text = "".join(f"{rel(m)}: {' '.join(rel(d) for d in closure(m))}\n" for m in sorted(deps))
+    return [(f"{moddir}/modules.dep", dep_text.encode()), *((m, files[m]) for m in sorted(deps))]
+
+
+def initramfs(busybox: bytes, modules: list[tuple[str, bytes]] = ()) -> bytes:
+    """The newc archive: busybox, /init, ``modules`` (path, contents) and the directories and
+    node they need."""
+    dirs = sorted({str(p) for path, _ in modules for p in Path(path).parents if str(p) != "."})
     return cpio.archive([
         *(cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "tmp", "root")),
+        *(cpio.directory(d) for d in dirs),
+        *(cpio.file(path, data) for path, data in modules),
         cpio.char_device("dev/console", 5, 1),
         cpio.file("bin/busybox", busybox, 0o755),
         cpio.symlink("bin/sh", "busybox"),
@@ -166,7 +258,8 @@ def build(cache: Path | None = None) -> Path:
                    if p.name == "busybox"]
         if not busybox:
             raise VerificationError(f"{debs[BUSYBOX_PACKAGE].filename}: no /bin/busybox")
-        (tmp / INITRAMFS_NAME).write_bytes(initramfs(busybox[0].read_bytes()))
+        modules = disk_modules(debs[kernel_pkg].path(workdir / "debs"))
+        (tmp / INITRAMFS_NAME).write_bytes(initramfs(busybox[0].read_bytes(), modules))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         stamp.write_text(inputs + "\n")

@@ -17,7 +17,7 @@ from ..cache import cache_root
 from ..devices.acpi_pm import AcpiPm, LENGTH as ACPI_PM_LENGTH
 from ..devices.debugcon import DebugCon
 from ..devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
-from ..devices.pci.chipset import I440fxHostBridge, Piix3Isa, Piix4Pm
+from ..devices.pci.chipset import ApmControl, I440fxHostBridge, Piix3Isa, Piix4Pm
 from ..devices.pci.host import BusOps, PciHost, devfn
 from ..devices.ide import AtaDisk, AtapiCdrom, DiskImage, PiixIde
 from ..devices.vga import Vga
@@ -42,7 +42,8 @@ VGA_SLOT = devfn(2)
 IDE_SLOT = devfn(1, 1)
 BOOT_CODES = {"a": 1, "c": 2, "d": 3, "n": 4}
 CMOS_BOOT_FLAG1, CMOS_BOOT_FLAG2 = 0x38, 0x3D
-SEABIOS_LOG_PORT = 0x402   # where SeaBIOS built for QEMU writes its debug log
+SEABIOS_LOG_PORT = 0x402
+APM_PORT = 0xB2   # where SeaBIOS built for QEMU writes its debug log
 # What the reset vector finds (SDM vol. 3A §9.1.4): CS selector F000 with base FFFF0000, IP FFF0.
 RESET_CS, RESET_CS_BASE, RESET_IP = 0xF000, 0xFFFF0000, 0xFFF0
 
@@ -110,6 +111,7 @@ class PcBoard(Board):
         pci.add(devfn(1, 0), self.isa)
         pm = AcpiPm(lambda: machine.finish(Outcome(End.POWEROFF, message="guest powered off")))
         pci.add(devfn(1, 3), Piix4Pm(pm, ACPI_PM_LENGTH, machine.add_port_device, machine.pio.unregister))
+        machine.add_port_device(APM_PORT, 2, ApmControl(pm.set_sci_enabled), "apm")
         self.ide = self._ide(machine)
         pci.add(IDE_SLOT, self.ide)
         self._boot_order(machine.config.boot)

@@ -34,6 +34,10 @@ class AcpiPm(Device):
         self.enable = 0
         self.control = 0
 
+    def set_sci_enabled(self, on: bool) -> None:
+        """SCI_EN in PM1a_CNT, which hardware (an SMI handler) sets when the OS asks for ACPI mode."""
+        self.control = self.control | SCI_EN if on else self.control & ~SCI_EN
+
     def _timer(self) -> int:
         return ((self._clock() - self._t0) * PM_TIMER_HZ // 1_000_000_000) & 0xFFFFFF
 

@@ -258,3 +258,59 @@ def test_bad_cd_and_disk_images(tmp_path, grub_rescue):
         r = hvmrun("-M", "pc", "--accel", "unicorn", *args, "--timeout", "10")
         err = r.stderr.decode()
         assert r.returncode == code and says in err and "Traceback" not in err, (args, r.returncode, err)
+
+
+@pytest.fixture(scope="module")
+def linux_iso():
+    return recipe_image("linux-iso", "hvm's Linux ISO")
+
+
+def _shell(machine, cpus: int) -> None:
+    """At the busybox prompt: the kernel reports ``cpus`` CPUs."""
+    assert machine.serial.wait_for("/ # ", timeout=400), machine.serial.text[-2000:]
+    machine.serial.send("nproc\n")
+    assert machine.serial.wait_for(f"nproc\r\n{cpus}\r\n", timeout=60), machine.serial.text[-500:]
+
+
+@pytest.mark.slow
+def test_hvm_iso_boots_linux_from_cd_and_powers_off(bios, linux_iso):
+    """hvm's own ISO (GRUB for BIOS PCs, Debian's kernel, busybox) boots from the IDE CD-ROM
+    through SeaBIOS and GRUB to a shell on COM1; the kernel counts the two vCPUs, enters ACPI mode
+    through the FADT's SMI_CMD and powers the machine off when the shell exits."""
+    config = MachineConfig(machine="pc", bios=str(bios), accel="unicorn", memory="256M", cpus=2,
+                           cdrom=str(linux_iso), boot="d")
+    with Machine(config) as machine:
+        machine.start()
+        _shell(machine, 2)
+        machine.serial.send("exit\n")
+        outcome = machine.wait(120)
+    assert outcome.end.value == "poweroff" and outcome.exit_code == 0, outcome
+    assert "GRUB: starting Debian's kernel from hvm's ISO" in machine.serial.text
+    assert "ACPI: Unable to enable ACPI" not in machine.serial.text
+
+
+@pytest.mark.slow
+def test_hvm_iso_boots_as_a_disk_and_linux_writes_by_dma(bios, linux_iso, tmp_path):
+    """The same file as an IDE hard disk (--boot c: its MBR holds GRUB's boot sector) boots too;
+    Linux's ata_piix writes a second disk by bus-master DMA, and the bytes are in the image file,
+    flushed (FLUSH CACHE is fsync)."""
+    scratch = tmp_path / "scratch.img"
+    scratch.write_bytes(bytes(1 << 20))
+    config = MachineConfig(machine="pc", bios=str(bios), accel="unicorn", memory="256M", cpus=1,
+                           disks=[f"{linux_iso},ro", str(scratch)], boot="c")
+    with Machine(config) as machine:
+        machine.start()
+        _shell(machine, 1)
+        engine = machine.board.ide.busmaster.channels[0]
+        before = engine.written
+        # Disk names follow probe order, which is asynchronous: the scratch disk is the 1 MiB one.
+        machine.serial.send("for d in /sys/block/sd*; do [ $(cat $d/size) = 2048 ] && dev=/dev/${d##*/}; done; "
+                            "echo hvm-dma-test > /t; dd if=/t of=$dev bs=512 seek=3 conv=sync,fsync; echo dd=$?\n")
+        assert machine.serial.wait_for("dd=0", timeout=120), machine.serial.text[-800:]
+        written = engine.written - before
+        machine.serial.send("exit\n")
+        outcome = machine.wait(120)
+    assert outcome.exit_code == 0, outcome
+    data = scratch.read_bytes()
+    assert data[3 * 512:3 * 512 + 13] == b"hvm-dma-test\n" and data[:3 * 512] == bytes(3 * 512)
+    assert written >= 512, "the write did not go through the bus master"

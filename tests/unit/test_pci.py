@@ -133,3 +133,19 @@ def test_piix4_pm_block_follows_pmba_and_enable():
     assert pio.read(0x608, 4) == 0x1234
     cfg_write(pio, devfn(1, 3), 0x40, 4, 0xB001)
     assert pio.read(0x608, 4) == 0xFFFFFFFF and pio.read(0xB008, 4) == 0x1234
+
+
+def test_apm_port_enters_and_leaves_acpi_mode():
+    """ACPI 3.0 4.7.2.5: the OS writes the FADT's ACPI_ENABLE (0xF1, as SeaBIOS's FADT says) to
+    SMI_CMD and waits for SCI_EN in PM1a_CNT; ACPI_DISABLE (0xF0) clears it."""
+    from hvm.devices.acpi_pm import AcpiPm, PM1_CNT, SCI_EN
+    from hvm.devices.pci.chipset import ApmControl
+
+    pm = AcpiPm(lambda: None)
+    apm = ApmControl(pm.set_sci_enabled)
+    apm.write(0, 1, 0xF1)
+    assert pm.read(PM1_CNT, 2) & SCI_EN
+    apm.write(1, 1, 0x5A)
+    assert apm.read(0, 2) == 0x5AF1
+    apm.write(0, 1, 0xF0)
+    assert not pm.read(PM1_CNT, 2) & SCI_EN

@@ -42,6 +42,7 @@ class BusMasterChannel:
         self.status = 0
         self.prd = 0
         self._armed = False       # started and not yet used for a transfer
+        self.transfers = self.written = 0   # DMA commands run, and bytes they took from memory
         channel.engine = self
 
     # -- registers -----------------------------------------------------------------------------
@@ -92,6 +93,8 @@ class BusMasterChannel:
             request = self.channel.take_dma()
             self._armed = False
             outcome, exc = self._walk(request)
+            self.transfers += 1
+            self.written += 0 if request.to_memory else request.length
             if outcome == "short":
                 self.status &= ~ST_ACTIVE
             elif outcome == "more":

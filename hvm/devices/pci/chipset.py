@@ -112,3 +112,31 @@ class Piix4Pm(PciFunction):
             except ValueError:
                 return   # collides with another device: the block decodes nothing
             self._at = base
+
+
+class ApmControl(Device):
+    """The APM control and status ports (0xB2/0xB3) the PIIX4 decodes. The FADT names 0xB2 as
+    SMI_CMD: an OS writes ACPI_ENABLE (0xF1) there and waits for SCI_EN in PM1a_CNT, which the
+    firmware's SMI handler would set. With no SMM here the port does it directly (as QEMU's
+    PIIX4 does; ACPI 3.0 §4.7.2.5); 0xF0 clears it again. The status port is a plain register."""
+
+    name = "apm"
+    ACPI_ENABLE, ACPI_DISABLE = 0xF1, 0xF0
+
+    def __init__(self, set_sci_enabled: Callable[[bool], None]):
+        self._set_sci = set_sci_enabled
+        self.command = self.status = 0
+
+    def read(self, offset: int, size: int) -> int:
+        value = self.command | self.status << 8
+        return (value >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        for i in range(size):
+            byte, port = (value >> (8 * i)) & 0xFF, offset + i
+            if port == 0:
+                self.command = byte
+                if byte in (self.ACPI_ENABLE, self.ACPI_DISABLE):
+                    self._set_sci(byte == self.ACPI_ENABLE)
+            elif port == 1:
+                self.status = byte
