@@ -42,10 +42,10 @@ VGA_SLOT = devfn(2)
 IDE_SLOT = devfn(1, 1)
 BOOT_CODES = {"a": 1, "c": 2, "d": 3, "n": 4}
 CMOS_BOOT_FLAG1, CMOS_BOOT_FLAG2 = 0x38, 0x3D
-SEABIOS_LOG_PORT = 0x402
-APM_PORT = 0xB2   # where SeaBIOS built for QEMU writes its debug log
-# What the reset vector finds (SDM vol. 3A §9.1.4): CS selector F000 with base FFFF0000, IP FFF0.
-RESET_CS, RESET_CS_BASE, RESET_IP = 0xF000, 0xFFFF0000, 0xFFF0
+SEABIOS_LOG_PORT = 0x402   # where SeaBIOS built for QEMU writes its debug log
+APM_PORT = 0xB2
+# What the reset vector finds (SDM vol. 3A §9.1.4): CS base FFFF0000 (selector F000), IP FFF0.
+RESET_CS_BASE, RESET_IP = 0xFFFF0000, 0xFFF0
 
 
 def default_firmware(name: str = BIOS_NAME) -> str | None:
@@ -61,7 +61,7 @@ def read_bios(path: str) -> bytes:
     """The firmware image, checked for what the board can map; ImageError names the problem."""
     try:
         with open(path, "rb") as f:
-            data = f.read(16 << 20 + 1)
+            data = f.read((16 << 20) + 1)
     except IsADirectoryError:
         raise ImageError(path, "is a directory, not a firmware image") from None
     except OSError as exc:
@@ -89,8 +89,8 @@ class PcBoard(Board):
     def memory_map(self, memory: "GuestMemory", config: "MachineConfig") -> "PhysMap":
         path = config.bios or default_firmware()
         if path is None:
-            raise ConfigError(f"-M pc needs firmware: run `python3 -m images seabios` (Debian's SeaBIOS "
-                              f"into hvm's cache) or give --bios PATH")
+            raise ConfigError("-M pc needs firmware: run `python3 -m images seabios` (Debian's SeaBIOS "
+                              "into hvm's cache) or give --bios PATH")
         self.bios_path = path
         self.memory_layout = PcMemoryMap(memory, read_bios(path), os.path.basename(path))
         return self.memory_layout.physmap
