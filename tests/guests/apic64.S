@@ -1,7 +1,9 @@
 /* Local APIC timer and IOAPIC routing (flat binary at 0x100000, entered in 64-bit mode on hvm's
    identity page tables, which cover the APIC pages; GDT and IDT from sys64.S). Interrupt handlers count and EOI:
      1. LAPIC timer, periodic (vector 0x40, divide 1, 2,000,000 bus clocks): 10 interrupts;
-     2. LAPIC timer, one-shot, same count: exactly 1 interrupt, then the current count reads 0;
+     2. LAPIC timer, one-shot, same count, vector 0x41: exactly 1 interrupt, then the current count
+        reads 0 (its own vector: a periodic tick already pending when the timer was masked is
+        delivered after the switch, on real CPUs too, and must not pass for the one-shot's);
      3. the PIT (mode 2, 11932 clocks ~ 10 ms) with the 8259 pair masked, through IOAPIC pin 2
         (ISA IRQ 0, as QEMU's interrupt source override routes it) to vector 0x42: 5 interrupts.
    It prints "periodic=a oneshot=1 count=0 ioapic=5" (hex) and exits through isa-debug-exit 0x20
@@ -32,16 +34,15 @@ _start: lea kstack_top(%rip), %rsp
         movl $0x10000, 0x320(%rbx)      /* masked: no more periodic ticks */
         mov timer_count(%rip), %rax
         mov %rax, periodic(%rip)
-        movq $0, timer_count(%rip)
-        movl $0x00040, 0x320(%rbx)      /* one-shot, vector 0x40 */
+        movl $0x00041, 0x320(%rbx)      /* one-shot, vector 0x41 */
         movl $PERIOD, 0x380(%rbx)
 2:      hlt
-        cmpq $1, timer_count(%rip)
+        cmpq $1, oneshot_count(%rip)
         jb 2b
         mov $3 * PERIOD / 1000, %ecx    /* wait a few periods' worth of loop for a second one */
 3:      pause
         loop 3b
-        mov timer_count(%rip), %rax
+        mov oneshot_count(%rip), %rax
         mov %rax, oneshot(%rip)
         mov 0x390(%rbx), %eax           /* current count: 0 after a one-shot expired */
         mov %rax, count_left(%rip)
@@ -72,6 +73,10 @@ timer_handler:
         incq timer_count(%rip)
         jmp eoi
 
+oneshot_handler:
+        incq oneshot_count(%rip)
+        jmp eoi
+
 pit_handler:
         incq pit_count(%rip)
 eoi:    push %rax
@@ -80,11 +85,14 @@ eoi:    push %rax
         pop %rax
         iretq
 
-build_idt:                              /* gates 0x40 and 0x42 */
+build_idt:                              /* gates 0x40, 0x41 and 0x42 */
         mov $0x8e00, %edx
         xor %ecx, %ecx
         mov $0x40, %ebx
         lea timer_handler(%rip), %rax
+        call set_gate
+        mov $0x41, %ebx
+        lea oneshot_handler(%rip), %rax
         call set_gate
         mov $0x42, %ebx
         lea pit_handler(%rip), %rax
@@ -121,6 +129,7 @@ s_count: .asciz " count="
 s_ioapic: .asciz " ioapic="
         .balign 8
 timer_count: .quad 0
+oneshot_count: .quad 0
 pit_count: .quad 0
 periodic: .quad 0
 oneshot: .quad 0

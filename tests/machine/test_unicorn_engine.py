@@ -68,7 +68,9 @@ def test_lapic_timer_and_ioapic_interrupts_arrive_and_not_early(guests):
     # 11 LAPIC periods of 2 ms (1 GHz bus, divide 1) and 5 PIT periods of 11932 clocks.
     wall = float(re.search(r"wall time\s+([0-9.]+) s", err).group(1))
     assert wall >= 11 * 0.002 + 5 * 11932 / 1_193_182, err
-    assert re.search(r"0x40\s+11\n", err) and re.search(r"0x42\s+5\n", err), err
+    # 10 periodic ticks, and an 11th when one was pending as the guest masked the timer.
+    assert re.search(r"0x40\s+1[01]\n", err) and re.search(r"0x41\s+1\n", err), err
+    assert re.search(r"0x42\s+5\n", err), err
 
 
 def test_interrupt_driven_uart_through_the_python_pic(guests):
