@@ -20,9 +20,6 @@ INTERRUPT_LINE, INTERRUPT_PIN = 0x3C, 0x3D
 CMD_IO, CMD_MEMORY, CMD_MASTER = 1, 2, 4
 ROM_ENABLE = 1
 CONFIG_SIZE = 256
-# A 32-bit memory BAR that is not decoding reads back its address; "unmapped" is hvm's own
-# notion for a BAR the firmware has not placed yet.
-UNMAPPED = None
 
 
 @dataclass
@@ -120,9 +117,7 @@ class PciFunction:
             if mask:
                 byte = (value >> (8 * i)) & 0xFF
                 self.config[offset + i] = (self.config[offset + i] & ~mask) | (byte & mask)
-        if offset < STATUS + 2 and offset + size > STATUS:
-            # Status bits 11-15 are write-one-to-clear; none are ever set here.
-            pass
+        # Status has no writable bits here: its write-one-to-clear error bits are never set.
         self.config_written(offset, size, value)
         if self.mapping() != old_map:
             self.on_remap(self)
