@@ -38,19 +38,26 @@ class Board:
         raise NotImplementedError
 
 
+# name -> (module, class). Only the board asked for is imported: the PC board's device models
+# (VGA, IDE, PCI) cost start-up time and memory that a direct boot does not need.
+_BOARDS = {"direct": (".direct", "DirectBoard"), "pc": (".pc", "PcBoard")}
+BOARD_NAMES = tuple(_BOARDS)
+
+
+def _board_class(name: str) -> type[Board]:
+    import importlib
+
+    module, cls = _BOARDS[name]
+    return getattr(importlib.import_module(module, __name__), cls)
+
+
 def _boards() -> dict[str, type[Board]]:
-    from .direct import DirectBoard
-    from .pc import PcBoard
-
-    return {board.name: board for board in (DirectBoard, PcBoard)}
-
-
-BOARD_NAMES = ("direct", "pc")
+    """Every board class by name (imports them all)."""
+    return {name: _board_class(name) for name in _BOARDS}
 
 
 def board_for(name: str) -> Board:
     """A fresh board of the kind ``name`` (as given to ``--machine``)."""
-    boards = _boards()
-    if name not in boards:
-        raise ConfigError(f"unknown machine {name!r} (choose from {', '.join(boards)})")
-    return boards[name]()
+    if name not in BOARD_NAMES:
+        raise ConfigError(f"unknown machine {name!r} (choose from {', '.join(BOARD_NAMES)})")
+    return _board_class(name)()
