@@ -2,7 +2,8 @@
 
 An i440FX host bridge and PIIX3/PIIX4 functions on PCI bus 0, the legacy ISA devices, QEMU's
 fw_cfg, and real firmware (SeaBIOS, ``--bios``) entered at the reset vector: the firmware finds
-the devices, places the BARs, builds its tables and boots. Device numbers follow QEMU's ``pc``
+the devices, places the BARs, links hvm's ACPI tables into memory (fw_cfg's table-loader) and
+boots. Device numbers follow QEMU's ``pc``
 machine (00.0 host bridge, 01.0 ISA bridge, 01.3 power management) so guests and firmware meet
 the topology they know.
 """
@@ -12,21 +13,25 @@ import os
 import struct
 from typing import TYPE_CHECKING
 
+from .. import layout
 from ..boot.entry import EntryState, Mode
 from ..cache import cache_root
-from ..devices.acpi_pm import AcpiPm, LENGTH as ACPI_PM_LENGTH
+from ..devices.acpi_pm import AcpiPm, DEFAULT_BASE as ACPI_PM_DEFAULT, LENGTH as ACPI_PM_LENGTH, SLP_TYP_S5
+from ..devices.cmos_rtc import CENTURY
 from ..devices.debugcon import DebugCon
 from ..devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
+from ..devices.reset_control import RESET_PORT, RESET_VALUE
 from ..devices.pci.chipset import ApmControl, I440fxHostBridge, Piix3Isa, Piix4Pm
 from ..devices.pci.host import BusOps, PciHost, devfn
 from ..devices.ide import AtaDisk, AtapiCdrom, DiskImage, PiixIde
 from ..devices.vga import Vga
 from ..errors import ConfigError, ImageError
-from ..formats import fw_cfg as keys
-from ..formats.e820 import E820_RAM, E820Entry
+from ..firmware.acpi import LOADER_FILE, RSDP_FILE, TABLES_FILE, AcpiPlatform, PciRoot, loader_files
+from ..formats.e820 import E820_RAM
 from ..formats.iso9660 import DESCRIPTORS_AT, SECTOR, check_cd_image
 from ..outcome import End, Outcome
 from . import Board
+from .describe import acpi_isa_devices, add_machine_items, add_user_files
 from .legacy import LegacyDevices, add_legacy_devices
 from .pc_memory import ISA_ROM_BASE, ISA_ROM_SIZE, PcMemoryMap, RomWrites
 
@@ -85,6 +90,8 @@ class PcBoard(Board):
         self.bios_path: str | None = None
         self.vga: Vga | None = None
         self.ide: PiixIde | None = None
+        self.isa: Piix3Isa | None = None
+        self.pm: Piix4Pm | None = None
 
     def memory_map(self, memory: "GuestMemory", config: "MachineConfig") -> "PhysMap":
         path = config.bios or default_firmware()
@@ -107,10 +114,11 @@ class PcBoard(Board):
                                         machine.add_mmio_device, machine.mmio.unregister))
         pci.attach(machine.add_port_device)
         pci.add(devfn(0), I440fxHostBridge(layout.set_pam))
-        self.isa = Piix3Isa()
+        self.isa = Piix3Isa(machine.irq)
         pci.add(devfn(1, 0), self.isa)
         pm = AcpiPm(lambda: machine.finish(Outcome(End.POWEROFF, message="guest powered off")))
-        pci.add(devfn(1, 3), Piix4Pm(pm, ACPI_PM_LENGTH, machine.add_port_device, machine.pio.unregister))
+        self.pm = Piix4Pm(pm, ACPI_PM_LENGTH, machine.add_port_device, machine.pio.unregister)
+        pci.add(devfn(1, 3), self.pm)
         machine.add_port_device(APM_PORT, 2, ApmControl(pm.set_sci_enabled), "apm")
         self.ide = self._ide(machine)
         pci.add(IDE_SLOT, self.ide)
@@ -170,28 +178,30 @@ class PcBoard(Board):
         vga.attach(machine.add_port_device, machine.add_mmio_device)
         return vga
 
-    @staticmethod
-    def _describe(machine: "Machine", fw_cfg: FwCfg) -> None:
-        cpus = machine.config.cpus
-        fw_cfg.add_item(keys.UUID, bytes(16))
-        fw_cfg.add_u64(keys.RAM_SIZE, machine.memory.size)
-        fw_cfg.add_u16(keys.NOGRAPHIC, 1)
-        fw_cfg.add_u16(keys.NB_CPUS, cpus)
-        fw_cfg.add_u16(keys.MAX_CPUS, cpus)
-        fw_cfg.add_u16(keys.BOOT_MENU, 0)
-        fw_cfg.add_u32(keys.IRQ0_OVERRIDE, 1)
+    def _describe(self, machine: "Machine", fw_cfg: FwCfg) -> None:
         # RAM as it is, holes included: the firmware reserves what it uses (as QEMU's e820 file).
-        fw_cfg.add_file("etc/e820", b"".join(E820Entry.build(dict(addr=r.gpa, size=r.size, type=E820_RAM))
-                                             for r in machine.memory.regions))
+        add_machine_items(machine, fw_cfg, ((r.gpa, r.size, E820_RAM) for r in machine.memory.regions))
         # No reboot when nothing boots: "No bootable device." and wait (QEMU's default).
         fw_cfg.add_file("etc/boot-fail-wait", struct.pack("<I", 0xFFFFFFFF))
-        for user_file in machine.config.fw_cfg:
-            try:
-                fw_cfg.add_file(user_file.name, user_file.data())
-            except OSError as exc:
-                raise ConfigError(f"--fw-cfg {user_file.name}: {user_file.path}: {exc.strerror}") from None
-            except ValueError as exc:
-                raise ConfigError(f"--fw-cfg {user_file.name}: {exc}") from None
+        # The ACPI tables are made when the firmware reads them, after it has placed the PM
+        # block and routed the PCI interrupts, so that they say where it put them.
+        linked = loader_files(self._acpi_platform(machine))
+        fw_cfg.add_generated_file(TABLES_FILE, lambda: loader_files(self._acpi_platform(machine)).tables)
+        fw_cfg.add_file(RSDP_FILE, linked.rsdp)
+        fw_cfg.add_file(LOADER_FILE, linked.loader)
+        add_user_files(machine, fw_cfg)
+
+    def _acpi_platform(self, machine: "Machine") -> AcpiPlatform:
+        cpus = machine.config.cpus
+        # The 32-bit PCI window: from the top of RAM below 4 GiB to the IOAPIC, as on QEMU's pc.
+        window = (machine.memory.below_4g, layout.IOAPIC_BASE - 1)
+        return AcpiPlatform(
+            cpus=cpus, ioapic_id=cpus, ioapic_address=layout.IOAPIC_BASE, lapic_address=layout.LAPIC_BASE,
+            pm_base=self.pm.pm_base or ACPI_PM_DEFAULT, s5_sleep_type=SLP_TYP_S5, reset_port=RESET_PORT,
+            reset_value=RESET_VALUE, has_8042=True, century_cmos_index=CENTURY,
+            isa_devices=acpi_isa_devices(machine),
+            pci=PciRoot([self.isa.pirq_irq(i) for i in range(4)], window, isa_bridge_devfn=devfn(1, 0)),
+            smi_cmd=APM_PORT, acpi_enable=ApmControl.ACPI_ENABLE, acpi_disable=ApmControl.ACPI_DISABLE)
 
     def boot(self, machine: "Machine") -> EntryState:
         return EntryState(Mode.RESET, RESET_CS_BASE + RESET_IP, regs={"edx": 0x600},

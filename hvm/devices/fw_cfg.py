@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import Callable
 
 from ..formats import fw_cfg as f
 from ..memory import GuestMemory, GuestMemoryError
@@ -66,6 +67,7 @@ class FwCfg:
         self._lock = threading.Lock()
         self._items: dict[int, bytes] = {}
         self._files: dict[str, bytes] = {}
+        self._generators: dict[str, Callable[[], bytes]] = {}
         self._names: list[str] = []   # file names in directory (selector) order
         self._selected: bytes | None = None
         self._offset = 0
@@ -101,6 +103,16 @@ class FwCfg:
         self._files[name] = bytes(data)
         self._update_directory()
 
+    def add_generated_file(self, name: str, generate: Callable[[], bytes]) -> None:
+        """A named item whose bytes ``generate`` makes anew each time the guest selects it, so it
+        can describe what the firmware has set up by then (QEMU builds its ACPI tables so). The
+        directory lists the size of the first result; later ones must have that size."""
+        self.add_file(name, generate())
+        self._generators[name] = generate
+
+    def has_file(self, name: str) -> bool:
+        return name in self._files
+
     def key_of(self, name: str) -> int:
         """The selector of file ``name``."""
         return f.FILE_FIRST + self._names.index(name)
@@ -125,6 +137,14 @@ class FwCfg:
     def _select(self, key: int) -> None:
         self._selected = self._item(key)
         self._offset = 0
+        index = (key & _ENTRY_MASK) - f.FILE_FIRST
+        if self._generators and 0 <= index < len(self._names) and self._names[index] in self._generators:
+            name = self._names[index]
+            data = self._generators[name]()
+            if len(data) != len(self._files[name]):
+                raise RuntimeError(f"fw_cfg file {name} changed size from {len(self._files[name])} "
+                                   f"to {len(data)} bytes (hvm bug: the directory already told the guest)")
+            self._files[name] = self._selected = data
 
     def read_data(self) -> int:
         with self._lock:

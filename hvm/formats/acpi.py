@@ -158,6 +158,16 @@ MadtLapicNmi = Struct("type" / Const(MADT_LAPIC_NMI, Int8ul), "length" / Const(6
 ALL_PROCESSORS = 0xFF
 
 
+def offset_of(struct, field: str) -> int:
+    """Where ``field`` of a fixed-size construct ``struct`` begins."""
+    offset = 0
+    for sub in struct.subcons:
+        if sub.name == field:
+            return offset
+        offset += sub.sizeof()
+    raise KeyError(field)
+
+
 def checksummed(table: bytes, offset: int, length: int | None = None) -> bytes:
     """``table`` with the byte at ``offset`` set so that its first ``length`` bytes (all of it by
     default) sum to zero modulo 256."""

@@ -4,7 +4,8 @@ define them. The directory and the descriptor are big-endian; the items' own val
 little-endian."""
 from __future__ import annotations
 
-from construct import Array, Const, Int16ub, Int32ub, Int64ub, PaddedString, Struct, this
+from construct import (Array, Const, Enum, Int8ul, Int16ub, Int32ub, Int32ul, Int64ub, Padded, PaddedString,
+                       Struct, Switch, this)
 
 # Generic keys (qemu_fw_cfg.h).
 SIGNATURE = 0x00
@@ -58,4 +59,23 @@ DmaAccess = Struct(
 )
 assert DmaAccess.sizeof() == 16
 
-__all__ = ["FileEntry", "FileDirectory", "DmaAccess"]
+# The table-loader script ("etc/table-loader"): 128-byte commands that tell firmware to place fw_cfg
+# files in memory and link them (QEMU's hw/acpi/bios-linker-loader.c describes the format; SeaBIOS's
+# src/fw/romfile_loader.c runs it). Little-endian, unlike the rest of fw_cfg.
+LOADER_ZONE_HIGH, LOADER_ZONE_FSEG = 1, 2     # anywhere in RAM / in the BIOS's F segment
+LOADER_COMMAND_SIZE = 128
+_LoaderName = PaddedString(NAME_LENGTH, "ascii")
+LoaderCommand = Padded(LOADER_COMMAND_SIZE, Struct(
+    "command" / Enum(Int32ul, allocate=1, add_pointer=2, add_checksum=3),
+    "args" / Switch(this.command, {
+        # Copy file ``file`` to memory aligned to ``align`` in ``zone``.
+        "allocate": Struct("file" / _LoaderName, "align" / Int32ul, "zone" / Int8ul),
+        # Add the address of file ``src`` to the ``size``-byte field at ``offset`` in file ``dest``.
+        "add_pointer": Struct("dest" / _LoaderName, "src" / _LoaderName, "offset" / Int32ul, "size" / Int8ul),
+        # Subtract the sum of ``length`` bytes from ``start`` from the byte at ``offset``.
+        "add_checksum": Struct("file" / _LoaderName, "offset" / Int32ul, "start" / Int32ul,
+                               "length" / Int32ul),
+    }),
+))
+
+__all__ = ["FileEntry", "FileDirectory", "DmaAccess", "LoaderCommand"]

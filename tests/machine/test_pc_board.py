@@ -4,6 +4,7 @@ the chipset, fw_cfg, the RAM, the CPUs, the keyboard and serial port. The expect
 taken from QEMU's run of the same firmware on the same machine (checked in the test itself)."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -275,8 +276,10 @@ def _shell(machine, cpus: int) -> None:
 @pytest.mark.slow
 def test_hvm_iso_boots_linux_from_cd_and_powers_off(bios, linux_iso):
     """hvm's own ISO (GRUB for BIOS PCs, Debian's kernel, busybox) boots from the IDE CD-ROM
-    through SeaBIOS and GRUB to a shell on COM1; the kernel counts the two vCPUs, enters ACPI mode
-    through the FADT's SMI_CMD and powers the machine off when the shell exits."""
+    through SeaBIOS and GRUB to a shell on COM1; the kernel counts the two vCPUs, takes hvm's ACPI
+    tables as SeaBIOS placed them (the PCI root bridge, the interrupt links on the IRQs SeaBIOS
+    routed PIRQ A-D to: 10, 10, 11, 11), enters ACPI mode through the FADT's SMI_CMD and powers
+    the machine off when the shell exits."""
     config = MachineConfig(machine="pc", bios=str(bios), accel="unicorn", memory="256M", cpus=2,
                            cdrom=str(linux_iso), boot="d")
     with Machine(config) as machine:
@@ -285,8 +288,14 @@ def test_hvm_iso_boots_linux_from_cd_and_powers_off(bios, linux_iso):
         machine.serial.send("exit\n")
         outcome = machine.wait(120)
     assert outcome.end.value == "poweroff" and outcome.exit_code == 0, outcome
-    assert "GRUB: starting Debian's kernel from hvm's ISO" in machine.serial.text
-    assert "ACPI: Unable to enable ACPI" not in machine.serial.text
+    log = machine.serial.text
+    assert "GRUB: starting Debian's kernel from hvm's ISO" in log
+    assert "ACPI: Unable to enable ACPI" not in log
+    assert re.search(r"ACPI: DSDT 0x[0-9A-F]+ [0-9A-F]+ \(v02 HVM    HVMPC ", log), log[:3000]
+    assert "ACPI: PCI Root Bridge [PCI0] (domain 0000 [bus 00-ff])" in log
+    for link, irq in zip("ABCD", (10, 10, 11, 11)):
+        assert f"ACPI: PCI: Interrupt link LNK{link} configured for IRQ {irq}" in log
+    assert "i8042: PNP: PS/2 Controller [PNP0303:KBD,PNP0f13:MOU] at 0x60,0x64 irq 1,12" in log
 
 
 @pytest.mark.slow

@@ -7,17 +7,89 @@ import subprocess
 import pytest
 
 from conftest import require_tool
-from hvm.firmware.acpi import AcpiPlatform, IsaDevice, build
+from hvm.firmware.acpi import AcpiPlatform, IsaDevice, PciRoot, build, loader_files
 from hvm.formats import aml
 from hvm.formats.acpi import FadtBody, MadtBody, Rsdp, SdtHeader, sums_to_zero
+from hvm.formats.fw_cfg import LoaderCommand
 
 
-def _platform(cpus=2):
+def _platform(cpus=2, pci=None):
     return AcpiPlatform(cpus=cpus, ioapic_id=cpus, ioapic_address=0xFEC00000, lapic_address=0xFEE00000,
                         pm_base=0x600, s5_sleep_type=0, reset_port=0xCF9, reset_value=6, has_8042=True,
                         century_cmos_index=0x32,
                         isa_devices=[IsaDevice("COM1", "PNP0501", [(0x3F8, 8)], [4], uid=1),
-                                     IsaDevice("RTC", "PNP0B00", [(0x70, 2)], [8])])
+                                     IsaDevice("RTC", "PNP0B00", [(0x70, 2)], [8])], pci=pci,
+                        smi_cmd=0xB2 if pci else 0, acpi_enable=0xF1 if pci else 0)
+
+
+# What SeaBIOS routes the PIIX3's PIRQ A-D to (its pciinit.c), and QEMU's pc 32-bit window at 256 MiB.
+SEABIOS_PIRQS = [10, 10, 11, 11]
+PC_PCI = PciRoot(SEABIOS_PIRQS, (0x10000000, 0xFEBFFFFF))
+
+
+def _run_loader(files: dict[str, bytes], script: bytes, at: dict[str, int]) -> dict[int, bytes]:
+    """Do what firmware does with a table-loader script (QEMU's bios-linker-loader format):
+    place each allocated file at ``at[name]``, add the addresses, fix the checksums."""
+    placed: dict[str, bytearray] = {}
+    for i in range(0, len(script), 128):
+        cmd = LoaderCommand.parse(script[i:i + 128])
+        a = cmd.args
+        if cmd.command == "allocate":
+            assert at[a.file] % a.align == 0
+            placed[a.file] = bytearray(files[a.file])
+        elif cmd.command == "add_pointer":
+            field = placed[a.dest][a.offset:a.offset + a.size]
+            value = int.from_bytes(field, "little") + at[a.src]
+            placed[a.dest][a.offset:a.offset + a.size] = value.to_bytes(a.size, "little")
+        else:
+            data = placed[a.file]
+            data[a.offset] = (data[a.offset] - sum(data[a.start:a.start + a.length])) & 0xFF
+    return {at[name]: bytes(data) for name, data in placed.items()}
+
+
+def _read(memory: dict[int, bytes], address: int, length: int) -> bytes:
+    for base, data in memory.items():
+        if base <= address and address + length <= base + len(data):
+            return data[address - base:address - base + length]
+    raise AssertionError(f"{address:#x} is in no placed file")
+
+
+@pytest.mark.parametrize("pirqs", [SEABIOS_PIRQS, [None, 5, None, 9]])
+def test_table_loader_places_and_links_the_tables(pirqs):
+    pci = PciRoot(pirqs, PC_PCI.mmio_window)
+    files = loader_files(_platform(pci=pci))
+    # The file sizes do not depend on the routing: firmware learns them before it routes.
+    assert len(files.tables) == len(loader_files(_platform(pci=PC_PCI)).tables)
+    mem = _run_loader({"etc/acpi/rsdp": files.rsdp, "etc/acpi/tables": files.tables}, files.loader,
+                      {"etc/acpi/rsdp": 0xF5A40, "etc/acpi/tables": 0x0FFFE000})
+    rsdp_raw = mem[0xF5A40]
+    assert rsdp_raw[:8] == b"RSD PTR " and sums_to_zero(rsdp_raw[:20]) and sums_to_zero(rsdp_raw[:36])
+    rsdp = Rsdp.parse(rsdp_raw)
+
+    def table(address, signature):
+        hdr = SdtHeader.parse(_read(mem, address, 36))
+        assert hdr.signature == signature
+        body = _read(mem, address, hdr.length)
+        assert sums_to_zero(body), signature
+        return body
+
+    xsdt = table(rsdp.xsdt_address, b"XSDT")
+    rsdt = table(rsdp.rsdt_address, b"RSDT")
+    via_x = [int.from_bytes(xsdt[i:i + 8], "little") for i in range(36, len(xsdt), 8)]
+    assert via_x == [int.from_bytes(rsdt[i:i + 4], "little") for i in range(36, len(rsdt), 4)]
+    fadt = FadtBody.parse(table(via_x[0], b"FACP")[36:])
+    assert fadt.dsdt == fadt.x_dsdt and (fadt.smi_cmd, fadt.acpi_enable) == (0xB2, 0xF1)
+    assert _read(mem, fadt.firmware_ctrl, 4) == b"FACS" and fadt.firmware_ctrl % 64 == 0
+    assert b"PNP0A03" not in table(fadt.dsdt, b"DSDT")   # (an EISA ID is compressed, never ASCII)
+    madt = table(via_x[1], b"APIC")
+    overrides, cursor = {}, 44
+    while cursor < len(madt):
+        if madt[cursor] == 2:
+            overrides[madt[cursor + 3]] = int.from_bytes(madt[cursor + 8:cursor + 10], "little")
+        cursor += madt[cursor + 1]
+    # Each IRQ a PIRQ line is routed to is level-triggered, active high (flags 0xD), as QEMU says.
+    level_high = {irq: 0xD for irq in pirqs if irq is not None}
+    assert overrides == {0: 0, 9: 0xD, **level_high}
 
 
 def _tables(t):
@@ -72,9 +144,10 @@ def test_aml_encodings():
         aml.name_seg("com1")
 
 
-def test_iasl_accepts_every_table(tmp_path):
+@pytest.mark.parametrize("pci", [None, PC_PCI])
+def test_iasl_accepts_every_table(tmp_path, pci):
     require_tool("iasl", "acpica-tools")
-    for sig, body in _tables(build(_platform())).items():
+    for sig, body in _tables(build(_platform(pci=pci))).items():
         path = tmp_path / f"{sig.lower()}.dat"
         path.write_bytes(body)
         r = subprocess.run(["iasl", "-d", str(path)], capture_output=True, text=True, cwd=tmp_path)
@@ -82,6 +155,16 @@ def test_iasl_accepts_every_table(tmp_path):
         assert r.returncode == 0 and "Error" not in out and "Invalid" not in out and "checksum" not in out.lower(), out
     dsl = (tmp_path / "dsdt.dsl").read_text()
     assert 'EisaId ("PNP0501")' in dsl and "Name (\\_S5, Package (0x04)" in dsl and "IRQNoFlags" in dsl
+    if pci is not None:
+        # The root bridge with its windows, each slot's pins on the rotating PIRQ links, and the
+        # links on the firmware's IRQs (level, active high, shared).
+        flat = " ".join(dsl.split())
+        assert 'EisaId ("PNP0A03")' in flat and "WordBusNumber" in flat and "0xFEBFFFFF" in flat
+        # PIIX rotation (PIIX3 datasheet; QEMU and SeaBIOS agree): slot 1 INTA -> PIRQA, INTB -> PIRQB,
+        # slot 2 INTA -> PIRQB, slot 4 INTD -> PIRQC.
+        for slot, pin, link in ((1, "Zero", "LNKA"), (1, "One", "LNKB"), (2, "Zero", "LNKB"), (4, "0x03", "LNKC")):
+            assert f"Package (0x04) {{ 0x000{slot}FFFF, {pin}, {link}, Zero }}" in flat
+        assert "Interrupt (ResourceConsumer, Level, ActiveHigh, Shared, ,, ) { 0x0000000A, }" in flat
     r = subprocess.run(["iasl", "-p", str(tmp_path / "re"), str(tmp_path / "dsdt.dsl")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and "0 Errors, 0 Warnings" in r.stdout, r.stdout + r.stderr

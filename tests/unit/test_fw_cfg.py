@@ -160,3 +160,17 @@ def test_address_register_clears_after_a_transfer(rig):
     mem.write(DESC, struct.pack(">IIQ", SELECT | READ, 4, BUF))
     bus.write(DMA_LO, 4, int.from_bytes(DESC.to_bytes(4, "big"), "little"))
     assert mem.read(BUF, 4) == b"QEMU" and mem.read(DESC, 4) == bytes(4)
+
+
+def test_a_generated_file_is_made_when_selected(rig):
+    cfg, bus, mem = rig
+    state = {"value": b"A"}
+    cfg.add_generated_file("etc/state", lambda: state["value"] * 4)
+    key = cfg.key_of("etc/state")
+    assert read_item(bus, key, 4) == b"AAAA"
+    state["value"] = b"B"          # what the generator describes changed since: a new select sees it
+    assert read_item(bus, key, 4) == b"BBBB"
+    assert dma(bus, mem, key << 16 | SELECT | READ, 4, BUF) == 0 and mem.read(BUF, 4) == b"BBBB"
+    state["value"] = b"CC"         # the directory said 4 bytes: a different size is hvm's bug, said so
+    with pytest.raises(RuntimeError, match="etc/state changed size"):
+        bus.write(SEL, 2, key)

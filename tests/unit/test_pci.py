@@ -149,3 +149,27 @@ def test_apm_port_enters_and_leaves_acpi_mode():
     assert apm.read(0, 2) == 0x5AF1
     apm.write(0, 1, 0xF0)
     assert not pm.read(PM1_CNT, 2) & SCI_EN
+
+
+def test_piix3_steers_pci_interrupts_by_its_pirq_registers():
+    from hvm.irq import RecordingIrqLine
+    lines = {}
+    bridge = Piix3Isa(lambda irq: lines.setdefault(irq, RecordingIrqLine(irq)))
+    vga_inta, slot3_intb = bridge.interrupt(2, 0), bridge.interrupt(3, 1)
+    assert (vga_inta.pirq, slot3_intb.pirq) == (1, 3)          # PIRQB, PIRQD: the PIIX rotation
+    vga_inta.set_level(True)
+    assert lines == {}                                          # reset value 0x80: not routed
+    bridge.config_write(0x60, 4, 0x0B0A0B0A)                    # A->10, B->11, C->10, D->11 (as a BIOS might)
+    assert lines[11].level
+    slot3_intb.set_level(True)                                  # shares IRQ 11: wired-OR
+    vga_inta.set_level(False)
+    assert lines[11].level
+    slot3_intb.set_level(False)
+    assert not lines[11].level
+    slot3_intb.set_level(True)
+    bridge.config_write(0x63, 1, 0x05)                          # PIRQD moves to IRQ 5 while asserted
+    assert lines[5].level and not lines[11].level
+    bridge.config_write(0x63, 1, 0x80)                          # disabled: the line is let go
+    assert not lines[5].level
+    bridge.config_write(0x63, 1, 0x08)                          # IRQ 8 is reserved (the RTC's)
+    assert 8 not in lines and bridge.pirq_irq(3) is None

@@ -1,5 +1,5 @@
 """The PC's chipset functions on PCI bus 0: the i440FX host bridge (with its PAM registers), the
-PIIX3 PCI-to-ISA bridge (PIRQ routing) and the PIIX4 power-management function (the ACPI PM
+PIIX3 PCI-to-ISA bridge (PIRQ routing of the PCI interrupt lines to ISA IRQs) and the PIIX4 power-management function (the ACPI PM
 registers, placed where the firmware says).
 
 Register offsets and reset values from Intel's 82441FX PMC datasheet (290549, §3.2: PAM0-PAM6 at
@@ -8,8 +8,10 @@ Register offsets and reset values from Intel's 82441FX PMC datasheet (290549, §
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
+from ...irq import IrqLine
 from ..base import Device
 from .config import PciFunction
 
@@ -22,6 +24,7 @@ PIRQ_ROUTE = 0x60
 PMBA, PMREGMISC, PMIOSE = 0x40, 0x80, 1
 DEVACTB, DEVACTB_APMC_EN = 0x58, 1 << 25
 SMBBA, SMBHSTCFG = 0x90, 0xD2
+RESERVED_IRQS = frozenset({0, 1, 2, 8, 13})   # PIRQRC values the PIIX3 datasheet reserves
 
 
 class I440fxHostBridge(PciFunction):
@@ -47,11 +50,18 @@ class I440fxHostBridge(PciFunction):
 
 
 class Piix3Isa(PciFunction):
-    """Device 1 function 0: the PCI-to-ISA bridge; a multi-function device (IDE and PM follow)."""
+    """Device 1 function 0: the PCI-to-ISA bridge; a multi-function device (IDE and PM follow).
+    ``interrupt(slot, pin)`` is the line a PCI device's INTA-INTD drives; the PIRQ registers
+    steer it to an ISA IRQ (``isa_irq(n)`` gives the board's IRQ lines)."""
 
     name = "piix3"
+    PIRQS = 4
 
-    def __init__(self) -> None:
+    def __init__(self, isa_irq: Callable[[int], IrqLine] | None = None) -> None:
+        self._isa_irq = isa_irq
+        self._lock = threading.Lock()
+        self._asserted: list[set[tuple[int, int]]] = [set() for _ in range(self.PIRQS)]
+        self._driven: set[int] = set()   # ISA IRQs held up by PCI interrupts now
         super().__init__(0x8086, 0x7000, 0x060100, header_type=0x80, subsystem=QEMU_SUBSYSTEM)
         self.set_config(PIRQ_ROUTE, 4, 0x80808080)   # every PIRQ line disabled until routed
         self.writable(PIRQ_ROUTE, 4, 0x8F8F8F8F)
@@ -62,9 +72,49 @@ class Piix3Isa(PciFunction):
         self.writable(0xA0, 0x20, (1 << 256) - 1)     # power management (SMI) block, unused
 
     def pirq_irq(self, pirq: int) -> int | None:
-        """The ISA IRQ PIRQ ``pirq`` (0-3 for A-D) is routed to, or None when disabled."""
+        """The ISA IRQ PIRQ ``pirq`` (0-3 for A-D) is routed to, or None when disabled (or
+        routed to an IRQ the PIIX3 reserves: 0-2, 8 and 13)."""
         value = self.config[PIRQ_ROUTE + pirq]
-        return None if value & 0x80 else value & 0x0F
+        irq = value & 0x0F
+        return None if value & 0x80 or irq in RESERVED_IRQS else irq
+
+    def interrupt(self, slot: int, pin: int) -> "PciInterrupt":
+        """The line INTA-INTD (``pin`` 0-3) of the device in ``slot``: it reaches PIRQ
+        (slot - 1 + pin) mod 4, the rotation PC boards wire and their BIOSes and ACPI tables assume."""
+        if not 0 < slot < 32 or not 0 <= pin < 4:
+            raise ValueError(f"no PCI interrupt INT{'ABCD'[pin % 4]} for slot {slot}")
+        return PciInterrupt(self, (slot, pin), (slot - 1 + pin) % self.PIRQS)
+
+    def _pin_level(self, source: tuple[int, int], pirq: int, level: bool) -> None:
+        with self._lock:
+            (self._asserted[pirq].add if level else self._asserted[pirq].discard)(source)
+            self._drive()
+
+    def config_written(self, offset: int, size: int, value: int) -> None:
+        if offset < PIRQ_ROUTE + self.PIRQS and offset + size > PIRQ_ROUTE:
+            with self._lock:
+                self._drive()
+
+    def _drive(self) -> None:
+        # An ISA IRQ is up while any PCI interrupt routed to it is (the lines are shared, level).
+        wanted = {self.pirq_irq(p) for p in range(self.PIRQS) if self._asserted[p]} - {None}
+        if self._isa_irq is None:
+            return
+        for irq in sorted(self._driven - wanted):
+            self._isa_irq(irq).set_level(False)
+        for irq in sorted(wanted - self._driven):
+            self._isa_irq(irq).set_level(True)
+        self._driven = wanted
+
+
+class PciInterrupt:
+    """One PCI device's interrupt pin, as its device model drives it (level-triggered)."""
+
+    def __init__(self, bridge: Piix3Isa, source: tuple[int, int], pirq: int):
+        self._bridge, self._source, self.pirq = bridge, source, pirq
+
+    def set_level(self, level: bool) -> None:
+        self._bridge._pin_level(self._source, self.pirq, level)
 
 
 class Piix4Pm(PciFunction):
