@@ -3,9 +3,8 @@
 An i440FX host bridge and PIIX3/PIIX4 functions on PCI bus 0, the legacy ISA devices, QEMU's
 fw_cfg, and real firmware (SeaBIOS, ``--bios``) entered at the reset vector: the firmware finds
 the devices, places the BARs, links hvm's ACPI tables into memory (fw_cfg's table-loader) and
-boots. Device numbers follow QEMU's ``pc``
-machine (00.0 host bridge, 01.0 ISA bridge, 01.3 power management) so guests and firmware meet
-the topology they know.
+boots. Device numbers follow QEMU's ``pc`` machine (00.0 host bridge, 01.0 ISA bridge, 01.3
+power management) so guests and firmware meet the topology they know.
 """
 from __future__ import annotations
 
