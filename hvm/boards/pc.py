@@ -25,6 +25,7 @@ from ..devices.pci.host import BusOps, PciHost, devfn
 from ..devices.ide import AtaDisk, AtapiCdrom, DiskImage, PiixIde
 from ..devices.vga import Vga
 from ..errors import ConfigError, ImageError
+from ..firmware import smbios
 from ..firmware.acpi import LOADER_FILE, RSDP_FILE, TABLES_FILE, AcpiPlatform, PciRoot, loader_files
 from ..formats.e820 import E820_RAM
 from ..formats.iso9660 import DESCRIPTORS_AT, SECTOR, check_cd_image
@@ -182,6 +183,13 @@ class PcBoard(Board):
         add_machine_items(machine, fw_cfg, ((r.gpa, r.size, E820_RAM) for r in machine.memory.regions))
         # No reboot when nothing boots: "No bootable device." and wait (QEMU's default).
         fw_cfg.add_file("etc/boot-fail-wait", struct.pack("<I", 0xFFFFFFFF))
+        # SMBIOS as QEMU hands it to SeaBIOS, which adds its own type 0 and places the tables. The
+        # vCPUs are one socket's cores, as hvm's CPUID leaf 1 (one package) and QEMU's -smp N say.
+        cpus = machine.config.cpus
+        anchor, tables = smbios.build(cpus, [(r.gpa, r.size) for r in machine.memory.regions],
+                                      cores_per_socket=cpus)
+        fw_cfg.add_file(smbios.ANCHOR_FILE, anchor)
+        fw_cfg.add_file(smbios.TABLES_FILE, tables)
         # The ACPI tables are made when the firmware reads them, after it has placed the PM
         # block and routed the PCI interrupts, so that they say where it put them.
         linked = loader_files(self._acpi_platform(machine))

@@ -278,7 +278,7 @@ def test_hvm_iso_boots_linux_from_cd_and_powers_off(bios, linux_iso):
     """hvm's own ISO (GRUB for BIOS PCs, Debian's kernel, busybox) boots from the IDE CD-ROM
     through SeaBIOS and GRUB to a shell on COM1; the kernel counts the two vCPUs, takes hvm's ACPI
     tables as SeaBIOS placed them (the PCI root bridge, the interrupt links on the IRQs SeaBIOS
-    routed PIRQ A-D to: 10, 10, 11, 11), enters ACPI mode through the FADT's SMI_CMD and powers
+    routed PIRQ A-D to: 10, 10, 11, 11) and SMBIOS tables, enters ACPI mode through the FADT's SMI_CMD and powers
     the machine off when the shell exits."""
     config = MachineConfig(machine="pc", bios=str(bios), accel="unicorn", memory="256M", cpus=2,
                            cdrom=str(linux_iso), boot="d")
@@ -296,6 +296,8 @@ def test_hvm_iso_boots_linux_from_cd_and_powers_off(bios, linux_iso):
     for link, irq in zip("ABCD", (10, 10, 11, 11)):
         assert f"ACPI: PCI: Interrupt link LNK{link} configured for IRQ {irq}" in log
     assert "i8042: PNP: PS/2 Controller [PNP0303:KBD,PNP0f13:MOU] at 0x60,0x64 irq 1,12" in log
+    # hvm's SMBIOS system structure, with the BIOS information SeaBIOS adds in front of it.
+    assert re.search(r"DMI: hvm Standard PC \(i440FX \+ PIIX, 1996\), BIOS 1\.16\.\d", log), log[:2000]
 
 
 @pytest.mark.slow
