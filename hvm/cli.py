@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vga", choices=["std", "none"], default="std",
                    help="-M pc: the display adapter, as QEMU's -vga (std: standard VGA with the Bochs VBE "
                         "extension and SeaBIOS's VGA BIOS; the default)")
+    p.add_argument("--display", choices=["none", "text"], default="none",
+                   help="-M pc: where the screen shows, as QEMU's -display: none (the default; serial on "
+                        "stdio) or text (the VGA text screen drawn on this terminal and stdin typed on the "
+                        "PS/2 keyboard, like QEMU's -display curses; Ctrl-A x quits; needs --vga std and a "
+                        "terminal; COM1 then defaults to none, --serial file:PATH keeps its output)")
     p.add_argument("--cdrom", metavar="ISO",
                    help="-M pc: a CD-ROM image on the IDE secondary master, as QEMU's -cdrom")
     p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
@@ -93,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-addr", type=_int, metavar="ADDR",
                    help="load (and entry) address of a flat binary (default 0x7c00 real, 0x100000 otherwise)")
     p.add_argument("--serial", action="append", metavar="DEV",
-                   help="stdio | none | file:PATH | unix:PATH; repeat for COM2-COM4 (default stdio)")
+                   help="stdio | none | file:PATH | unix:PATH; repeat for COM2-COM4 (default stdio; none "
+                        "under --display text, which has the terminal)")
     p.add_argument("--debugcon", default="none", metavar="DEV",
                    help="where port 0xE9 output goes: none | stdio | file:PATH | unix:PATH")
     p.add_argument("--accel", choices=["kvm", "unicorn", "auto"], default="kvm",
@@ -121,14 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
     return MachineConfig(
-        machine=args.machine, bios=args.bios, vga=args.vga, cdrom=args.cdrom,
+        machine=args.machine, bios=args.bios, vga=args.vga, display=args.display, cdrom=args.cdrom,
         disks=args.disk, boot=args.boot, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module],
         fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg], devices=args.device,
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
-        load_addr=args.load_addr, serial=args.serial or ["stdio"], debugcon=args.debugcon,
+        load_addr=args.load_addr, serial=args.serial or [_default_serial(args.display)], debugcon=args.debugcon,
         timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,
         stall_timeout=args.stall_timeout, verbose=args.verbose)
+
+
+def _default_serial(display: str) -> str:
+    """COM1 on the terminal, unless the screen is drawn there: then guest output would scribble
+    over it, and stdin belongs to the keyboard."""
+    return "none" if display == "text" else "stdio"
 
 
 def _say(msg: str) -> None:
@@ -170,6 +183,11 @@ def _run(args: argparse.Namespace) -> int:
     cfg.validate()
     if args.screenshot and (cfg.machine != "pc" or cfg.vga == "none"):
         raise ConfigError("--screenshot needs a screen: -M pc with --vga std")
+    if cfg.display == "text":
+        for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
+            if not _is_terminal(stream):
+                raise ConfigError(f"--display text draws on a terminal and reads its keys: {name} is not "
+                                  f"a terminal (use --display none with --screenshot or the serial port)")
     banner = host_info(cfg.kvm_path).banner()
     first = True
     # --timeout bounds the whole run, reboots included.
@@ -180,6 +198,13 @@ def _run(args: argparse.Namespace) -> int:
             return code
         _say("the guest reset the machine: booting again (--no-reboot exits instead)")
         first = False
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and os.isatty(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _screenshot(machine, path: str) -> None:
@@ -200,6 +225,7 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
 
     machine = Machine(cfg)
     restore = _guard(machine)
+    display = None
     try:
         if first and cfg.accel == "auto":
             _say(f"--accel auto chose {machine.accel}: {machine.accel_reason}")
@@ -213,8 +239,18 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
         if args.verbose:
             _say(f"booting {cfg.kernel or machine.board.name}: {machine.entry.description or machine.entry.mode.value} "
                  f"entry {machine.entry.entry:#x}, {cfg.memory >> 20} MiB, {cfg.cpus} vCPU(s)")
+        if cfg.display == "text":
+            from .text_display import TextDisplay
+
+            # After the messages above, so they stay on the user's screen when it comes back.
+            display = TextDisplay(machine.screen, machine.keyboard, on_quit=machine.stop,
+                                  on_failure=machine.internal_error,
+                                  stdin_fd=sys.stdin.fileno(), stdout_fd=sys.stdout.fileno())
+            display.start()
         left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         outcome = machine.run(timeout=None if left is None else left)
+        if display is not None:
+            display.close()     # the report below goes to the user's own screen
         if outcome.end == End.RESET and not args.no_reboot:
             return None
         if outcome.end == End.TIMEOUT and cfg.timeout is not None:
@@ -226,6 +262,8 @@ def _boot(cfg: MachineConfig, args: argparse.Namespace, banner: str, first: bool
             sys.stderr.write(machine.stats().format() + "\n")
         return outcome.exit_code
     finally:
+        if display is not None:
+            display.close()
         machine.close()
         restore()
 

@@ -135,6 +135,7 @@ def parse_boot(spec: str) -> str:
 
 DECOMPRESS_CHOICES = ("auto", "host", "guest")
 VGA_CHOICES = ("std", "none")
+DISPLAY_CHOICES = ("none", "text")
 
 
 @dataclass
@@ -148,6 +149,10 @@ class MachineConfig:
     bios: str | None = None
     # The pc board's display adapter, as QEMU's -vga: "std" (standard VGA with VBE) or "none".
     vga: str = "std"
+    # Where hvmrun shows the pc board's screen, as QEMU's -display: "none", or "text" (the VGA
+    # text screen drawn on hvmrun's terminal, which types on the PS/2 keyboard). The Machine
+    # itself has no use for it: hvm.text_display does the drawing.
+    display: str = "none"
     # The pc board's IDE drives: a CD-ROM image (secondary master, as QEMU's -cdrom) and disks
     # (primary master, primary slave, then the secondary channel's free places).
     cdrom: str | None = None
@@ -209,6 +214,10 @@ class MachineConfig:
             raise ConfigError(f"unknown machine {self.machine!r} (choose from {', '.join(BOARD_NAMES)})")
         if self.vga not in VGA_CHOICES:
             raise ConfigError(f"unknown --vga {self.vga!r} (choose from {', '.join(VGA_CHOICES)})")
+        if self.display not in DISPLAY_CHOICES:
+            raise ConfigError(f"unknown --display {self.display!r} (choose from {', '.join(DISPLAY_CHOICES)})")
+        if self.display == "text" and (self.machine != "pc" or self.vga == "none"):
+            raise ConfigError("--display text needs a screen: -M pc with --vga std")
         self.disks = [DiskSpec.parse(d) if isinstance(d, str) else d for d in self.disks]
         self.boot = parse_boot(self.boot)
         if self.machine == "pc":
@@ -256,6 +265,9 @@ class MachineConfig:
             raise ConfigError(f"at most {MAX_SERIAL_PORTS} serial ports (COM1-COM4)")
         for spec in [*self.serial, self.debugcon]:
             _check_backend_spec(spec)
+        if self.display == "text" and "stdio" in (*self.serial, self.debugcon):
+            raise ConfigError("--display text takes the terminal: --serial and --debugcon cannot use "
+                              "stdio beside it (file:PATH, unix:PATH or none)")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("--timeout must be positive")
         if self.stall_timeout <= 0:

@@ -23,7 +23,8 @@ def add_machine_items(machine: "Machine", fw_cfg: FwCfg, e820: Iterable[tuple[in
     cpus = machine.config.cpus
     fw_cfg.add_item(keys.UUID, bytes(16))
     fw_cfg.add_u64(keys.RAM_SIZE, machine.memory.size)
-    fw_cfg.add_u16(keys.NOGRAPHIC, 1)
+    # NOGRAPHIC makes SeaBIOS mirror its screen on COM1: wanted unless the screen is shown.
+    fw_cfg.add_u16(keys.NOGRAPHIC, 0 if machine.config.display == "text" else 1)
     fw_cfg.add_u16(keys.NB_CPUS, cpus)
     fw_cfg.add_u16(keys.MAX_CPUS, cpus)
     fw_cfg.add_u16(keys.BOOT_MENU, 0)

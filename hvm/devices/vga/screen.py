@@ -69,13 +69,31 @@ class Geometry:
     char_height: int = 0
 
 
+@dataclass(frozen=True)
+class TextCells:
+    """A text mode screen cell by cell, as the CRT controller fetches it: per row the character
+    codes (code page 437) and the attribute bytes, and where the hardware cursor shows."""
+
+    cols: int
+    rows: int
+    chars: tuple[bytes, ...]        # one per row, ``cols`` long
+    attrs: tuple[bytes, ...]
+    # 8-bit RGB of the 16 attribute colours, through the attribute palette and the DAC.
+    colours: tuple[tuple[int, int, int], ...]
+    # Attribute bit 7 blinks the character (attribute mode control bit 3) rather than
+    # selecting the bright half of the background colours.
+    blink: bool
+    cursor: tuple[int, int] | None  # (row, column); None while disabled or off the screen
+
+
 class Screen:
-    """The display as a user sees it: ``mode()``, ``text()``, ``image()`` and ``png()``."""
+    """The display as a user sees it: ``mode()``, ``text()``, ``cells()``, ``image()`` and ``png()``."""
 
     def __init__(self, regs: VgaRegisters, vram, dispi: BochsDispi):
         self.regs = regs
         self.vram = memoryview(vram)
         self.dispi = dispi
+        self._layout: tuple | None = None       # (registers, rows) of the last text layout
 
     # -- public ----------------------------------------------------------------------------------
     def mode(self) -> str:
@@ -102,6 +120,53 @@ class Screen:
             cells = self._row_cells(snap, g, r)
             lines.append("".join(CP437[vram[4 * mem]] for mem in cells).rstrip())
         return "\n".join(lines)
+
+    def cells(self) -> TextCells | None:
+        """A text mode screen's characters, attributes and cursor; None in graphics modes."""
+        snap = self._snapshot()
+        g = self._geometry(snap)
+        if g.kind != "text":
+            return None
+        vram, crtc = self.vram, snap.crtc
+        chars, attrs = [], []
+        for row in self._text_layout(snap, g):
+            if isinstance(row, range):
+                chars.append(bytes(vram[4 * row.start:4 * row.stop:4 * row.step]))
+                attrs.append(bytes(vram[4 * row.start + 1:4 * row.stop:4 * row.step]))
+            else:
+                chars.append(bytes(vram[4 * m] for m in row))
+                attrs.append(bytes(vram[4 * m + 1] for m in row))
+        palette = snap.palette
+        colours = tuple(tuple(palette[3 * i:3 * i + 3]) for i in snap.attr_lut)
+        # The cursor location register (CR0E/CR0F) counts in the same units as the start
+        # address; cursor start bit 5 (CR0A) turns it off, as does a start line past the end.
+        cursor = None
+        stride = crtc[0x13] * 2
+        start = crtc[0x0C] << 8 | crtc[0x0D]
+        if not crtc[0x0A] & 0x20 and crtc[0x0A] & 0x1F <= crtc[0x0B] & 0x1F and stride:
+            row, col = divmod(((crtc[0x0E] << 8 | crtc[0x0F]) - start) & 0xFFFF, stride)
+            if row < g.rows and col < g.cols:
+                cursor = (row, col)
+        return TextCells(g.cols, g.rows, tuple(chars), tuple(attrs), colours,
+                         bool(snap.attr[0x10] & 0x08), cursor)
+
+    def _text_layout(self, snap: _Snapshot, g: Geometry) -> list[range | list[int]]:
+        """Per text row, the plane offsets of its cells: a range where they are evenly spaced
+        (the usual case, read as two slices), else the list. Kept until the registers it
+        follows from change: a display polling the screen asks for it many times a second."""
+        crtc = snap.crtc
+        key = (crtc[0x0C], crtc[0x0D], crtc[0x13], crtc[0x14] & 0x40, crtc[0x17] & 0x60, g.cols, g.rows)
+        cached = self._layout
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        layout: list[range | list[int]] = []
+        for r in range(g.rows):
+            mems = self._row_cells(snap, g, r)
+            step = mems[1] - mems[0] if g.cols > 1 else 1
+            run = range(mems[0], mems[0] + step * g.cols, step) if step > 0 else None
+            layout.append(run if run is not None and mems == list(run) else mems)
+        self._layout = (key, layout)
+        return layout
 
     def image(self):
         """The picture as a Pillow RGB image at the mode's logical resolution."""
