@@ -361,6 +361,16 @@ class Machine:
         return Keyboard(legacy.i8042)
 
     @property
+    def mouse(self):
+        """The PS/2 mouse to point with (``move``, ``click``), or None on a board without one."""
+        legacy = getattr(self.board, "legacy", None)
+        if legacy is None:
+            return None
+        from .keyboard import Mouse
+
+        return Mouse(legacy.i8042)
+
+    @property
     def screen(self):
         """The display as the guest drew it (``text()``, ``png()``), or None without one."""
         vga = getattr(self.board, "vga", None)

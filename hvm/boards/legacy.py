@@ -1,6 +1,7 @@
 """The ISA devices every PC-like board has at their usual ports: QEMU's debug console, POST
 code port and isa-debug-exit, the reset control register, the CMOS clock and the keyboard
-controller. The power-off register is the board's (PIIX4's ACPI function on the PC board)."""
+controller with its keyboard (IRQ 1) and PS/2 mouse (IRQ 12). The power-off register is the
+board's (PIIX4's ACPI function on the PC board)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ def add_legacy_devices(machine: "Machine", debugcon_port: bool = True) -> Legacy
     machine.add_port_device(RESET_PORT, 1, ResetControl(machine.guest_reset))
     rtc = CmosRtc(machine.memory.below_4g, machine.memory.above_4g, cfg.cpus)
     machine.add_port_device(RTC_PORT, 2, rtc, "rtc")
-    i8042 = I8042(machine.irq(1), machine.guest_reset)
+    i8042 = I8042(machine.irq(1), machine.guest_reset, aux_irq=machine.irq(12))
     machine.add_port_device(I8042_DATA, 1, i8042.data_port, "i8042")
     machine.add_port_device(I8042_COMMAND, 1, i8042.command_port, "i8042")
     return LegacyDevices(debugcon, output, post, rtc, i8042)

@@ -23,6 +23,8 @@ from hvm.devices.debug_exit import DEFAULT_PORT as DEBUG_EXIT_PORT, PORT_COUNT, 
 from hvm.devices.debugcon import DEFAULT_PORT as DEBUGCON_PORT, DebugCon
 from hvm.devices.fw_cfg import BASE_PORT as FW_CFG_PORT, DMA_LENGTH, DMA_PORT, FwCfg
 from hvm.devices.i8042 import QUEUE_LIMIT, I8042
+from hvm.devices.ps2_keys import KEYS
+from hvm.devices.ps2_mouse import QUEUE_LIMIT as MOUSE_QUEUE_LIMIT
 from hvm.devices.pc_testdev import IOMEM_SIZE, PcTestdev
 from hvm.devices.irq.apic_bus import ApicBus
 from hvm.devices.irq.ioapic import IoApic
@@ -38,6 +40,9 @@ from hvm.serial import SerialBackend
 
 START_NS = 10**12  # not zero, so nothing can confuse "time 0" with "never"
 START_S = 1_700_000_000.0  # the RTC's UTC seconds at START_NS
+# Every command a PS/2 mouse knows and a few it does not (Synaptics' E1, an unassigned D0).
+MOUSE_COMMANDS = (0xE6, 0xE7, 0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xEE, 0xF0, 0xF2, 0xF3, 0xF4, 0xF5,
+                  0xF6, 0xFE, 0xFF, 0xE1, 0xD0)
 
 # Any list, queue or buffer a model keeps is expected to stay below this (per attribute) unless
 # the entry states a larger bound; the fuzzer repeats accesses hundreds of times to find growth.
@@ -185,12 +190,59 @@ def _uart(clock: FakeClock) -> Rig:
 
 @device("i8042")
 def _i8042(clock: FakeClock) -> Rig:
+    """The controller with its keyboard and mouse. Held keys are not fuzzed: their repeat runs on
+    the host's clock, in a thread of its own; a tap (press, release) is."""
     rig = Rig(clock)
-    kbc = I8042(counting_line(1), rig.record("reset"))
+    kbc = I8042(counting_line(1), rig.record("reset"), aux_irq=counting_line(12))
     rig.port(0x60, 1, kbc.data_port, kbc)
     rig.port(0x64, 1, kbc.command_port, kbc)
-    rig.must(f"reply queue holds at most {QUEUE_LIMIT} bytes", lambda: len(kbc._queue) <= QUEUE_LIMIT)
-    rig.must("queued replies are bytes", lambda: all(0 <= b <= 0xFF for b in kbc._queue))
+    rig._model(kbc.mouse)
+    keys = sorted(KEYS)
+
+    def tap(n: int) -> None:
+        name = keys[n % len(keys)]
+        kbc.key(name, True)
+        kbc.key(name, False)
+
+    def mouse(n: int) -> None:
+        # Signed counts of every size (a long move, a wheel spin), and buttons pressed or released.
+        def signed(v: int, bits: int) -> int:
+            return v - (1 << bits) if v >> (bits - 1) & 1 else v
+        kbc.mouse_event(signed(n & 0x3FF, 10), signed(n >> 10 & 0x3FF, 10), signed(n >> 20 & 0xF, 4),
+                        press=n >> 24 & 0x1F, release=n >> 29 & 0x7)
+    rig.inputs += [("host taps a key", tap), ("host moves the mouse, presses buttons", mouse)]
+
+    def to_mouse(*data: int) -> list[Access]:
+        return [access for byte in data for access in (("pio", 0x64, 1, 0xD4), ("pio", 0x60, 1, byte))]
+
+    @rig.sequence("mouse command and argument", 5, 8)
+    def _mouse_command(index: int, argument: int) -> list[Access]:
+        return to_mouse(MOUSE_COMMANDS[index % len(MOUSE_COMMANDS)], argument)
+
+    @rig.sequence("AUX port and its interrupt on, mouse reporting (stream or remote)", 8, 1)
+    def _mouse_on(ctr: int, remote: int) -> list[Access]:
+        return [("pio", 0x64, 1, 0xA8), ("pio", 0x64, 1, 0x60), ("pio", 0x60, 1, (ctr | 0x02) & ~0x20)] \
+            + to_mouse(0xF0 if remote else 0xEA, 0xF4)
+
+    @rig.sequence("IntelliMouse knock (wheel, then five buttons)", 1)
+    def _knock(explorer: int) -> list[Access]:
+        return to_mouse(0xF3, 200, 0xF3, 200 if explorer else 100, 0xF3, 80, 0xF2)
+
+    @rig.sequence("keyboard command with its argument", 2, 8)
+    def _keyboard_command(which: int, argument: int) -> list[Access]:
+        return [("pio", 0x60, 1, (0xED, 0xF0, 0xF3, 0xF5)[which]), ("pio", 0x60, 1, argument)]
+
+    def within(limit: int, queue) -> bool:
+        return len(queue) <= limit and all(0 <= b <= 0xFF for b in queue)
+    rig.must(f"keyboard buffer holds at most {QUEUE_LIMIT} bytes, the output buffer's included",
+             lambda: within(QUEUE_LIMIT, kbc._queue) and kbc._keyboard_room() >= 0)
+    rig.must(f"mouse holds at most {MOUSE_QUEUE_LIMIT} bytes",
+             lambda: kbc.mouse.queued() <= MOUSE_QUEUE_LIMIT
+             and all(0 <= b <= 0xFF for q in (kbc.mouse._replies, kbc.mouse._sending) for b in q))
+    rig.must("controller answers are bounded", lambda: len(kbc._own) <= QUEUE_LIMIT)
+    rig.must("the output buffer holds a byte", lambda: 0 <= kbc._out <= 0xFF)
+    rig.must("packets are 3 or 4 bytes with bit 3 of the first set",
+             lambda: all(len(p) in (3, 4) and p[0] & 0x08 for p in kbc.mouse._packets))
     return rig
 
 

@@ -105,14 +105,105 @@ def test_controller_self_test_ctr_and_keyboard_probe():
     assert line.levels[seen:].count(True) == 2   # one edge per byte
 
 
-def test_aux_port_reports_itself_absent_without_timeouts():
+def test_empty_data_port_reads_the_last_byte_again():
+    # The 8042's output register keeps its byte once read (QEMU returns it too): SeaBIOS, reading
+    # port 0x60 after an interrupt whose byte was taken, must not see a scancode 0x00.
     kbc, _, _ = _kbc()
-    _cmd(kbc, 0xD3, 0x5A)
-    status = kbc.command_port.read(0, 1)
-    assert status & 0x01 and not status & 0x20   # a byte, but not on the AUX channel
-    assert _drain(kbc) == [0x5A]
-    _cmd(kbc, 0xA9)
-    assert _drain(kbc) == [0x01]                 # clock line stuck low
+    kbc.data_port.write(0, 1, 0xF2)
+    assert _drain(kbc) == [0xFA, 0xAB, 0x83]
+    assert not kbc.command_port.read(0, 1) & 1
+    assert kbc.data_port.read(0, 1) == 0x83 and kbc.data_port.read(0, 1) == 0x83
+    assert kbc.key("a", True)
+    assert kbc.data_port.read(0, 1) == 0x1E and kbc.data_port.read(0, 1) == 0x1E
+
+
+def test_leds_typematic_byte_and_scanning():
+    """ED sets the LEDs (bit 0 Scroll, 1 Num, 2 Caps Lock), F3 the typematic byte; F5 stops
+    scanning and restores the defaults, F4 starts scanning, FF resets (IBM PS/2 keyboard
+    reference)."""
+    kbc, _, _ = _kbc()
+    assert (kbc.leds, kbc.typematic) == (0, 0x2B)               # power-on: 10.9 cps after 500 ms
+    for byte in (0xED, 0x06, 0xF3, 0x7F):
+        kbc.data_port.write(0, 1, byte)
+    assert _drain(kbc) == [0xFA] * 4
+    assert kbc.leds == 0x06 and kbc.typematic == 0x7F             # Num and Caps Lock; 2 cps, 1 s
+    from hvm.devices.i8042 import typematic_delay, typematic_period
+    assert typematic_delay(0x7F) == 1.0 and abs(1 / typematic_period(0x7F) - 2.0) < 0.01
+    assert typematic_delay(0x00) == 0.25 and abs(1 / typematic_period(0x00) - 30.0) < 0.1
+    assert abs(1 / typematic_period(0x2B) - 10.9) < 0.05
+    kbc.data_port.write(0, 1, 0xF5)
+    assert _drain(kbc) == [0xFA] and (kbc.leds, kbc.typematic) == (0, 0x2B)
+    assert not kbc.key("a", True)                               # not scanning: the key waits
+    kbc.data_port.write(0, 1, 0xF4)
+    assert _drain(kbc) == [0xFA] and kbc.key("a", True)
+    assert _drain(kbc) == [0x1E]
+    kbc.data_port.write(0, 1, 0xED)
+    kbc.data_port.write(0, 1, 0xFF)                             # a command where the LEDs were due
+    assert _drain(kbc) == [0xFA, 0xFA, 0xAA] and kbc.leds == 0
+
+
+def test_a_disabled_keyboard_interface_holds_keys():
+    kbc, _, _ = _kbc()
+    _cmd(kbc, 0xAD)
+    assert kbc.key("a", True)
+    assert not kbc.command_port.read(0, 1) & 1
+    _cmd(kbc, 0xAE)
+    assert _drain(kbc) == [0x1E]
+
+
+def _collect(kbc, seconds):
+    """(time, byte) of every byte the keyboard sends in the next ``seconds``, read as it comes."""
+    import time
+
+    out, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        while kbc.command_port.read(0, 1) & 1:
+            out.append((time.monotonic(), kbc.data_port.read(0, 1)))
+        time.sleep(0.002)
+    return out
+
+
+def test_a_held_key_repeats_at_the_typematic_rate_until_released():
+    """Typematic 0x00: 30 repeats per second after 250 ms. Timing is checked loosely (the host
+    is shared): the first repeat comes after most of the delay, the count is near the rate."""
+    import time
+
+    kbc, _, _ = _kbc()
+    kbc.data_port.write(0, 1, 0xF3)
+    kbc.data_port.write(0, 1, 0x00)
+    assert _drain(kbc) == [0xFA, 0xFA]
+    pressed = time.monotonic()
+    assert kbc.key("a", True)
+    seen = _collect(kbc, 0.75)
+    assert kbc.key("a", False)
+    makes = [t for t, byte in seen if byte == 0x1E]
+    assert makes and makes[0] - pressed < 0.1                   # the press itself
+    repeats = makes[1:]
+    assert repeats and repeats[0] - pressed >= 0.2              # not before the delay
+    assert 7 <= len(repeats) <= 20                              # ~15 in 0.5 s at 30/s
+    # Perhaps a repeat sent before the release; then the release, and silence after it.
+    after = [byte for _, byte in _collect(kbc, 0.15)]
+    assert after in ([0x9E], [0x1E, 0x9E]), after
+
+
+def test_repeat_stops_when_the_guest_disables_the_keyboard():
+    kbc, _, _ = _kbc()
+    kbc.data_port.write(0, 1, 0xF3)
+    kbc.data_port.write(0, 1, 0x00)
+    _drain(kbc)
+    assert kbc.key("Up", True)
+    assert [b for _, b in _collect(kbc, 0.4)].count(0x48) >= 3   # E0 48 repeats
+    kbc.data_port.write(0, 1, 0xF5)                             # default and disable
+    assert [b for _, b in _collect(kbc, 0.3)] in ([0xFA], [0xE0, 0x48, 0xFA])
+    assert kbc._held is None and kbc._repeater is None          # the repeat thread has ended
+    for byte in (0xF4, 0xF3, 0x00):
+        kbc.data_port.write(0, 1, byte)
+    assert _drain(kbc) == [0xFA] * 3
+    assert kbc.key("a", True) and kbc.key("b", True)            # the last key pressed repeats
+    sent = [b for _, b in _collect(kbc, 0.5)]
+    assert sent.count(0x1E) == 1 and sent.count(0x30) >= 4      # set 1: 'a' 1E, 'b' 30
+    kbc.key("b", False)
+    kbc.key("a", False)
 
 
 def test_reset_pulse_and_output_port():
@@ -129,7 +220,8 @@ def test_reset_pulse_and_output_port():
 
 def test_unread_replies_stop_at_sixteen_bytes():
     # A guest that sends a million identify commands and reads nothing must not grow hvm; the
-    # keyboard's 16-byte buffer keeps the oldest replies, as a real one (and QEMU's) does.
+    # keyboard's 16-byte buffer (the byte in the controller's output buffer counted) keeps the
+    # oldest replies, as a real one (and QEMU's) does.
     kbc, _, _ = _kbc()
     for _ in range(100_000):
         kbc.data_port.write(0, 1, 0xF2)
