@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "stdio) or text (the VGA text screen drawn on this terminal and stdin typed on the "
                         "PS/2 keyboard, like QEMU's -display curses; Ctrl-A x quits; needs --vga std and a "
                         "terminal; COM1 then defaults to none, --serial file:PATH keeps its output)")
+    p.add_argument("--xen", choices=["pv"],
+                   help="pv: --kernel is a Xen PV kernel (an ELF with Xen notes), run deprivileged with hvm "
+                        "as its hypervisor: hypercalls, direct paging, the PV console on COM1 (-M xenpv)")
     p.add_argument("--cdrom", metavar="ISO",
                    help="-M pc: a CD-ROM image on the IDE secondary master, as QEMU's -cdrom")
     p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> MachineConfig:
     """Turn parsed arguments into a MachineConfig (validated later by the Machine)."""
     return MachineConfig(
-        machine=args.machine, bios=args.bios, vga=args.vga, display=args.display, cdrom=args.cdrom,
+        machine=args.machine, xen=args.xen, bios=args.bios, vga=args.vga, display=args.display, cdrom=args.cdrom,
         disks=args.disk, boot=args.boot, memory=args.memory, cpus=args.cpus, kernel=args.kernel, initrd=args.initrd, append=args.append,
         modules=[ModuleSpec.parse(m) for m in args.module],
         fw_cfg=[FwCfgFile.parse(f) for f in args.fw_cfg], devices=args.device,

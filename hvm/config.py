@@ -142,9 +142,12 @@ DISPLAY_CHOICES = ("none", "text")
 class MachineConfig:
     """Everything a Machine is built from."""
 
-    # The board: "direct" (hvm loads the kernel and stands in for the firmware) or "pc" (firmware
-    # boots the machine as on QEMU's pc machine).
+    # The board: "direct" (hvm loads the kernel and stands in for the firmware), "pc" (firmware
+    # boots the machine as on QEMU's pc machine) or "xenpv" (a Xen PV kernel, hvm its hypervisor).
     machine: str = "direct"
+    # "pv": the kernel is a Xen PV guest, run deprivileged with hvm as its hypervisor (the
+    # xenpv board; ``--xen pv`` is ``-M xenpv``).
+    xen: str | None = None
     # The pc board's firmware image (None: SeaBIOS from the seabios recipe or the host).
     bios: str | None = None
     # The pc board's display adapter, as QEMU's -vga: "std" (standard VGA with VBE) or "none".
@@ -205,6 +208,12 @@ class MachineConfig:
             raise ConfigError("memory size must be a multiple of 4 KiB")
         if not 1 <= self.cpus <= 255:
             raise ConfigError(f"-c {self.cpus}: the number of vCPUs must be between 1 and 255")
+        if self.xen is not None:
+            if self.xen != "pv":
+                raise ConfigError(f"unknown --xen {self.xen!r} (choose from pv)")
+            if self.machine not in ("direct", "xenpv"):
+                raise ConfigError(f"--xen pv is its own machine: it cannot run on -M {self.machine}")
+            self.machine = "xenpv"
         if self.accel not in ACCELS:
             raise ConfigError(f"unknown accelerator {self.accel!r} (choose from {', '.join(ACCELS)})")
         if self.decompress not in DECOMPRESS_CHOICES:
@@ -236,6 +245,9 @@ class MachineConfig:
                               "firmware and has no IDE controller")
         if self.initrd is not None and self.modules:
             raise ConfigError("--initrd and --module cannot be combined")
+        if self.machine == "xenpv" and (self.modules or self.devices or self.fw_cfg):
+            raise ConfigError("--xen pv takes --kernel, --initrd and --append: a PV guest has no multiboot "
+                              "modules, ISA test devices or fw_cfg")
         self.devices = [d for d in (parse_device(spec) for spec in self.devices) if d]
         if len(set(self.devices)) != len(self.devices):
             raise ConfigError("--device: each optional device can be added once")

@@ -28,7 +28,6 @@ from .devices.uart16550 import Uart16550
 from .engine.kvm import KvmEngine
 from .host import HostInfo, choose_accel, host_info, open_kvm
 from .irq import IrqLine
-from .memory import GuestMemory
 from .physmap import Window
 from .console_watch import PANIC, RUN_INIT, LineWatch, last_lines
 from .outcome import End, GuestCrash, Outcome
@@ -261,7 +260,7 @@ class Machine:
     # -- assembly -------------------------------------------------------------------------------
     def _build(self, serial_backends, on_quit) -> None:
         cfg = self.config
-        self.memory = GuestMemory(cfg.memory)
+        self.memory = self.board.guest_memory(cfg)
         self.physmap = self.board.memory_map(self.memory, cfg)
         if self.kvm is not None:
             self.vm = self.kvm.create_vm()
@@ -656,6 +655,7 @@ class Machine:
         engine_lines = [line for vcpu in self.vcpus for line in vcpu.engine.counters()]
         if self.fallback is not None:
             engine_lines += self.fallback.counters()
+        engine_lines += self.board.counters()
         return Stats(exits, dict(self.pio.accesses), dict(self.mmio.accesses),
                      self.pio.unclaimed + self.mmio.unclaimed, cpu.user, cpu.system,
                      sum(v.cpu_times[0] for v in self.vcpus), sum(v.cpu_times[1] for v in self.vcpus),

@@ -23,6 +23,13 @@ class Board:
 
     name = "board"
 
+    def guest_memory(self, config: "MachineConfig") -> "GuestMemory":
+        """The machine's RAM: ``-m`` bytes laid out as a PC lays them out, unless the board
+        keeps memory of its own beside the guest's."""
+        from ..memory import GuestMemory
+
+        return GuestMemory(config.memory)
+
     def memory_map(self, memory: "GuestMemory", config: "MachineConfig") -> "PhysMap":
         """What the CPUs see of guest-physical space (before any engine maps it): all of RAM,
         unless the board has ROMs or holes."""
@@ -37,10 +44,14 @@ class Board:
         """Put what runs first into guest memory; returns the boot vCPU's entry state."""
         raise NotImplementedError
 
+    def counters(self) -> list[str]:
+        """What ``--stats`` shows of the board beyond exits and devices."""
+        return []
+
 
 # name -> (module, class). Only the board asked for is imported: the PC board's device models
 # (VGA, IDE, PCI) cost start-up time and memory that a direct boot does not need.
-_BOARDS = {"direct": (".direct", "DirectBoard"), "pc": (".pc", "PcBoard")}
+_BOARDS = {"direct": (".direct", "DirectBoard"), "pc": (".pc", "PcBoard"), "xenpv": (".xenpv", "XenPvBoard")}
 BOARD_NAMES = tuple(_BOARDS)
 
 

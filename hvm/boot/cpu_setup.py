@@ -58,6 +58,11 @@ def entry_cpu_state(mem: GuestMemory, entry: EntryState) -> tuple[Regs, SRegs]:
         if not hasattr(regs, attr):
             raise ConfigError(f"loader asked for unknown register {name!r}")
         setattr(regs, attr, value)
+    if entry.mode == Mode.GIVEN:
+        if entry.cpu is None:
+            raise ConfigError("the loader gave no CPU state for its entry")
+        regs.rip = entry.entry
+        return regs, entry.cpu
     sregs = SRegs()
     if entry.mode == Mode.RESET:
         # SDM vol. 3A §9.1.1 table 9-1: real mode with CS.base FFFF0000 until the first far jump,

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..engine.state import SRegs
 
 
 class Mode(str, Enum):
@@ -12,6 +16,7 @@ class Mode(str, Enum):
     PROTECTED = "protected"  # 32-bit flat protected mode, paging off
     LONG = "long"            # 64-bit mode, identity-mapped page tables built by hvm
     RESET = "reset"          # a CPU after RESET: real mode at the reset vector, CS base FFFF0000
+    GIVEN = "given"          # the loader gives every control and segment register (``cpu``)
 
 
 @dataclass
@@ -26,3 +31,4 @@ class EntryState:
     # Protected/long mode: the selectors the kernel expects (Linux's boot protocol wants its
     # __BOOT_CS 0x10 and __BOOT_DS 0x18; hvm's own layout is 0x08 code, 0x10 data).
     linux_selectors: bool = False
+    cpu: "SRegs | None" = None      # Mode.GIVEN: the control and segment registers, complete

@@ -178,6 +178,9 @@ class UnicornEngine(Engine):
         self._halted = False
         self._started = started
         self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=index, ncpus=ncpus)
+        # A Xen PV domain (paravirt.domain) takes over SYSCALL and every exception when set: its
+        # kernel runs in ring 3 and the hypervisor's ring is hvm's.
+        self.pv = None
         self._core = core if core is not None else UnicornCore(memory, mmio, physmap=physmap)
         self._core.add(self)
 
@@ -349,6 +352,9 @@ class UnicornEngine(Engine):
     def _do_syscall(self) -> kx.VcpuExit | None:
         # The architectural effect of SYSCALL (AMD APM vol. 3, Intel SDM vol. 2B), which unicorn
         # leaves to its embedder. RIP is already past the 2-byte instruction.
+        if self.pv is not None:
+            self.syscalls += 1
+            return self.pv.syscall(self)
         uc, x86 = self.uc, self._x86
         efer = uc.reg_read(x86.UC_X86_REG_MSR, EFER)
         # The Intel CPU hvm models has SYSCALL in IA-32e mode only (SDM vol. 2B: #UD otherwise).
@@ -428,6 +434,13 @@ class UnicornEngine(Engine):
 
     def _deliver(self, event: Event) -> kx.VcpuExit | None:
         """Deliver an exception or interrupt now; an exit if the guest cannot go on."""
+        if self.pv is not None:
+            counts = self.interrupts_delivered if event.external else self.exceptions_delivered
+            counts[event.vector] = counts.get(event.vector, 0) + 1
+            # Handled by the hypervisor (bounced or emulated): QEMU must not promote the next
+            # fault to a double fault as if this one were still being delivered.
+            self._fields.settle()
+            return self.pv.exception(self, event)
         regs, sregs = self.get_regs(), self.get_sregs()
         vector = event.vector
         if vector == 14 and sregs.cs.dpl == 3 and event.error_code is not None \
@@ -740,6 +753,9 @@ class UnicornEngine(Engine):
         if self.uc is None:
             self._core.create(self)
         uc, x86 = self.uc, self._x86
+        # Leaving long mode truncates RIP (QEMU's cr0 update does): keep it, so that setting the
+        # control registers alone (a PV guest's new CR3) leaves the instruction pointer be.
+        rip = uc.reg_read(self._ip_id)
         # From a known start: out of long mode and paging off, so turning paging on below with
         # EFER.LME enters long mode the architectural way (WRMSR cannot set LMA).
         self._leave_long_mode()
@@ -757,6 +773,7 @@ class UnicornEngine(Engine):
         order = ("es", "cs", "ss", "ds", "fs", "gs")
         self._fields.load_segments({i: _segment_cache(getattr(sregs, n)) for i, n in enumerate(order)},
                                    cpl=sregs.cs.dpl if sregs.cr0 & 1 else 0)
+        uc.reg_write(self._ip_id, rip if sregs.efer & EFER_LMA else rip & 0xFFFFFFFF)
 
     def _leave_long_mode(self) -> None:
         """Clear EFER.LMA. WRMSR cannot (a fresh instance starts with it set); turning paging on
@@ -785,6 +802,19 @@ class UnicornEngine(Engine):
         uc.reg_write(x86.UC_X86_REG_MXCSR, fpu.mxcsr)
         uc.reg_write(x86.UC_X86_REG_FPCW, fpu.fcw)
         uc.reg_write(x86.UC_X86_REG_FPSW, fpu.fsw)
+
+    @_on_cpu
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        return {i: self.uc.reg_read(self._x86.UC_X86_REG_MSR, i) for i in indices}
+
+    @_on_cpu
+    def set_msrs(self, values: dict[int, int]) -> None:
+        for index, value in values.items():
+            self.uc.reg_write(self._x86.UC_X86_REG_MSR, (index, value))
+
+    def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        """What CPUID answers this vCPU (hvm's policy)."""
+        return tuple(uc_cpuid.lookup(self._cpuid_table, leaf, subleaf))
 
     @_on_cpu
     def flush_tlb(self) -> None:

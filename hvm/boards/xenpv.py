@@ -1,0 +1,159 @@
+"""The Xen PV board (``-M xenpv``, ``--xen pv``): no PC devices at all, a PV kernel built into its
+domain by ``paravirt.builder`` and run deprivileged, in ring 3, with hvm as its hypervisor
+(``paravirt.domain``): hypercalls, direct paging validated by ``paravirt.mm``, the console
+through ``console_io`` and the console ring on COM1's backend.
+
+Memory: the domain's frames from 0 (``-m``), then hvm's own frames (``paravirt.hvarea``).
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ..boot.entry import EntryState, Mode
+from ..engine.state import DTable, Segment, SRegs
+from ..errors import ConfigError, ImageError
+from ..memory import GuestMemory
+from . import Board
+
+if TYPE_CHECKING:
+    from ..config import MachineConfig
+    from ..machine import Machine
+
+PAGE = 4096
+CONSOLE_EVTCHN, STORE_EVTCHN = 1, 2       # ports hvm's backends listen on (0 means "none")
+# Control registers of a 64-bit PV vCPU: paging, protection, WP; PAE, OSFXSR/OSXMMEXCPT; long mode.
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NX = 1, 1 << 8, 1 << 10, 1 << 11
+
+
+class ConsoleRing:
+    """The PV console page (io/console.h struct xencons_interface: in[1024], out[2048], then
+    in_cons, in_prod, out_cons, out_prod): what the guest writes between out_cons and out_prod
+    goes to COM1's backend when it notifies ``port``. The indices are the guest's: only the
+    low bits pick a byte and at most a ring's worth is taken."""
+
+    IN, OUT, IN_SIZE, OUT_SIZE, INDICES = 0, 1024, 1024, 2048, 3072
+
+    def __init__(self, memory: GuestMemory, mfn: int, port: int, out):
+        self.memory, self.address, self.port, self.out = memory, mfn * PAGE, port, out
+
+    def kick(self) -> None:
+        mem, at = self.memory, self.address
+        _in_cons, _in_prod, out_cons, out_prod = struct.unpack("<4I", mem.read(at + self.INDICES, 16))
+        count = min((out_prod - out_cons) & 0xFFFFFFFF, self.OUT_SIZE)
+        ring = mem.read(at + self.OUT, self.OUT_SIZE)
+        data = bytes(ring[(out_cons + i) % self.OUT_SIZE] for i in range(count))
+        mem.write(at + self.INDICES + 8, struct.pack("<I", (out_cons + count) & 0xFFFFFFFF))
+        if data:
+            self.out(data)
+
+
+class XenPvBoard(Board):
+    """A 64-bit Xen PV guest and nothing else."""
+
+    name = "xenpv"
+
+    def __init__(self) -> None:
+        self.area = None
+        self.mm = None
+        self.domain = None
+        self.boot_info = None
+
+    def guest_memory(self, config: "MachineConfig") -> GuestMemory:
+        from paravirt.hvarea import HypervisorArea
+
+        if config.memory % PAGE:
+            raise ConfigError("-m must be a multiple of 4 KiB for a PV domain")
+        self.area = HypervisorArea(config.memory // PAGE, config.cpus)
+        size = self.area.end * PAGE
+        return GuestMemory(size, [(0, size)])
+
+    def attach(self, machine: "Machine") -> None:
+        from paravirt.domain import PvDomain
+        from paravirt.mm import DirectPaging
+
+        if machine.kvm is not None:
+            raise ConfigError("--xen pv runs on the unicorn engine so far: give --accel unicorn")
+        if machine.config.cpus != 1:
+            raise ConfigError("--xen pv runs one vCPU so far: give -c 1")
+        self.area.build(machine.memory)
+        # Events start masked on every vCPU, as Xen's toolstack leaves vcpu_info.
+        from paravirt.pvcpu import UPCALL_MASK, VCPU_INFO_SIZE
+        for index in range(machine.config.cpus):
+            machine.memory.write(self.area.shared_info_maddr + index * VCPU_INFO_SIZE + UPCALL_MASK, b"\x01")
+        self.mm = DirectPaging(machine.memory, self.area.nr_pages, self.area.l4_entries,
+                               shared_frames={self.area.shared_info}, on_m2p=self.area.set_m2p)
+        console = machine.serial.backend
+        self.domain = PvDomain(
+            machine.memory, self.area, self.mm, machine.config.cpus, console_out=console.write,
+            finish=machine.finish, crash_report=lambda index, reason: machine.vcpus[index].crash(reason),
+            cpuid=lambda engine, leaf, sub: engine.cpuid(leaf, sub))
+        for engine in machine._unicorn_engines:
+            engine.pv = self.domain
+
+    def boot(self, machine: "Machine") -> EntryState:
+        from paravirt import builder
+
+        cfg = machine.config
+        if cfg.kernel is None:
+            raise ConfigError("--xen pv needs --kernel (a PV kernel: an ELF with Xen notes)")
+        try:
+            with open(cfg.kernel, "rb") as f:
+                kernel = f.read()
+        except OSError as exc:
+            raise ImageError(cfg.kernel, f"cannot be read: {exc.strerror}") from None
+        initrd = None
+        if cfg.initrd:
+            try:
+                with open(cfg.initrd, "rb") as f:
+                    initrd = f.read()
+            except OSError as exc:
+                raise ImageError(cfg.initrd, f"cannot be read: {exc.strerror}") from None
+        boot = builder.build(machine.memory, cfg.kernel, kernel, initrd, cfg.append or "", self.area.nr_pages,
+                             self.area.shared_info_maddr, CONSOLE_EVTCHN, STORE_EVTCHN)
+        self.boot_info = boot
+        # As Xen's builder does: the boot L4 is pinned and is the vCPU's kernel page table.
+        rc = self.mm.pin(4, boot.l4_mfn) or self.mm.new_baseptr(boot.l4_mfn)
+        if rc:
+            raise ImageError(cfg.kernel, f"the boot page tables do not validate ({rc}): hvm bug")
+        self.domain.vcpus[0].kernel_l4 = boot.l4_mfn
+        # hvm writes the console and xenstore rings by address: writable references keep the
+        # guest from ever making those frames page tables (as Xen's backends hold them).
+        for mfn in (boot.console_mfn, boot.store_mfn):
+            if self.mm.get_writable(mfn):
+                raise ImageError(cfg.kernel, f"frame {mfn:#x} of the console or xenstore ring is unusable: hvm bug")
+        self.domain.console_ring = ConsoleRing(machine.memory, boot.console_mfn, CONSOLE_EVTCHN,
+                                               machine.serial.backend.write)
+        return EntryState(Mode.GIVEN, boot.rip, regs={"rsp": boot.rsp, "rsi": boot.rsi},
+                          description="Xen PV kernel", cpu=_pv_sregs(self.area.gdt_base(0), boot.l4_mfn))
+
+
+    def counters(self) -> list[str]:
+        return [f"xen pv: {line}" for line in self.domain.stats_lines()] if self.domain else []
+
+
+def _pv_sregs(gdt_base: int, l4_mfn: int) -> SRegs:
+    """A 64-bit PV vCPU at the start of day: ring 3 with Xen's flat selectors, paging on the boot
+    L4, the GDT whose last pages hold Xen's descriptors (arch-x86/xen-x86_64.h)."""
+    from paravirt.abi import FLAT_KERNEL_CS, FLAT_KERNEL_SS
+    from paravirt.pvcpu import ring3_segment
+
+    sregs = SRegs()
+    sregs.cs = ring3_segment(FLAT_KERNEL_CS, True)
+    sregs.ss = ring3_segment(FLAT_KERNEL_SS, False)
+    for name in ("ds", "es", "fs", "gs"):
+        setattr(sregs, name, Segment(base=0, limit=0, selector=0, type=0, present=0, dpl=3, s=1, unusable=1))
+    sregs.gdt = DTable(gdt_base, 16 * PAGE - 1)
+    sregs.idt = DTable(0, 0)
+    sregs.tr = Segment(base=0, limit=0x67, selector=0, type=0xB, present=1, s=0)
+    sregs.ldt = Segment(base=0, limit=0, selector=0, type=0x2, present=1, s=0)
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
+    sregs.cr3 = l4_mfn * PAGE
+    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+    sregs.efer = EFER_SCE | EFER_LME | EFER_LMA | EFER_NX
+    return sregs
+
+
+__all__ = ["XenPvBoard", "ConsoleRing"]

@@ -1,0 +1,315 @@
+"""A running PV domain: its vCPUs' hypervisor state, its page-table validator, its console, and
+what an engine calls when the guest leaves its ring-3 world: ``syscall`` (a hypercall from the
+guest kernel, a system call from guest user space) and exceptions (bounced to the guest kernel's
+trap table, or emulated where Xen emulates). Engine-neutral: the unicorn engine calls it from its
+hooks, a KVM engine from its ring-0 stubs' exits.
+"""
+from __future__ import annotations
+
+import collections
+import struct
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from kvmffi import exits as kx
+
+from hvm.engine.base import EngineCrash
+from hvm.outcome import End, Outcome
+
+from . import abi as x
+from . import emulate, hypercalls
+from .hvarea import HypervisorArea
+from .pvcpu import DomainCrash, PvVcpu
+
+if TYPE_CHECKING:
+    from hvm.memory import GuestMemory
+
+# The forced-emulation prefix (arch-x86/xen.h XEN_EMULATE_PREFIX: ud2a; .ascii "xen") and the
+# CPUID it announces.
+EMULATE_PREFIX = b"\x0f\x0bxen"
+CPUID = b"\x0f\xa2"
+VECTOR_NAMES = ["#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
+                "#SS", "#GP", "#PF", "15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP"]
+SHUTDOWN_REASONS = {x.SHUTDOWN_POWEROFF: "poweroff", x.SHUTDOWN_REBOOT: "reboot", x.SHUTDOWN_SUSPEND: "suspend",
+                    x.SHUTDOWN_CRASH: "crash", x.SHUTDOWN_WATCHDOG: "watchdog",
+                    x.SHUTDOWN_SOFT_RESET: "soft_reset"}
+
+
+class PvDomain:
+    """One 64-bit PV guest."""
+
+    domid = 1
+    # The XENFEAT bits hvm honours for a PV guest: page directories anywhere (always so in
+    # 64-bit), MMU_PT_UPDATE_PRESERVE_AD, and GNTTAB_MAP_AVAIL_BITS (grant mappings keep the
+    # PTE's available bits: true vacuously, hvm maps no grants; Linux refuses to run as a PV
+    # guest without both of the last two, drivers/xen/features.c).
+    features = (1 << x.XENFEAT_PAE_PGDIR_ABOVE_4GB | 1 << x.XENFEAT_MMU_PT_UPDATE_PRESERVE_AD
+                | 1 << x.XENFEAT_GNTTAB_MAP_AVAIL_BITS)
+
+    def __init__(self, memory: "GuestMemory", area: HypervisorArea, mm, vcpus: int, *,
+                 console_out: Callable[[bytes], None], finish: Callable[[Outcome], None],
+                 crash_report: Callable[[int, str], object], cpuid: Callable[[object, int, int], tuple]):
+        self.memory, self.area, self.mm = memory, area, mm
+        self.nr_pages = area.nr_pages
+        self.vcpus = [PvVcpu(i, memory, area.shared_info_maddr) for i in range(vcpus)]
+        self._console_out, self._finish, self._crash_report, self._cpuid = console_out, finish, crash_report, cpuid
+        self.console_in: collections.deque[int] = collections.deque(maxlen=4096)
+        self.console_ring = None           # set by the board when the guest has a console page
+        self.vm_assist = 0
+        self.shutdown_code: int | None = None
+        self._ended = False
+        self._lock = threading.Lock()
+        self.hypercall_counts: collections.Counter[str] = collections.Counter()
+        self.unknown_hypercalls: collections.Counter[str] = collections.Counter()
+        self.bounced: collections.Counter[str] = collections.Counter()
+
+    # -- what engines call --------------------------------------------------------------------
+    def syscall(self, engine) -> kx.VcpuExit | None:
+        """``syscall`` ran in ring 3 (RIP is past it)."""
+        vcpu = self.vcpus[engine.index]
+        try:
+            if vcpu.kernel_mode:
+                return self._hypercall(vcpu, engine)
+            return self._user_syscall(vcpu, engine)
+        except DomainCrash as exc:
+            return self._crash(engine, str(exc))
+
+    def exception(self, engine, event) -> kx.VcpuExit | None:
+        """An exception or ``int n`` in ring 3: Xen's handling of it for a PV guest."""
+        vcpu = self.vcpus[engine.index]
+        try:
+            return self._exception(vcpu, engine, event)
+        except DomainCrash as exc:
+            return self._crash(engine, str(exc))
+
+    # -- hypercalls ---------------------------------------------------------------------------
+    def _hypercall(self, vcpu: PvVcpu, engine) -> kx.VcpuExit | None:
+        regs = engine.get_regs()
+        nr = regs.rax
+        result = hypercalls.run(self, vcpu, engine, nr, (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8))
+        if self._ended:
+            return kx.Interrupted()
+        if result is not hypercalls.RETURNED:
+            regs = engine.get_regs()
+            regs.rax = result & (1 << 64) - 1
+            engine.set_regs(regs)
+        return None
+
+    def dispatch(self, call, nr: int, *args: int):
+        """Hypercall ``nr`` for ``call`` (also each multicall entry): its result."""
+        name = x.HYPERCALLS.get(nr, f"#{nr}")
+        result = hypercalls.dispatch(call, nr, *args)
+        if result is None:
+            self.unknown_hypercalls[name] += 1
+            return -x.ENOSYS
+        self.hypercall_counts[name] += 1
+        return result
+
+    def mmuext(self, call, cmd: int, arg1: int, arg2: int) -> int:
+        """One mmuext_op entry (xen/arch/x86/mm.c do_mmuext_op)."""
+        mm, vcpu = self.mm, call.vcpu
+        if x.MMUEXT_PIN_L1_TABLE <= cmd <= x.MMUEXT_PIN_L4_TABLE:
+            return mm.pin(cmd - x.MMUEXT_PIN_L1_TABLE + 1, arg1)
+        if cmd == x.MMUEXT_UNPIN_TABLE:
+            return mm.unpin(arg1)
+        if cmd in (x.MMUEXT_NEW_BASEPTR, x.MMUEXT_NEW_USER_BASEPTR):
+            user = cmd == x.MMUEXT_NEW_USER_BASEPTR
+            if not vcpu.kernel_mode:
+                return -x.EINVAL
+            rc = mm.new_baseptr(arg1, user=user)
+            if rc == 0:
+                if user:
+                    vcpu.user_l4 = arg1
+                else:
+                    vcpu.kernel_l4 = arg1
+                    sregs = call.engine.get_sregs()
+                    sregs.cr3 = arg1 * 4096
+                    call.engine.set_sregs(sregs)
+                    call.sregs = sregs
+            return rc
+        if cmd in (x.MMUEXT_TLB_FLUSH_LOCAL, x.MMUEXT_INVLPG_LOCAL, x.MMUEXT_TLB_FLUSH_MULTI,
+                   x.MMUEXT_INVLPG_MULTI, x.MMUEXT_TLB_FLUSH_ALL, x.MMUEXT_INVLPG_ALL):
+            self.flush_tlb(call.engine)
+            return 0
+        if cmd in (x.MMUEXT_FLUSH_CACHE, x.MMUEXT_FLUSH_CACHE_GLOBAL):
+            return 0
+        if cmd == x.MMUEXT_SET_LDT:
+            if arg2 > 8192 or arg1 % 4096 or arg1 >= x.HYPERVISOR_VIRT_START and arg1 < x.HYPERVISOR_VIRT_END:
+                return -x.EINVAL
+            vcpu.ldt = (arg1, arg2)
+            return 0
+        if cmd in (x.MMUEXT_CLEAR_PAGE, x.MMUEXT_COPY_PAGE):
+            return mm.clear_page(arg1) if cmd == x.MMUEXT_CLEAR_PAGE else mm.copy_page(arg1, arg2)
+        # Superpage marking is gone from Xen (-EOPNOTSUPP); an unknown command is -ENOSYS.
+        return -x.EOPNOTSUPP if cmd in (x.MMUEXT_MARK_SUPER, x.MMUEXT_UNMARK_SUPER) else -x.ENOSYS
+
+    def flush_tlb(self, engine) -> None:
+        engine.flush_tlb()
+
+    def set_gdt(self, call, frames: list[int], entries: int) -> int:
+        """Make ``frames`` the guest's GDT pages (each validated as a descriptor page), in the
+        vCPU's GDT area ahead of Xen's reserved page; the old ones are released."""
+        vcpu, mm = call.vcpu, self.mm
+        taken = []
+        for mfn in frames:
+            if mm.get_seg_desc(mfn):
+                for done in taken:
+                    mm.put_seg_desc(done)
+                return -x.EINVAL
+            taken.append(mfn)
+        for old in vcpu.gdt_frames:
+            mm.put_seg_desc(old)
+        vcpu.gdt_frames, vcpu.gdt_entries = frames, entries
+        base = self.area.gdt_base(vcpu.index)
+        for page in range(x.FIRST_RESERVED_GDT_PAGE):
+            frame = frames[page] if page < len(frames) else self.area.zero_page
+            # Supervisor-only and writable: the CPU's own descriptor accesses (the accessed bit),
+            # which the guest's ring 3 cannot make.
+            self.memory.write(self._leaf(call.sregs.cr3, base + page * 4096),
+                              struct.pack("<Q", frame << 12 | x.PTE_P | x.PTE_RW | x.PTE_NX))
+        self.flush_tlb(call.engine)
+        return 0
+
+    def _leaf(self, cr3: int, va: int) -> int:
+        """The machine address of the L1 entry mapping ``va`` in hvm's own tables (present)."""
+        table = cr3 & x.PTE_ADDR
+        for shift in (39, 30, 21):
+            entry = struct.unpack("<Q", self.memory.read(table + ((va >> shift) & 511) * 8, 8))[0]
+            table = entry & x.PTE_ADDR
+        return table + ((va >> 12) & 511) * 8
+
+    # -- console, events ----------------------------------------------------------------------
+    def console_write(self, data: bytes) -> None:
+        self._console_out(data)
+
+    def console_read(self, limit: int) -> bytes:
+        with self._lock:
+            n = min(limit, len(self.console_in))
+            return bytes(self.console_in.popleft() for _ in range(n))
+
+    def notify(self, port: int) -> int:
+        """EVTCHNOP_send from the guest: hvm's own backends listen on their ports."""
+        if self.console_ring is not None and port == self.console_ring.port:
+            self.console_ring.kick()
+            return 0
+        return -x.EINVAL if port == 0 else 0
+
+    def block(self, vcpu: PvVcpu) -> None:
+        """SCHEDOP_block with nothing that could wake the vCPU yet: return at once (a spurious
+        wake-up, which the ABI allows)."""
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def shutdown(self, vcpu: PvVcpu, reason: int, engine) -> None:
+        name = SHUTDOWN_REASONS.get(reason, f"reason {reason}")
+        self._ended = True
+        if reason == x.SHUTDOWN_POWEROFF:
+            self._finish(Outcome(End.POWEROFF, message="guest shut down (SCHEDOP_shutdown poweroff)"))
+        elif reason == x.SHUTDOWN_REBOOT:
+            self._finish(Outcome(End.RESET, message="guest asked for a reboot (SCHEDOP_shutdown reboot)"))
+        else:
+            crash = self._crash_report(engine.index, f"guest shut down with SCHEDOP_shutdown {name}")
+            self._finish(Outcome(End.CRASH, crash=crash))
+
+    def vcpu_down(self, vcpu: PvVcpu, engine) -> None:
+        """VCPUOP_down on the caller. With every vCPU down nothing can run again (Xen would leave
+        the domain so for ever): what Linux does after a panic, reported as a crash."""
+        if all(v.down for v in self.vcpus):
+            self._ended = True
+            crash = self._crash_report(engine.index, "the guest took its last vCPU down (VCPUOP_down), "
+                                                     "as Linux does after a panic")
+            self._finish(Outcome(End.CRASH, crash=crash))
+
+    def _crash(self, engine, reason: str) -> kx.VcpuExit:
+        self._ended = True
+        return EngineCrash(f"Xen PV domain crash: {reason}")
+
+    # -- exceptions ---------------------------------------------------------------------------
+    def _exception(self, vcpu: PvVcpu, engine, event) -> kx.VcpuExit | None:
+        vector = event.vector
+        regs = engine.get_regs()
+        if vector == 6 and not event.software and self._forced_cpuid(vcpu, engine, regs):
+            return None
+        if vector == 13 and event.error_code == 0 and vcpu.kernel_mode and self._privileged(vcpu, engine, regs):
+            return None
+        software = event.software
+        if vector == 13 and event.error_code is not None and event.error_code & 3 == 2 and not software:
+            # On hardware whose IDT gates are DPL 0 (hvm's under KVM, as Xen's), INT n from ring 3
+            # arrives as #GP with the gate in the error code (SDM vol. 3A 6.12.1.1): Xen's
+            # do_general_protection turns it back into INT n, RIP past the 2-byte instruction.
+            vector, software = event.error_code >> 3, True
+            regs.rip += 2
+            engine.set_regs(regs)
+        if software:
+            # INT n: allowed from guest kernel mode, from user mode only through a DPL-3 trap.
+            trap = vcpu.traps.get(vector)
+            if not vcpu.kernel_mode and (trap is None or trap.flags & x.TI_DPL_MASK < 3):
+                regs.rip -= event.insn_length or 2
+                engine.set_regs(regs)
+                return self._bounce_trap(vcpu, engine, 13, vector << 3 | 2)
+            return self._bounce_trap(vcpu, engine, vector, None)
+        if vector == 14:
+            vcpu.set_cr2(engine.get_sregs().cr2)
+        return self._bounce_trap(vcpu, engine, vector, event.error_code)
+
+    def _bounce_trap(self, vcpu: PvVcpu, engine, vector: int, error_code: int | None) -> None:
+        trap = vcpu.traps.get(vector)
+        name = VECTOR_NAMES[vector] if vector < len(VECTOR_NAMES) else f"vector {vector:#x}"
+        if trap is None or not trap.address:
+            raise DomainCrash(f"{name} with no handler in the guest's trap table")
+        self.bounced[name] += 1
+        vcpu.bounce(engine, trap.address, error_code=error_code, mask_events=bool(trap.flags & x.TI_MASK_EVENTS))
+        return None
+
+    def _privileged(self, vcpu: PvVcpu, engine, regs) -> bool:
+        try:
+            code = vcpu.read(engine.get_sregs(), regs.rip, 15)
+        except Exception:
+            return False
+        return emulate.emulate(self, vcpu, engine, regs, code)
+
+    def _forced_cpuid(self, vcpu: PvVcpu, engine, regs) -> bool:
+        """``ud2a; .ascii "xen"; cpuid``: answer with hvm's CPUID policy and step over it."""
+        sregs = engine.get_sregs()
+        try:
+            code = vcpu.read(sregs, regs.rip, len(EMULATE_PREFIX) + len(CPUID))
+        except Exception:
+            return False
+        if code != EMULATE_PREFIX + CPUID:
+            return False
+        regs.rax, regs.rbx, regs.rcx, regs.rdx = self._cpuid(engine, regs.rax & 0xFFFFFFFF, regs.rcx & 0xFFFFFFFF)
+        regs.rip += len(code)
+        engine.set_regs(regs)
+        self.bounced["forced-emulation cpuid"] += 1
+        return True
+
+    def _user_syscall(self, vcpu: PvVcpu, engine) -> kx.VcpuExit | None:
+        """``syscall`` from guest user space: to the guest kernel's syscall callback, with RCX and
+        R11 as the instruction leaves them (xen/arch/x86/x86_64/entry.S switch_to_kernel)."""
+        regs = engine.get_regs()
+        regs.rcx, regs.r11 = regs.rip, regs.rflags
+        address, flags = vcpu.callbacks.get(x.CALLBACKTYPE_SYSCALL, (0, 0))
+        if not address:
+            regs.rip -= 2
+            engine.set_regs(regs)
+            return self._bounce_trap(vcpu, engine, 6, None)
+        engine.set_regs(regs)
+        self.bounced["syscall"] += 1
+        vcpu.bounce(engine, address, mask_events=bool(flags & x.CALLBACKF_MASK_EVENTS), regs=regs)
+        regs = engine.get_regs()
+        regs.rflags &= ~(1 << 10)          # DF cleared, as the PV ABI fixes it for syscall
+        engine.set_regs(regs)
+        return None
+
+    def stats_lines(self) -> list[str]:
+        """What ``--stats`` shows of the domain."""
+        lines = []
+        if self.hypercall_counts:
+            lines.append("hypercalls: " + ", ".join(f"{k} {v}" for k, v in self.hypercall_counts.most_common()))
+        if self.unknown_hypercalls:
+            lines.append("refused with -ENOSYS: " + ", ".join(f"{k} {v}" for k, v in self.unknown_hypercalls.most_common()))
+        if self.bounced:
+            lines.append("bounced to the guest: " + ", ".join(f"{k} {v}" for k, v in self.bounced.most_common()))
+        types = self.mm.type_counts() if hasattr(self.mm, "type_counts") else {}
+        if types:
+            lines.append("frame types: " + ", ".join(f"{k} {v}" for k, v in types.items()))
+        return lines

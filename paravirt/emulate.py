@@ -1,0 +1,166 @@
+"""Privileged instructions a PV guest kernel executes anyway, emulated as Xen does when they fault
+in ring 3 with #GP(0) (xen/arch/x86/pv/emul-priv-op.c): RDMSR/WRMSR of the MSRs a PV kernel may
+touch, MOV to and from control registers, CLTS, WBINVD/INVD, HLT, CLI/STI and port I/O under the
+guest's virtual IOPL. Anything else, or a value Xen refuses, stays a #GP for the guest's handler.
+
+``emulate(domain, vcpu, engine, regs, code)`` returns True when it carried the instruction out
+(RIP moved past it), False when the fault must be delivered.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .pvcpu import MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE
+
+if TYPE_CHECKING:
+    from hvm.engine.state import Regs
+
+    from .domain import PvDomain
+    from .pvcpu import PvVcpu
+
+MSR_TSC, MSR_APIC_BASE, MSR_MISC_ENABLE, MSR_PAT, MSR_PERF_CAPABILITIES = 0x10, 0x1B, 0x1A0, 0x277, 0x345
+MSR_EFER = 0xC0000080
+APIC_BASE_BSP, APIC_BASE_ENABLE, APIC_DEFAULT_BASE = 1 << 8, 1 << 11, 0xFEE00000
+# Xen's own PAT (asm/processor.h XEN_MSR_PAT), which PV guests see and may not change.
+XEN_MSR_PAT = 0x050100070406
+# MISC_ENABLE as Xen shows it (guest_misc_enable): fast strings, no BTS, no PEBS.
+MISC_ENABLE = 1 << 0 | 1 << 11 | 1 << 12
+EFER_VISIBLE = 1 << 0 | 1 << 8 | 1 << 10 | 1 << 11     # SCE, LME, LMA, NX
+CR0_TS = 1 << 3
+GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+CANONICAL_LOW, CANONICAL_HIGH = 1 << 47, 0xFFFF800000000000
+
+
+def _canonical(value: int) -> bool:
+    return value < CANONICAL_LOW or value >= CANONICAL_HIGH
+
+
+def emulate(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", code: bytes) -> bool:
+    rex = 0
+    length = 0
+    opsize16 = False
+    while length < len(code) and (0x40 <= code[length] <= 0x4F or code[length] == 0x66):
+        if code[length] == 0x66:
+            opsize16 = True
+        else:
+            rex = code[length]
+        length += 1
+    op = code[length:length + 3]
+    if not op:
+        return False
+    done = None
+    if op[:2] == b"\x0f\x32":
+        done = _rdmsr(vcpu, engine, regs) and length + 2
+    elif op[:2] == b"\x0f\x30":
+        done = _wrmsr(engine, regs) and length + 2
+    elif op[:2] in (b"\x0f\x20", b"\x0f\x22") and len(op) == 3:
+        cr = (op[2] >> 3 & 7) | (rex & 4) << 1
+        gpr = GPRS[(op[2] & 7) | (rex & 1) << 3]
+        if op[1] == 0x20:
+            done = _read_cr(vcpu, engine, regs, cr, gpr) and length + 3
+        else:
+            done = _write_cr(domain, vcpu, engine, regs, cr, getattr(regs, gpr)) and length + 3
+    elif op[:2] == b"\x0f\x06":                      # CLTS
+        sregs = engine.get_sregs()
+        sregs.cr0 &= ~CR0_TS
+        engine.set_sregs(sregs)
+        done = length + 2
+    elif op[:2] in (b"\x0f\x09", b"\x0f\x08"):     # WBINVD, INVD: nothing cached to lose here
+        done = length + 2
+    elif op[0] == 0xF4:                              # HLT: as SCHEDOP_block
+        domain.block(vcpu)
+        done = length + 1
+    elif op[0] in (0xFA, 0xFB) and vcpu.iopl >= 1:   # CLI/STI with virtual IOPL: the event mask
+        vcpu.upcall_mask = 1 if op[0] == 0xFA else 0
+        done = length + 1
+    elif op[0] in (0xE4, 0xE5, 0xEC, 0xED, 0xE6, 0xE7, 0xEE, 0xEF) and vcpu.iopl >= 1:
+        # Ports the guest may use but no device answers (an unprivileged domain owns none):
+        # reads see all ones, writes vanish (Xen's guest_io_read/write without ioports).
+        size = 1 if op[0] in (0xE4, 0xEC, 0xE6, 0xEE) else (2 if opsize16 else 4)
+        if op[0] in (0xE4, 0xE5, 0xEC, 0xED):
+            mask = (1 << (8 * size)) - 1
+            regs.rax = (regs.rax & ~mask | mask) if size < 4 else mask
+        done = length + (2 if op[0] in (0xE4, 0xE5, 0xE6, 0xE7) else 1)
+    if not done:
+        return False
+    regs.rip += done
+    engine.set_regs(regs)
+    domain.bounced["emulated privileged instruction"] += 1
+    return True
+
+
+def _rdmsr(vcpu: "PvVcpu", engine, regs: "Regs") -> bool:
+    index = regs.rcx & 0xFFFFFFFF
+    if index in (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE):
+        # In guest kernel mode the active GS base is the kernel's; the inactive one the user's.
+        value = engine.get_msrs([index])[index]
+    elif index == MSR_APIC_BASE:
+        value = APIC_DEFAULT_BASE | APIC_BASE_ENABLE | (APIC_BASE_BSP if vcpu.index == 0 else 0)
+    elif index == MSR_EFER:
+        value = engine.get_sregs().efer & EFER_VISIBLE
+    elif index == MSR_PAT:
+        value = XEN_MSR_PAT
+    elif index == MSR_MISC_ENABLE:
+        value = MISC_ENABLE
+    elif index == MSR_PERF_CAPABILITIES:
+        value = 0
+    else:
+        return False
+    regs.rax, regs.rdx = value & 0xFFFFFFFF, value >> 32
+    return True
+
+
+def _wrmsr(engine, regs: "Regs") -> bool:
+    index = regs.rcx & 0xFFFFFFFF
+    value = (regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF)
+    if index in (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE):
+        if not _canonical(value):
+            return False
+        engine.set_msrs({index: value})
+        return True
+    if index == MSR_EFER:
+        return value & EFER_VISIBLE == engine.get_sregs().efer & EFER_VISIBLE
+    if index == MSR_PAT:
+        return value == XEN_MSR_PAT
+    if index == MSR_MISC_ENABLE:
+        return value == MISC_ENABLE
+    return False
+
+
+def _read_cr(vcpu: "PvVcpu", engine, regs: "Regs", cr: int, gpr: str) -> bool:
+    sregs = engine.get_sregs()
+    if cr == 0:
+        value = sregs.cr0
+    elif cr == 2:
+        value = vcpu.cr2()
+    elif cr == 3:
+        value = vcpu.kernel_l4 << 12
+    elif cr == 4:
+        value = sregs.cr4
+    else:
+        return False
+    setattr(regs, gpr, value)
+    return True
+
+
+def _write_cr(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", cr: int, value: int) -> bool:
+    sregs = engine.get_sregs()
+    if cr == 0:
+        if (value ^ sregs.cr0) & ~CR0_TS:
+            return False                              # only TS may change (Xen: unmodifiable flags)
+        sregs.cr0 = value
+        engine.set_sregs(sregs)
+        return True
+    if cr == 3:
+        mfn = value >> 12
+        rc = domain.mm.new_baseptr(mfn)
+        if rc:
+            return False
+        vcpu.kernel_l4 = mfn
+        sregs.cr3 = mfn << 12
+        engine.set_sregs(sregs)
+        return True
+    if cr == 4:
+        return value == sregs.cr4
+    return False
