@@ -8,6 +8,7 @@ import bisect
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .devices.base import Device
 
@@ -130,6 +131,45 @@ class Bus:
         m.hits[0] += 1
         m.device.write(addr - m.base, size, value & _MASK[size])
 
+    # String I/O: one call for a run of accesses to one address (REP INS/OUTS). The device may
+    # serve fewer than asked (``Device.read_string``); each element counts as an access.
+    def read_string(self, addr: int, size: int, count: int) -> bytes:
+        """Up to ``count`` reads of ``size`` bytes at ``addr``, concatenated (at least one
+        element); unclaimed addresses give all ones."""
+        m = self._cache.get(addr, _UNSEEN)
+        if m is _UNSEEN:
+            m = self._resolve(addr)
+        if m is None:
+            self.unclaimed += count
+            return b"\xff" * (size * count)
+        device, offset = m.device, addr - m.base
+        # A device that is no Device subclass (duck-typed) gets the element-by-element default.
+        serve = getattr(device, "read_string", None)
+        data = serve(offset, size, count) if serve else Device.read_string(device, offset, size, count)
+        if not 0 < len(data) <= size * count or len(data) % size:
+            raise BusError(f"{self.kind}: {m.name} returned {len(data)} bytes for {count} reads of "
+                           f"{size} at {addr:#x}")
+        m.hits[0] += len(data) // size
+        return data
+
+    def write_string(self, addr: int, size: int, data: bytes) -> int:
+        """Write the ``size``-byte elements of ``data`` at ``addr`` in order; returns how many the
+        device took (at least one); unclaimed addresses take them all."""
+        count = len(data) // size
+        m = self._cache.get(addr, _UNSEEN)
+        if m is _UNSEEN:
+            m = self._resolve(addr)
+        if m is None:
+            self.unclaimed += count
+            return count
+        device, offset = m.device, addr - m.base
+        serve = getattr(device, "write_string", None)
+        taken = serve(offset, size, data) if serve else Device.write_string(device, offset, size, data)
+        if not 0 < taken <= count:
+            raise BusError(f"{self.kind}: {m.name} took {taken} of {count} writes of {size} at {addr:#x}")
+        m.hits[0] += taken
+        return taken
+
 
 class PortIOBus(Bus):
     """The 64 KiB x86 I/O port space."""
@@ -142,3 +182,27 @@ class MmioBus(Bus):
     """Guest-physical addresses not backed by RAM."""
 
     kind = "mmio"
+
+
+StringRead = Callable[[int, int, int], bytes]
+StringWrite = Callable[[int, int, bytes], int]
+
+
+def string_io(read: Callable[[int, int], int],
+              write: Callable[[int, int, int], None]) -> tuple[StringRead, StringWrite]:
+    """The string counterparts of an engine's port ``read``/``write`` callables: the bus's own
+    when they are a bus's methods (devices then serve whole runs), else loops over them."""
+    bus = getattr(read, "__self__", None)
+    if isinstance(bus, Bus) and read == bus.read and write == bus.write:
+        return bus.read_string, bus.write_string
+
+    def read_string(addr: int, size: int, count: int) -> bytes:
+        mask = _MASK[size]
+        return b"".join((read(addr, size) & mask).to_bytes(size, "little") for _ in range(count))
+
+    def write_string(addr: int, size: int, data: bytes) -> int:
+        for pos in range(0, len(data), size):
+            write(addr, size, int.from_bytes(data[pos:pos + size], "little"))
+        return len(data) // size
+
+    return read_string, write_string

@@ -13,3 +13,22 @@ class Device:
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Accept a guest write of ``value`` (``size`` bytes) at ``offset``."""
+
+    # String I/O (INS/OUTS with a REP prefix): the same port read or written ``count`` times in a
+    # row. A device whose data register moves blocks (IDE) serves a run at once; the defaults
+    # below are the element-by-element accesses, so any other device behaves exactly as before.
+    def read_string(self, offset: int, size: int, count: int) -> bytes:
+        """The next ``count`` ``size``-byte reads at ``offset``, little-endian, in order. A device
+        may stop early at a point of its own (the end of a data block), returning at least one
+        element: the caller asks again for the rest."""
+        mask = (1 << (8 * size)) - 1
+        read = self.read
+        return b"".join((read(offset, size) & mask).to_bytes(size, "little") for _ in range(count))
+
+    def write_string(self, offset: int, size: int, data: bytes) -> int:
+        """Write the ``size``-byte elements of ``data`` to ``offset`` in order; returns how many
+        were taken (at least one; fewer than all when the device stops at a point of its own)."""
+        write = self.write
+        for pos in range(0, len(data), size):
+            write(offset, size, int.from_bytes(data[pos:pos + size], "little"))
+        return len(data) // size

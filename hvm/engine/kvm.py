@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import functools
 import signal
+import struct
 import threading
+from typing import Callable
 
 import kvmffi
 from kvmffi import exits as kx
-from kvmffi import ffi
+from kvmffi import ffi, lib
 
+from ..bus import StringRead, StringWrite, string_io
 from .base import EmulationFailure, Engine, EngineCrash
 from .state import DTable, Fpu, Regs, Segment, SRegs, GPRS
 
@@ -26,6 +29,65 @@ _INTERNAL_SUBERRORS = {
     3: "exit during event delivery",
     4: "unexpected exit reason",
 }
+
+
+_FORMAT = {1: "B", 2: "H", 4: "I"}
+
+
+class StringExits:
+    """Port I/O callbacks for ``Vcpu.run_with_io`` that serve a string I/O exit at once.
+
+    A REP INS/OUTS exit carries ``count`` > 1 elements in the vCPU's shared page (KVM API,
+    KVM_EXIT_IO: ``data_offset`` from the start of ``kvm_run``); ``run_with_io`` hands them over
+    one call per element. The first call of such an exit moves them all through the bus's
+    string methods (``bus.string_io``): the later calls of an IN only take their element, those
+    of an OUT find it written already. A single-element exit goes straight to ``read``/``write``."""
+
+    def __init__(self, run_struct, read: Callable[[int, int], int], write: Callable[[int, int, int], None]):
+        self._page = ffi.cast("char *", run_struct)
+        self._io = ffi.cast("hvm_run_io *", self._page + lib.HVM_RUN_EXIT_UNION_OFFSET)
+        self._read, self._write = read, write
+        self._read_string, self._write_string = string_io(read, write)
+        self._rest: list[int] = []   # elements of the string IN still to hand over, last first
+        self._done = 0               # elements of the string OUT written already, still to be called
+
+    def read(self, port: int, size: int) -> int:
+        rest = self._rest
+        if rest:
+            return rest.pop()
+        count = self._io.count
+        if count == 1:
+            return self._read(port, size)
+        data = _read_all(self._read_string, port, size, count)
+        values = struct.unpack(f"<{count}{_FORMAT[size]}", data)
+        rest[:] = values[:0:-1]
+        return values[0]
+
+    def write(self, port: int, size: int, value: int) -> None:
+        if self._done:
+            self._done -= 1
+            return
+        count = self._io.count
+        if count == 1:
+            self._write(port, size, value)
+            return
+        data = bytes(ffi.buffer(self._page + self._io.data_offset, size * count))
+        _write_all(self._write_string, port, size, data)
+        self._done = count - 1
+
+
+def _read_all(read_string: StringRead, port: int, size: int, count: int) -> bytes:
+    # A device may serve a run in parts (the end of its data block); KVM wants every element now.
+    data = read_string(port, size, count)
+    while len(data) < size * count:
+        data += read_string(port, size, count - len(data) // size)
+    return data
+
+
+def _write_all(write_string: StringWrite, port: int, size: int, data: bytes) -> None:
+    pos = 0
+    while pos < len(data):
+        pos += write_string(port, size, data[pos:]) * size
 
 
 def _install_kick() -> None:
@@ -47,6 +109,7 @@ class KvmEngine(Engine):
         self.irqchip = irqchip
         self._thread: int | None = None
         self._thread_lock = threading.Lock()
+        self._kicks = 0  # kicks so far: ``complete_io`` must not swallow one
         self.run = vcpu.run  # type: ignore[method-assign]  # the hot path: straight to KVM_RUN
 
     def run(self) -> kx.VcpuExit:
@@ -54,8 +117,10 @@ class KvmEngine(Engine):
         return self.vcpu.run()
 
     def serve_port_io(self, read, write) -> None:
-        """Serve port I/O inside ``run``: KVM_RUN loops in kvmffi, with no exit objects built."""
-        self.run = functools.partial(self.vcpu.run_with_io, read, write)  # type: ignore[method-assign]
+        """Serve port I/O inside ``run``: KVM_RUN loops in kvmffi, with no exit objects built;
+        string I/O exits reach the bus's string methods (``StringExits``)."""
+        strings = StringExits(self.vcpu.run_struct, read, write)
+        self.run = functools.partial(self.vcpu.run_with_io, strings.read, strings.write)  # type: ignore[method-assign]
 
     def io_exit_counts(self) -> tuple[int, int]:
         """(IN, OUT) exits served by ``run``."""
@@ -85,6 +150,7 @@ class KvmEngine(Engine):
 
     def kick(self) -> None:
         """Set immediate_exit (covers a vCPU about to enter) and signal the vCPU thread (covers one inside)."""
+        self._kicks += 1
         self.vcpu.immediate_exit = True
         with self._thread_lock:
             if self._thread is not None and self._thread != threading.get_ident():
@@ -96,6 +162,21 @@ class KvmEngine(Engine):
     def acknowledge_kick(self) -> None:
         """Clear immediate_exit after a kick was seen."""
         self.vcpu.immediate_exit = False
+
+    def complete_io(self) -> None:
+        """Finish the port I/O exit ``run`` is in, before its registers change: KVM completes an
+        I/O only on the next KVM_RUN (KVM API, KVM_EXIT_IO), which with immediate_exit set does
+        that and returns at once. A kick that comes meanwhile stays pending."""
+        vcpu, kicks = self.vcpu, self._kicks
+        kicked = vcpu.immediate_exit
+        vcpu.immediate_exit = True
+        done = vcpu.run()
+        if not kicked:
+            vcpu.immediate_exit = False
+            if self._kicks != kicks:  # a kick between our KVM_RUN and the line above
+                vcpu.immediate_exit = True
+        if type(done) is not kx.Interrupted:
+            raise RuntimeError(f"KVM_RUN completing port I/O returned {done!r}, not at once")
 
     def thread_exited(self) -> None:
         """Forget the vCPU thread so no signal is ever sent to a reused thread id."""

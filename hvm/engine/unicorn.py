@@ -33,7 +33,7 @@ from typing import Callable, Protocol
 
 from kvmffi import exits as kx
 
-from ..bus import MmioBus
+from ..bus import MmioBus, string_io
 from ..memory import GuestMemory, GuestMemoryError
 from ..physmap import PhysMap
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
@@ -160,6 +160,7 @@ class UnicornEngine(Engine):
         self._kicked = threading.Event()
         self.io_read: Callable[[int, int], int] = lambda port, size: (1 << (8 * size)) - 1
         self.io_write: Callable[[int, int, int], None] = lambda port, size, value: None
+        self.io_read_string, self.io_write_string = string_io(self.io_read, self.io_write)
         self.io_counts = [0, 0]
         self.slices = 0
         self.emu_seconds = 0.0  # inside emu_start: guest code and the device hooks it calls
@@ -221,8 +222,10 @@ class UnicornEngine(Engine):
         self._core.cut()
 
     def serve_port_io(self, read, write) -> None:
-        """IN/OUT hooks call the port bus directly: port I/O never ends ``run``."""
+        """IN/OUT hooks call the port bus directly: port I/O never ends ``run``. A REP INS/OUTS
+        reaches the bus's string methods a run at a time (``uc_core.StringIo``)."""
         self.io_read, self.io_write = read, write
+        self.io_read_string, self.io_write_string = string_io(read, write)
 
     def io_exit_counts(self) -> tuple[int, int]:
         """(IN, OUT) instructions served through the hooks."""
@@ -249,20 +252,22 @@ class UnicornEngine(Engine):
         self._event = Event(vector, error_code, software=software)
         self.uc.emu_stop()
 
-    def io_denied(self, port: int, size: int) -> bool:
+    def io_denied(self, port: int, size: int, cs: int | None = None, cr0: int | None = None) -> bool:
         """Whether the I/O instruction running now must raise #GP: protected mode with CPL >
         IOPL (or virtual-8086 mode) and a TSS I/O bitmap that does not grant every byte of
         ``[port, port + size)`` (SDM vol. 1, 19.5). Unicorn leaves QEMU's check out ("allow all
         I/O instructions"), so without this a guest's user space (a Xen PV kernel in ring 3)
         reached devices its kernel (Xen) keeps for itself. If so, the instruction is undone on
-        the way out (``_io_refused``)."""
+        the way out (``_io_refused``). ``cs`` and ``cr0``: their values, when the caller has read
+        them already."""
         uc, x86 = self.uc, self._x86
-        cs = uc.reg_read(x86.UC_X86_REG_CS)
+        if cs is None:
+            cs = uc.reg_read(x86.UC_X86_REG_CS)
         if not cs & 3:
-            # CPL 0 (or real mode): the common case costs one register read. (Virtual-8086
-            # code, whose CS can end in 0, is not run by this engine: event delivery refuses it.)
+            # CPL 0 (or real mode): the common case. (Virtual-8086 code, whose CS can end in
+            # 0, is not run by this engine: event delivery refuses it.)
             return False
-        if not self._read_cr0() & 1:
+        if not (self._read_cr0() if cr0 is None else cr0) & 1:
             return False
         flags = uc.reg_read(self._flags_id)
         if cs & 3 <= (flags >> 12) & 3 and not flags & VM:
@@ -498,6 +503,9 @@ class UnicornEngine(Engine):
                          f"waiting interrupt")
             if len(core.engines) > 1:
                 lines.append(f"unicorn: {core.switches} switches between vCPUs")
+            if core.strings is not None and core.strings.runs:
+                lines.append(f"unicorn: {core.strings.runs} REP INS/OUTS runs served at once "
+                             f"({core.strings.elements} elements)")
         for title, counts in (("exceptions delivered", self.exceptions_delivered),
                               ("interrupts delivered", self.interrupts_delivered)):
             if counts:

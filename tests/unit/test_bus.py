@@ -92,3 +92,121 @@ def test_lookup_cache_follows_registration_and_stays_bounded():
     bus.unregister(0x1000)
     assert bus.read(0x1000, 4) == 0xFFFFFFFF
     assert bus.accesses == {}                         # the mapping is gone with its count
+
+
+# -- string I/O (REP INS/OUTS): one call for a run of accesses ----------------------------------
+
+class Wide(Device):
+    """Answers wider than asked, as devices may (the bus cuts replies to the access size)."""
+
+    def __init__(self):
+        self.n, self.log = 0, []
+
+    def read(self, offset, size):
+        self.n += 1
+        return 0xA5A5A500 | self.n
+
+    def write(self, offset, size, value):
+        self.log.append((offset, size, value))
+
+
+def test_default_string_read_is_the_single_reads_in_order():
+    bus, single = PortIOBus(), PortIOBus()
+    a, b = Wide(), Wide()
+    bus.register(0x700, 4, a)
+    single.register(0x700, 4, b)
+    for size in (1, 2, 4):
+        run = bus.read_string(0x702, size, 5)
+        one = b"".join(single.read(0x702, size).to_bytes(size, "little") for _ in range(5))
+        assert run == one and len(run) == 5 * size
+    assert bus.read_string(0x700, 2, 1) == (0xA500 | 16).to_bytes(2, "little")
+    assert bus.accesses["device"] == 16                 # each element is an access
+
+
+def test_default_string_write_is_the_single_writes_in_order():
+    bus = PortIOBus()
+    dev = Wide()
+    bus.register(0x700, 4, dev)
+    assert bus.write_string(0x701, 2, bytes([1, 2, 3, 4, 5, 6])) == 3
+    assert dev.log == [(1, 2, 0x0201), (1, 2, 0x0403), (1, 2, 0x0605)]
+    assert bus.accesses["device"] == 3
+
+
+def test_string_io_on_unclaimed_ports():
+    bus = PortIOBus()
+    assert bus.read_string(0x123, 2, 3) == b"\xff" * 6
+    assert bus.write_string(0x123, 4, bytes(8)) == 2
+    assert bus.unclaimed == 5
+
+
+class Chunky(Device):
+    """Serves at most ``limit`` elements per string call, as a device with data blocks does."""
+
+    def __init__(self, limit, reply=None):
+        self.limit, self.reply, self.taken = limit, reply, b""
+
+    def read_string(self, offset, size, count):
+        if self.reply is not None:
+            return self.reply
+        return bytes(range(min(count, self.limit) * size))
+
+    def write_string(self, offset, size, data):
+        n = min(len(data) // size, self.limit)
+        self.taken += data[:n * size]
+        return n if self.reply is None else self.reply
+
+
+def test_a_device_may_serve_part_of_a_run():
+    bus = PortIOBus()
+    bus.register(0x700, 1, Chunky(3))
+    assert bus.read_string(0x700, 2, 10) == bytes(range(6))
+    assert bus.write_string(0x700, 4, bytes(40)) == 3
+    assert bus.accesses["device"] == 6
+
+
+@pytest.mark.parametrize("reply", [b"", b"\x01\x02\x03", bytes(42)])
+def test_a_string_read_of_the_wrong_length_is_a_device_bug(reply):
+    bus = PortIOBus()
+    bus.register(0x700, 1, Chunky(3, reply), "chunky")
+    with pytest.raises(BusError, match="chunky returned"):
+        bus.read_string(0x700, 2, 10)
+
+
+@pytest.mark.parametrize("reply", [0, 11])
+def test_a_string_write_taking_none_or_too_many_is_a_device_bug(reply):
+    bus = PortIOBus()
+    bus.register(0x700, 1, Chunky(3, reply), "chunky")
+    with pytest.raises(BusError, match="chunky took"):
+        bus.write_string(0x700, 2, bytes(20))
+
+
+def test_string_io_reaches_duck_typed_devices_one_element_at_a_time():
+    class Plain:     # not a Device subclass
+        def __init__(self):
+            self.log = []
+
+        def read(self, offset, size):
+            self.log.append(("r", offset, size))
+            return 7
+
+        def write(self, offset, size, value):
+            self.log.append(("w", offset, size, value))
+
+    bus, dev = PortIOBus(), Plain()
+    bus.register(0x700, 2, dev, "plain")
+    assert bus.read_string(0x701, 1, 2) == b"\x07\x07"
+    assert bus.write_string(0x700, 1, b"\x09") == 1
+    assert dev.log == [("r", 1, 1), ("r", 1, 1), ("w", 0, 1, 9)]
+
+
+def test_string_io_of_an_engines_callables():
+    from hvm.bus import string_io
+
+    bus = PortIOBus()
+    bus.register(0x700, 1, Chunky(3))
+    assert string_io(bus.read, bus.write) == (bus.read_string, bus.write_string)
+    log = []
+    read_string, write_string = string_io(lambda port, size: 0x1234, lambda *a: log.append(a))
+    assert read_string(0x80, 1, 3) == b"\x34" * 3       # cut to the access size
+    assert write_string(0x80, 2, b"\x01\x00\x02\x00") == 2
+    assert log == [(0x80, 2, 1), (0x80, 2, 2)]

@@ -958,3 +958,148 @@ def test_host_read_error_becomes_a_device_error(disk_path) -> None:
     g.bm_start(to_memory=True)
     assert g.bm_status() == BM_INTERRUPT             # not a host memory error
     assert g.inb(P_CMD + ERROR) & 0x40
+
+
+# -- string I/O: a run of Data register accesses at once (REP INSW/INSD/OUTSW/OUTSD) -------------
+# The bulk path must be indistinguishable from the guest doing the same accesses one at a time:
+# same bytes, same register file, same interrupts, same state of the transfer in progress.
+
+def _channel_state(g: Guest) -> list:
+    state = [g.irq14.history[:], g.irq15.history[:]]
+    for channel in g.ide.channels:
+        state.append((channel.selected, channel.control, channel._line))
+        for d in channel.drives:
+            state.append((d.status, d.error, d.intrq, d.count, d.lba_low, d.lba_mid, d.lba_high, d.device,
+                          d._pio, d._pos, bytes(d._data), d._expect, d._then is None))
+    return state
+
+
+def _bulk_read(g: Guest, port: int, size: int, count: int, ask: int) -> bytes:
+    """``count`` reads of ``size`` bytes done as runs of at most ``ask`` through the bus."""
+    data = b""
+    while len(data) < count * size:
+        data += g.bus.read_string(port, size, min(ask, count - len(data) // size))
+    return data
+
+
+def _bulk_write(g: Guest, port: int, size: int, data: bytes, ask: int) -> None:
+    pos = 0
+    while pos < len(data):
+        pos += g.bus.write_string(port, size, data[pos:pos + ask * size]) * size
+
+
+def _single_read(g: Guest, port: int, size: int, count: int) -> bytes:
+    return b"".join(g.bus.read(port, size).to_bytes(size, "little") for _ in range(count))
+
+
+@pytest.mark.parametrize("size", [2, 4])
+@pytest.mark.parametrize("ask", [1, 3, 256, 1000, 10000])
+def test_string_reads_of_ata_sectors_match_single_reads(disk_path, size, ask) -> None:
+    image = disk_path.read_bytes()
+    single, _ = disk_guest(disk_path)
+    bulk, _ = disk_guest(disk_path)
+    for g in (single, bulk):
+        g.command(0x20, count=3, lba=7)                      # READ SECTORS: three DRQ blocks
+    # One run longer than the three blocks: past the command's end the Data register reads 0.
+    count = (3 * 512 + 64) // size
+    a = _single_read(single, P_CMD, size, count)
+    b = _bulk_read(bulk, P_CMD, size, count, ask)
+    assert a == b == image[7 * 512:10 * 512] + bytes(64)
+    assert _channel_state(single) == _channel_state(bulk)
+
+
+def test_string_read_stops_at_the_end_of_the_drq_block(disk_path) -> None:
+    g, _ = disk_guest(disk_path)
+    g.command(0x20, count=2, lba=1)
+    first = g.bus.read_string(P_CMD, 2, 1000)
+    assert len(first) == 512                                 # the first sector, not into the second
+    assert g.inb(P_CMD + STATUS) == DRDY | DSC | DRQ          # the next block is offered
+    assert g.bus.read_string(P_CMD, 4, 10) == disk_path.read_bytes()[1024:1064]
+
+
+@pytest.mark.parametrize("size", [2, 4])
+@pytest.mark.parametrize("ask", [1, 7, 512, 4096])
+def test_string_reads_of_atapi_blocks_match_single_reads(iso_path, size, ask) -> None:
+    iso = iso_path.read_bytes()
+    single, _ = cd_guest(iso_path)
+    bulk, _ = cd_guest(iso_path)
+    # READ(10) of 3 blocks with a byte count limit of 1001: DRQ blocks of 1000 bytes and a short
+    # last one (48), where a 32-bit read straddles the end of the data.
+    for g in (single, bulk):
+        g.packet(bytes([0x28, 0, 0, 0, 0, 5, 0, 0, 3]), limit=1001)
+    count = -(-3 * 2048 // size) + 8
+    a = _single_read(single, S_CMD, size, count)
+    b = _bulk_read(bulk, S_CMD, size, count, ask)
+    assert a == b
+    assert _channel_state(single) == _channel_state(bulk)
+    assert single.inb(S_CMD + STATUS) == bulk.inb(S_CMD + STATUS) == DRDY | DSC
+
+
+@pytest.mark.parametrize("size", [2, 4])
+@pytest.mark.parametrize("ask", [1, 5, 256, 2000])
+def test_string_writes_of_ata_sectors_match_single_writes(tmp_path, size, ask) -> None:
+    new = pattern(3 * 512, seed=42)
+    paths = [image_file(tmp_path, f"{n}.img", pattern(64 * 512)) for n in ("single", "bulk")]
+    (single, _), (bulk, _) = (disk_guest(p) for p in paths)
+    for g in (single, bulk):
+        g.command(0x30, count=3, lba=10)                     # WRITE SECTORS: three DRQ blocks
+    extra = bytes(range(32))                                 # written after the command ended: ignored
+    single.write_block(new + extra, width=size)
+    _bulk_write(bulk, P_CMD, size, new + extra, ask)
+    assert _channel_state(single) == _channel_state(bulk)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert paths[1].read_bytes()[10 * 512:13 * 512] == new
+
+
+def test_string_write_stops_at_the_end_of_the_drq_block(disk_path) -> None:
+    g, _ = disk_guest(disk_path)
+    g.command(0x30, count=2, lba=4)
+    assert g.bus.write_string(P_CMD, 2, bytes(2000)) == 256  # one sector's worth taken
+    assert g.inb(P_CMD + STATUS) == DRDY | DSC | DRQ          # the second block is asked for
+
+
+def test_string_io_outside_a_transfer_and_on_empty_positions(disk_path) -> None:
+    g, _ = disk_guest(disk_path)
+    before = _channel_state(g)
+    assert g.bus.read_string(P_CMD, 2, 5) == bytes(10)       # no DRQ: the Data register reads 0
+    assert g.bus.write_string(P_CMD, 4, bytes(12)) == 3      # and writes go nowhere
+    assert _channel_state(g) == before
+    assert g.bus.read_string(S_CMD, 2, 3) == b"\x7f\xff" * 3            # empty channel: floating bus
+    assert g.bus.read_string(S_CMD, 4, 2) == b"\x7f\xff\x7f\xff" * 2
+    g.outb(P_CMD + DEVICE, 0xB0)                             # the absent slave
+    assert g.bus.read_string(P_CMD, 2, 4) == bytes(8)
+    assert g.bus.read_string(P_CMD + STATUS, 1, 2) == bytes(2)         # other registers: one by one
+
+
+def test_string_read_when_the_next_sector_cannot_be_read(disk_path) -> None:
+    # The disk's own read failure: the block just read is whole, the command ends with UNC.
+    image = disk_path.read_bytes()
+    results = []
+    for bulk in (False, True):
+        g, disk = disk_guest(disk_path)
+        g.command(0x20, count=2, lba=0)
+        disk.image.read = lambda offset, length: (_ for _ in ()).throw(OSError(5, "Input/output error"))
+        data = _bulk_read(g, P_CMD, 2, 256, 1000) if bulk else _single_read(g, P_CMD, 2, 256)
+        assert data == image[:512]
+        assert g.inb(P_CMD + STATUS) == DRDY | DSC | ERR and g.inb(P_CMD + ERROR) == 0x40 | ABRT
+        results.append(_channel_state(g))
+    assert results[0] == results[1]
+
+
+def test_string_read_when_the_end_of_a_block_fails_unexpectedly(disk_path) -> None:
+    # A host error the model does not catch: the read that ended the block reads 0 and the
+    # command aborts, as with single reads; the reads before it keep their data.
+    image = disk_path.read_bytes()
+    results = []
+
+    def failing() -> None:
+        raise OSError(5, "Input/output error")
+    for bulk in (False, True):
+        g, _ = disk_guest(disk_path)
+        g.command(0x20, count=2, lba=0)
+        g.ide.channels[0].drives[0]._then = failing
+        data = _bulk_read(g, P_CMD, 2, 256, 1000) if bulk else _single_read(g, P_CMD, 2, 256)
+        assert data == image[:510] + bytes(2)
+        assert g.inb(P_CMD + STATUS) == DRDY | DSC | ERR and g.inb(P_CMD + ERROR) == ABRT
+        results.append(_channel_state(g))
+    assert results[0] == results[1]

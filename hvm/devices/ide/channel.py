@@ -187,30 +187,61 @@ class Drive:
         self._data, self._pos, self._expect, self._pio, self._then = bytearray(), 0, 0, None, None
 
     # -- the Data register ---------------------------------------------------------------------
+    # A run of accesses (REP INSW/OUTSW) is served up to the end of the DRQ block at most: what
+    # follows a block's end (the next block, the command's end, an interrupt) happens once, as
+    # after the last of that many single accesses, and the caller asks again for the rest.
+    def take_in(self, size: int, count: int) -> tuple[bytes, bool]:
+        """The next ``count`` ``size``-byte reads of a PIO data-in block, or as many as are left
+        of it (a short last one padded with zeros); True when they end the block, after which
+        ``end_block_in`` must run. Outside a data-in block every read is 0."""
+        if self._pio != "in":
+            return bytes(size * count), False
+        # At least one: an empty block (no data at all) ends at the next read.
+        n = max(1, min(count, -(-(len(self._data) - self._pos) // size)))
+        chunk = bytes(self._data[self._pos:self._pos + n * size]).ljust(n * size, b"\0")
+        self._pos += n * size
+        return chunk, self._pos >= len(self._data)
+
+    def end_block_in(self) -> None:
+        """The host has read the whole data-in block: clear DRQ and run what follows."""
+        then = self._then
+        self._stop_pio()
+        self.status = READY
+        if then is not None:
+            then()
+
     def read_data(self, size: int) -> int:
         """The next ``size`` bytes of a PIO data-in block; its last one ends the block."""
-        if self._pio != "in":
-            return 0
-        chunk = bytes(self._data[self._pos:self._pos + size])
-        self._pos += size
-        if self._pos >= len(self._data):
-            then = self._then
-            self._stop_pio()
-            self.status = READY
-            if then is not None:
-                then()
-        return int.from_bytes(chunk.ljust(size, b"\0"), "little")
+        chunk, ended = self.take_in(size, 1)
+        if ended:
+            self.end_block_in()
+        return int.from_bytes(chunk, "little")
+
+    def give_out(self, size: int, data: bytes) -> tuple[int, bool]:
+        """Take the ``size``-byte elements of ``data`` into a PIO data-out block, up to the one
+        that completes it (bytes past the block's length are dropped); returns how many were
+        taken and True when the block is complete, after which ``end_block_out`` must run.
+        Outside a data-out block every write is taken and ignored."""
+        count = len(data) // size
+        if self._pio != "out":
+            return count, False
+        need = self._expect - len(self._data)
+        n = max(1, min(count, -(-need // size)))
+        self._data += data[:min(n * size, need)]
+        return n, len(self._data) >= self._expect
+
+    def end_block_out(self) -> None:
+        """The host has written the whole data-out block: clear DRQ and hand it over."""
+        then, data = self._then, bytes(self._data)
+        self._stop_pio()
+        self.status = READY
+        then(data)
 
     def write_data(self, size: int, value: int) -> None:
         """Take ``size`` bytes of a PIO data-out block; its last one hands the block over."""
-        if self._pio != "out":
-            return
-        self._data += value.to_bytes(size, "little")[:self._expect - len(self._data)]
-        if len(self._data) >= self._expect:
-            then, data = self._then, bytes(self._data)
-            self._stop_pio()
-            self.status = READY
-            then(data)
+        _, ended = self.give_out(size, value.to_bytes(size, "little"))
+        if ended:
+            self.end_block_out()
 
 
 class Channel:
@@ -366,6 +397,41 @@ class Channel:
                 except OSError:
                     drive.abort(ABRT)
 
+    def read_data_string(self, size: int, count: int) -> bytes:
+        """Up to ``count`` 16- or 32-bit reads of the Data register at once (REP INSW/INSD):
+        the rest of the current data block at most, with exactly the effects of as many
+        single reads (``read_data``)."""
+        with self.lock:
+            if self.empty:
+                return FLOATING_DATA.to_bytes(2, "little") * (size // 2 * count)
+            drive = self.current
+            if not drive.present:
+                return bytes(size * count)
+            chunk, ended = drive.take_in(size, count)
+            if ended:
+                try:
+                    drive.end_block_in()
+                except OSError:
+                    drive.abort(ABRT)
+                    chunk = chunk[:-size] + bytes(size)   # the read that ended the block gets 0
+            return chunk
+
+    def write_data_string(self, size: int, data: bytes) -> int:
+        """16- or 32-bit writes of the Data register at once (REP OUTSW/OUTSD), up to the one
+        that completes the current data block; returns how many were taken. The effects are
+        those of as many single writes (``write_data``)."""
+        with self.lock:
+            drive = self.current
+            if not drive.present:
+                return len(data) // size
+            taken, ended = drive.give_out(size, data)
+            if ended:
+                try:
+                    drive.end_block_out()
+                except OSError:
+                    drive.abort(ABRT)
+            return taken
+
     # -- commands and resets -------------------------------------------------------------------
     def _command(self, command: int) -> None:
         drive = self.current
@@ -439,6 +505,16 @@ class CommandBlock(Device):
             return
         for i in range(size):
             self.channel.write_register(offset + i, value >> (8 * i) & 0xFF)
+
+    def read_string(self, offset: int, size: int, count: int) -> bytes:
+        if offset == DATA and size in (2, 4):
+            return self.channel.read_data_string(size, count)
+        return super().read_string(offset, size, count)
+
+    def write_string(self, offset: int, size: int, data: bytes) -> int:
+        if offset == DATA and size in (2, 4):
+            return self.channel.write_data_string(size, data)
+        return super().write_string(offset, size, data)
 
 
 class ControlBlock(Device):
