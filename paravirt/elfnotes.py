@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hvm.boot.elf_segments import check_segment_in_file
 from hvm.errors import ImageError
 from hvm.formats import ConstructError
 from hvm.formats.elf import (ELFCLASS32, EM_X86_64, PT_LOAD, PT_NOTE, SHT_NOTE, ElfFormatError, ElfNhdr,
@@ -284,12 +285,7 @@ def _load_segments(path: str, data: bytes, phdrs) -> list[LoadSegment]:
         if ph.p_type != PT_LOAD or not ph.p_flags & (PF_R | PF_W | PF_X):
             continue
         what = f"segment {i} (paddr {ph.p_paddr:#x})"
-        if ph.p_filesz > ph.p_memsz:
-            raise ImageError(path, f"malformed ELF: {what} has p_filesz {ph.p_filesz:#x} > "
-                                   f"p_memsz {ph.p_memsz:#x}")
-        if ph.p_offset + ph.p_filesz > len(data):
-            raise ImageError(path, f"truncated file: {what} needs file bytes [{ph.p_offset:#x}, "
-                                   f"{ph.p_offset + ph.p_filesz:#x}) but the file has {len(data):#x}")
+        check_segment_in_file(path, what, ph, data)
         if ph.p_paddr + ph.p_memsz > U64 + 1:
             raise ImageError(path, f"malformed ELF: {what} runs past the top of the address space")
         segments.append(LoadSegment(ph.p_paddr, ph.p_offset, ph.p_filesz, ph.p_memsz))

@@ -21,6 +21,17 @@ class Chunk:
     memsz: int
     what: str
 
+def check_segment_in_file(path: str, what: str, ph, data: bytes) -> None:
+    """Refuse a program header whose file bytes are not all in ``data`` or that claims more file
+    bytes than memory."""
+    if ph.p_filesz > ph.p_memsz:
+        raise ImageError(path, f"malformed ELF: {what} has p_filesz {ph.p_filesz:#x} > "
+                               f"p_memsz {ph.p_memsz:#x}")
+    if ph.p_offset + ph.p_filesz > len(data):
+        raise ImageError(path, f"truncated file: {what} needs file bytes [{ph.p_offset:#x}, "
+                               f"{ph.p_offset + ph.p_filesz:#x}) but the file has {len(data):#x}")
+
+
 def check_chunks(mem: GuestMemory, path: str, chunks: list[Chunk], mode: Mode) -> int:
     """Refuse chunks outside RAM or over the CPU setup's scratch area; returns the image's end."""
     for c in chunks:
@@ -52,12 +63,7 @@ def elf_chunks(path: str, data: bytes, machines: tuple[int, ...]) -> tuple[list[
     chunks = []
     for i, ph in enumerate(phdrs):
         what = f"ELF segment {i} (paddr {ph.p_paddr:#x})"
-        if ph.p_filesz > ph.p_memsz:
-            raise ImageError(path, f"malformed ELF: {what} has p_filesz {ph.p_filesz:#x} > "
-                                   f"p_memsz {ph.p_memsz:#x}")
-        if ph.p_offset + ph.p_filesz > len(data):
-            raise ImageError(path, f"truncated file: {what} needs file bytes [{ph.p_offset:#x}, "
-                                   f"{ph.p_offset + ph.p_filesz:#x}) but the file has {len(data):#x}")
+        check_segment_in_file(path, what, ph, data)
         if ph.p_memsz:
             chunks.append(Chunk(ph.p_paddr, memoryview(data)[ph.p_offset:ph.p_offset + ph.p_filesz],
                                  ph.p_memsz, what))

@@ -120,11 +120,7 @@ after_fault:
         shr $12, %rax
         movl $15, mmuext+0(%rip)                        /* MMUEXT_NEW_USER_BASEPTR */
         mov %rax, mmuext+8(%rip)
-        lea mmuext(%rip), %rdi
-        mov $1, %esi
-        xor %edx, %edx
-        mov $0x7ff0, %r10d                              /* DOMID_SELF */
-        HCALL HYPERVISOR_mmuext_op
+        call one_mmuext
         test %rax, %rax
         jnz fail
         mov $0, %edi                                    /* CALLBACKOP_register */
@@ -240,11 +236,7 @@ forbidden_updates:
         lea _start(%rip), %rax
         shr $12, %rax
         mov %rax, mmuext+8(%rip)
-        lea mmuext(%rip), %rdi
-        mov $1, %esi
-        xor %edx, %edx
-        mov $0x7ff0, %r10d
-        HCALL HYPERVISOR_mmuext_op
+        call one_mmuext
         lea name_unpin(%rip), %rdi
         call report
         ret
@@ -302,11 +294,11 @@ new_page_tables:
         pop %rbx
         ret
 
-one_mmuext:
+one_mmuext:                                             /* the one op in mmuext, for ourselves */
         lea mmuext(%rip), %rdi
         mov $1, %esi
         xor %edx, %edx
-        mov $0x7ff0, %r10d
+        mov $0x7ff0, %r10d                              /* DOMID_SELF */
         HCALL HYPERVISOR_mmuext_op
         ret
 
