@@ -18,7 +18,9 @@ from hvm.outcome import End, Outcome
 
 from . import abi as x
 from . import emulate, hypercalls
+from .events import EventChannels, UpcallController
 from .hvarea import HypervisorArea
+from .pvclock import PvClock, PvTimer
 from .pvcpu import DomainCrash, PvVcpu
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ EMULATE_PREFIX = b"\x0f\x0bxen"
 CPUID = b"\x0f\xa2"
 VECTOR_NAMES = ["#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
                 "#SS", "#GP", "#PF", "15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP"]
+VIRQ_TIMER = 0
 SHUTDOWN_REASONS = {x.SHUTDOWN_POWEROFF: "poweroff", x.SHUTDOWN_REBOOT: "reboot", x.SHUTDOWN_SUSPEND: "suspend",
                     x.SHUTDOWN_CRASH: "crash", x.SHUTDOWN_WATCHDOG: "watchdog",
                     x.SHUTDOWN_SOFT_RESET: "soft_reset"}
@@ -59,9 +62,35 @@ class PvDomain:
         self.shutdown_code: int | None = None
         self._ended = False
         self._lock = threading.Lock()
+        self.clock = PvClock()
+        self.channels = EventChannels(memory, area.shared_info_maddr, lambda i: self.vcpus[i].vcpu_info_maddr,
+                                      self._kick, vcpus)
+        self.timers = [PvTimer(self.clock, lambda i=i: self._timer_fired(i)) for i in range(vcpus)]
+        self.engines: list = []
+        self.clock.write_wallclock(memory, area.shared_info_maddr)
+        for vcpu in self.vcpus:
+            self.clock.update(memory, vcpu.vcpu_info_maddr)
         self.hypercall_counts: collections.Counter[str] = collections.Counter()
         self.unknown_hypercalls: collections.Counter[str] = collections.Counter()
         self.bounced: collections.Counter[str] = collections.Counter()
+
+    def attach(self, engines: list) -> None:
+        """Give each vCPU's engine the domain: SYSCALL and exceptions come here, upcalls are its
+        interrupts and the Xen timers its timers."""
+        self.engines = engines
+        for index, engine in enumerate(engines):
+            engine.pv = self
+            vcpu = self.vcpus[index]
+            engine.attach_platform(UpcallController(self.channels, index, lambda v=vcpu: v.upcall_mask),
+                                   [self.timers[index]])
+
+    def _kick(self, index: int) -> None:
+        if index < len(self.engines):
+            self.engines[index].poke()
+
+    def _timer_fired(self, index: int) -> None:
+        self.clock.update(self.memory, self.vcpus[index].vcpu_info_maddr)
+        self.channels.raise_virq(VIRQ_TIMER, index)
 
     # -- what engines call --------------------------------------------------------------------
     def syscall(self, engine) -> kx.VcpuExit | None:
@@ -187,16 +216,13 @@ class PvDomain:
             n = min(limit, len(self.console_in))
             return bytes(self.console_in.popleft() for _ in range(n))
 
-    def notify(self, port: int) -> int:
-        """EVTCHNOP_send from the guest: hvm's own backends listen on their ports."""
-        if self.console_ring is not None and port == self.console_ring.port:
-            self.console_ring.kick()
-            return 0
-        return -x.EINVAL if port == 0 else 0
-
-    def block(self, vcpu: PvVcpu) -> None:
-        """SCHEDOP_block with nothing that could wake the vCPU yet: return at once (a spurious
-        wake-up, which the ABI allows)."""
+    def block(self, vcpu: PvVcpu, engine=None) -> None:
+        """SCHEDOP_block (and HLT): events are enabled, and the vCPU sleeps until one is pending
+        (xen/common/sched/core.c vcpu_block_enable_events)."""
+        vcpu.upcall_mask = 0
+        self.channels.drain()
+        if engine is not None and not self.channels.upcall_pending(vcpu.index):
+            engine.halt()
 
     # -- shutdown -----------------------------------------------------------------------------
     def shutdown(self, vcpu: PvVcpu, reason: int, engine) -> None:
@@ -225,6 +251,8 @@ class PvDomain:
 
     # -- exceptions ---------------------------------------------------------------------------
     def _exception(self, vcpu: PvVcpu, engine, event) -> kx.VcpuExit | None:
+        if event.external:
+            return self._upcall(vcpu, engine)
         vector = event.vector
         regs = engine.get_regs()
         if vector == 6 and not event.software and self._forced_cpuid(vcpu, engine, regs):
@@ -250,6 +278,15 @@ class PvDomain:
         if vector == 14:
             vcpu.set_cr2(engine.get_sregs().cr2)
         return self._bounce_trap(vcpu, engine, vector, event.error_code)
+
+    def _upcall(self, vcpu: PvVcpu, engine) -> None:
+        """Enter the guest's event callback with events masked (Xen's test_guest_events)."""
+        address, _flags = vcpu.callbacks.get(x.CALLBACKTYPE_EVENT, (0, 0))
+        if not address:
+            raise DomainCrash("an event upcall with no event callback registered")
+        self.clock.update(self.memory, vcpu.vcpu_info_maddr)
+        self.bounced["event upcall"] += 1
+        vcpu.bounce(engine, address, mask_events=True)
 
     def _bounce_trap(self, vcpu: PvVcpu, engine, vector: int, error_code: int | None) -> None:
         trap = vcpu.traps.get(vector)

@@ -69,7 +69,7 @@ def emulate(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", code: byte
     elif op[:2] in (b"\x0f\x09", b"\x0f\x08"):     # WBINVD, INVD: nothing cached to lose here
         done = length + 2
     elif op[0] == 0xF4:                              # HLT: as SCHEDOP_block
-        domain.block(vcpu)
+        domain.block(vcpu, engine)
         done = length + 1
     elif op[0] in (0xFA, 0xFB) and vcpu.iopl >= 1:   # CLI/STI with virtual IOPL: the event mask
         vcpu.upcall_mask = 1 if op[0] == 0xFA else 0

@@ -21,11 +21,17 @@ import struct
 from dataclasses import dataclass
 
 from .abi import (FIRST_RESERVED_GDT_PAGE, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
-                  MACH2PHYS_VIRT_START, PTE_ADDR, PTE_NX, PTE_P, PTE_RW, PTE_US)
+                  MACH2PHYS_VIRT_START, PTE_A, PTE_ADDR, PTE_D, PTE_NX, PTE_P, PTE_RW, PTE_US)
 
 PAGE = 4096
 ENTRIES = 512
 GDT_PAGES = 16                      # 8192 descriptors: guest pages 0-13, Xen's from page 14
+# The M2P once more, in L4 slot 257: on this project's kvm_pvm host ring-3 code cannot reach L4
+# slot 256 at all (every access there faults as not present, measured 2026-12-04; slots 257-511
+# work), so the M2P at MACH2PHYS_VIRT_START is out of a PV kernel's reach under KVM there.
+# XENMEM_machphys_mapping exists to tell the guest where the M2P is: a guest that asks (Linux
+# does) can be given this address on any engine; one that hard-codes Xen's cannot run there.
+M2P_ALIAS_VIRT_START = 0xFFFF808000000000
 # hvm's private mappings (the GDTs) live in L4 slot 262, as Xen's per-domain area does.
 PRIVATE_VIRT_START = 0xFFFF830000000000
 GDT_STRIDE = GDT_PAGES * PAGE       # vCPU n's GDT at PRIVATE_VIRT_START + n * GDT_STRIDE
@@ -39,14 +45,16 @@ RING0_PAGES = 5
 RING0_STRIDE = 8 * PAGE
 RING0_PORT = 0x0EF0              # the port the stubs write; nothing else on hvm's boards uses it
 HYPERVISOR_CS, HYPERVISOR_DS = 0xE008, 0xE010
-TSS_SELECTORS = 0xF000           # vCPU n's TSS descriptor at 0xf000 + 16 n (GDT page 15)
-TSS_SIZE = 104                   # the 64-bit TSS (SDM vol. 3A 8.7), no I/O bitmap
+# vCPU n's TSS descriptor at 0xf000 + 16 n (GDT page 15). Xen keeps its at 0xe040 in each CPU's
+# own GDT page; hvm's reserved GDT pages are shared by the vCPUs.
+TSS_SELECTORS = 0xF000
+TSS_SIZE = 104                   # the 64-bit TSS (SDM vol. 3A, "Task management in 64-bit mode")
 # Entry stubs: vector v's at 14 v in the code page, then the start stub and the SYSCALL stubs
 # (LSTAR: from 64-bit code; CSTAR: from compatibility mode).
 STUB_SIZE = 14
 START_STUB, LSTAR_STUB, CSTAR_STUB = 0xE00, 0xE40, 0xE80
-# What a vector stub leaves on the stack, from its top down (SDM vol. 3A 6.14.2: SS, RSP, RFLAGS,
-# CS, RIP, [error code]): the CPU's frame, the error code (0 pushed by the stub where the CPU
+# What a vector stub leaves on the stack, from its top down (SDM vol. 3A, "64-bit mode stack
+# frame": SS, RSP, RFLAGS, CS, RIP, [error code]): the CPU's frame, the error code (0 pushed by the stub where the CPU
 # pushes none), the vector, the interrupted RDX.
 FRAME = struct.Struct("<8Q")     # rdx, vector, error, rip, cs, rflags, rsp, ss
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
@@ -66,6 +74,9 @@ _PUSH_IMM8, _PUSH_IMM32, _PUSH_RDX = b"\x6a", b"\x68", b"\x52"
 _OUT_RING0_PORT = b"\xba" + struct.pack("<I", RING0_PORT) + b"\xee"    # mov $port, %edx; out %al, %dx
 _UD2, _INT3 = b"\x0f\x0b", b"\xcc"
 _MOV_RDX_TO_RIP_REL = b"\x48\x89\x15"                                   # mov %rdx, disp32(%rip)
+
+
+_TABLE = PTE_P | PTE_RW | PTE_US | PTE_A   # an entry of hvm's pointing to one of its tables
 
 
 def _index(va: int, level: int) -> int:
@@ -129,14 +140,18 @@ class HypervisorArea:
             l3 = table(3, va)
             l2 = table(2, va)
             l1 = table(1, va)
-            # Upper levels allow everything; the leaf says what the mapping permits.
-            writes[l3][_index(va, 3)] = l2 * PAGE | PTE_P | PTE_RW | PTE_US
-            writes[l2][_index(va, 2)] = l1 * PAGE | PTE_P | PTE_RW | PTE_US
-            writes[l1][_index(va, 1)] = frame * PAGE | flags
+            # Upper levels allow everything; the leaf says what the mapping permits. Accessed
+            # (and dirty, where writable) from the start, so the CPU never writes hvm's tables
+            # (as the descriptors above): under KVM its walks through them are real ones.
+            writes[l3][_index(va, 3)] = l2 * PAGE | _TABLE
+            writes[l2][_index(va, 2)] = l1 * PAGE | _TABLE
+            writes[l1][_index(va, 1)] = frame * PAGE | flags | PTE_A | (PTE_D if flags & PTE_RW else 0)
 
-        # The M2P, read-only for the guest (user pages: its kernel runs in ring 3).
+        # The M2P, read-only for the guest (user pages: its kernel runs in ring 3), at the ABI's
+        # address and at M2P_ALIAS_VIRT_START.
         for i in range(self.m2p_frames):
-            map_page(MACH2PHYS_VIRT_START + i * PAGE, self.m2p + i, PTE_P | PTE_US | PTE_NX)
+            for start in (MACH2PHYS_VIRT_START, M2P_ALIAS_VIRT_START):
+                map_page(start + i * PAGE, self.m2p + i, PTE_P | PTE_US | PTE_NX)
         # GDTs: supervisor pages (the CPU's own descriptor reads), never user-visible.
         for vcpu in range(self.vcpus):
             base = self.gdt_base(vcpu)
@@ -183,7 +198,7 @@ class HypervisorArea:
     @property
     def l4_entries(self) -> dict[int, int]:
         """{L4 slot: entry} for the reserved slots hvm uses."""
-        return {_index(va, 4): frame * PAGE | PTE_P | PTE_RW | PTE_US for va, frame in self._l3.items()}
+        return {_index(va, 4): frame * PAGE | _TABLE for va, frame in self._l3.items()}
 
     def set_m2p(self, mfn: int, pfn: int) -> None:
         """Record MMU_MACHPHYS_UPDATE (the caller checked ``mfn`` is the guest's)."""
@@ -263,17 +278,18 @@ class Ring0:
         start = _OUT_RING0_PORT + _UD2
         page[START_STUB:START_STUB + len(start)] = start
         # At SYSCALL's entry RSP is still the guest's: the stub keeps RDX in hvm's stack page
-        # instead of pushing it (AMD APM vol. 2 6.1.1: SYSCALL does not switch stacks).
+        # instead of pushing it (AMD APM vol. 2, "SYSCALL and SYSRET": no stack switch).
         slot = self.base + STACK * PAGE
         for entry in (LSTAR_STUB, CSTAR_STUB):
-            syscall = _MOV_RDX_TO_RIP_REL + struct.pack("<i", slot - (self.base + entry + 7)) + _OUT_RING0_PORT + _UD2
+            displacement = slot - (self.base + entry + len(_MOV_RDX_TO_RIP_REL) + 4)
+            syscall = _MOV_RDX_TO_RIP_REL + struct.pack("<i", displacement) + _OUT_RING0_PORT + _UD2
             page[entry:entry + len(syscall)] = syscall
         return bytes(page)
 
     def idt_page(self) -> bytes:
-        """256 64-bit interrupt gates (SDM vol. 3A 6.14.1) on HYPERVISOR_CS, as Xen's PV IDT:
-        DPL 0, but 3 for #BP and #OF so that INT3 and INTO from ring 3 arrive as themselves;
-        any other INT n from ring 3 is a #GP with the gate in its error code."""
+        """256 64-bit interrupt gates (SDM vol. 3A, "64-bit mode IDT") on HYPERVISOR_CS, as
+        Xen's PV IDT: DPL 0, but 3 for #BP and #OF so that INT3 and INTO from ring 3 arrive as
+        themselves; any other INT n from ring 3 is a #GP with the gate in its error code."""
         gates = []
         for vector in range(256):
             offset, dpl = self.stub(vector), 3 if vector in (3, 4) else 0
@@ -284,7 +300,7 @@ class Ring0:
 
     def tss_page(self) -> bytes:
         # RSP0 at offset 4; the I/O map base at 102 points past the limit: no I/O bitmap, so
-        # every IN/OUT from ring 3 faults (SDM vol. 3A 20.5.2).
+        # every IN/OUT from ring 3 faults (SDM vol. 1, "I/O permission bit map").
         tss = bytearray(TSS_SIZE)
         struct.pack_into("<Q", tss, 4, self.stack_top)
         struct.pack_into("<H", tss, 102, TSS_SIZE)
@@ -297,7 +313,9 @@ class Ring0:
 
 
 def _tss_descriptor(base: int) -> tuple[int, int]:
-    """A 16-byte available 64-bit TSS descriptor (SDM vol. 3A 8.2.3), limit TSS_SIZE - 1."""
+    """A 16-byte available 64-bit TSS descriptor (SDM vol. 3A, "TSS descriptor in 64-bit
+    mode"), limit TSS_SIZE - 1."""
     limit = TSS_SIZE - 1
-    low = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | 0x89 << 40 | (limit >> 16 & 0xF) << 48 | (base >> 24 & 0xFF) << 56
+    low = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | 0x89 << 40 | (limit >> 16 & 0xF) << 48
+    low |= (base >> 24 & 0xFF) << 56
     return low, base >> 32

@@ -16,6 +16,7 @@ from hvm.memory import GuestMemoryError
 from hvm.paging import PageFault
 
 from . import abi as x
+from .hvarea import M2P_ALIAS_VIRT_START
 from .pvcpu import DomainCrash, Trap
 
 if TYPE_CHECKING:
@@ -260,7 +261,7 @@ def sched_op(c: Call, cmd: int, arg: int, *_) -> int:
     if cmd == x.SCHEDOP_YIELD:
         return 0
     if cmd == x.SCHEDOP_BLOCK:
-        c.domain.block(c.vcpu)
+        c.domain.block(c.vcpu, c.engine)
         return 0
     if cmd == x.SCHEDOP_SHUTDOWN:
         reason = c.u32(arg) & 0xFF                  # Xen takes the reason as a u8
@@ -306,8 +307,9 @@ def memory_op(c: Call, cmd: int, arg: int, *_) -> int:
     if op == XENMEM_MACHPHYS_MAPPING:
         # xen_machphys_mapping {v_start, v_end, max_mfn}
         entries = d.area.m2p_frames * 4096 // 8
-        c.write(arg, struct.pack("<QQQ", x.MACH2PHYS_VIRT_START, x.MACH2PHYS_VIRT_START + entries * 8,
-                                 entries - 1))
+        # The copy in slot 257: on kvm_pvm hosts slot 256 cannot be reached from ring 3 (see
+        # paravirt.ring0); a guest that asks takes the M2P from where it is told.
+        c.write(arg, struct.pack("<QQQ", M2P_ALIAS_VIRT_START, M2P_ALIAS_VIRT_START + entries * 8, entries - 1))
         return 0
     if op in (XENMEM_INCREASE_RESERVATION, XENMEM_POPULATE_PHYSMAP, XENMEM_EXCHANGE):
         return -x.ENOMEM if op != XENMEM_EXCHANGE else -x.EINVAL   # no memory beyond the domain's
@@ -376,9 +378,22 @@ def vcpu_op(c: Call, cmd: int, vcpuid: int, arg: int, *_) -> int:
         c.write(area, RUNSTATE_INFO.pack(0, 0, 0, 0, 0, 0, 0)) if area else None
         target.runstate_area = area
         return 0
-    if cmd in (VCPUOP_SET_PERIODIC_TIMER, VCPUOP_SET_SINGLESHOT_TIMER):
-        return -x.ENOSYS                    # timers come with event delivery
-    if cmd in (VCPUOP_STOP_PERIODIC_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER):
+    timer = d.timers[vcpuid]
+    if cmd == VCPUOP_SET_PERIODIC_TIMER:
+        period = c.u64(arg)
+        if period < 1_000_000:
+            return -x.EINVAL                # Xen's minimum period: 1 ms
+        timer.set_periodic(period)
+        return 0
+    if cmd == VCPUOP_STOP_PERIODIC_TIMER:
+        timer.set_periodic(None)
+        return 0
+    if cmd in (VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER):
+        if target is not c.vcpu:
+            return -x.EINVAL                # only for the calling vCPU
+        # vcpu_set_singleshot_timer {u64 timeout_abs_ns, u32 flags}: a past deadline fires at
+        # once; VCPU_SSHOTTMR_future is ignored, as Xen does now.
+        timer.set_singleshot(c.u64(arg) if cmd == VCPUOP_SET_SINGLESHOT_TIMER else None)
         return 0
     return -x.ENOSYS
 
@@ -404,13 +419,74 @@ def grant_table_op(c: Call, cmd: int, arg: int, count: int, *_) -> int:
     return -x.ENOSYS
 
 
+@hypercall("set_timer_op")
+def set_timer_op(c: Call, timeout: int, *_) -> int:
+    # xen/common/sched/core.c do_set_timer_op: absolute system time; 0 cancels; a deadline in
+    # the past or absurdly far ahead (2^50 ns) means "soon" (100 ms) - Linux relies on that.
+    timer = c.domain.timers[c.vcpu.index]
+    if timeout == 0:
+        timer.set_singleshot(None)
+        return 0
+    now = c.domain.clock.system_time()
+    if timeout >= 1 << 63 or timeout - now > 1 << 50:
+        timeout = now + 100_000_000
+    timer.set_singleshot(timeout)
+    return 0
+
+
+# event_channel.h: the structures' layouts, 64-bit.
+EVTCHNOP_BIND_INTERDOMAIN, EVTCHNOP_BIND_VIRQ, EVTCHNOP_CLOSE, EVTCHNOP_SEND = 0, 1, 3, 4
+EVTCHNOP_STATUS, EVTCHNOP_ALLOC_UNBOUND, EVTCHNOP_BIND_IPI, EVTCHNOP_BIND_VCPU = 5, 6, 7, 8
+EVTCHNOP_UNMASK, EVTCHNOP_RESET = 9, 10
+
+
 @hypercall("event_channel_op")
 def event_channel_op(c: Call, cmd: int, arg: int, *_) -> int:
-    EVTCHNOP_SEND = 4
+    ch = c.domain.channels
     if cmd == EVTCHNOP_SEND:
-        port = c.u32(arg)
-        return c.domain.notify(port)
-    return -x.ENOSYS
+        return ch.send(c.u32(arg))
+    if cmd == EVTCHNOP_UNMASK:
+        return ch.unmask(c.u32(arg))
+    if cmd == EVTCHNOP_CLOSE:
+        return ch.close(c.u32(arg))
+    if cmd == EVTCHNOP_BIND_VIRQ:
+        virq, vcpu = struct.unpack("<II", c.read(arg, 8))
+        return _port_out(c, arg + 8, ch.bind_virq(virq, vcpu))
+    if cmd == EVTCHNOP_BIND_IPI:
+        return _port_out(c, arg + 4, ch.bind_ipi(c.u32(arg)))
+    if cmd == EVTCHNOP_ALLOC_UNBOUND:
+        dom, remote = struct.unpack("<HH", c.read(arg, 4))
+        if dom not in (x.DOMID_SELF, c.domain.domid):
+            return -x.ESRCH
+        return _port_out(c, arg + 4, ch.alloc_unbound(remote))
+    if cmd == EVTCHNOP_BIND_INTERDOMAIN:
+        remote_dom, remote_port = struct.unpack("<H2xI", c.read(arg, 8))
+        return _port_out(c, arg + 8, ch.bind_interdomain(remote_dom, remote_port))
+    if cmd == EVTCHNOP_BIND_VCPU:
+        port, vcpu = struct.unpack("<II", c.read(arg, 8))
+        return ch.bind_vcpu(port, vcpu)
+    if cmd == EVTCHNOP_STATUS:
+        dom, port = struct.unpack("<H2xI", c.read(arg, 8))
+        if dom not in (x.DOMID_SELF, c.domain.domid):
+            return -x.ESRCH
+        status, target = ch.status(port)
+        union = b""
+        if target is not None and target.kind == "interdomain":
+            union = struct.pack("<H2xI", target.remote_dom, target.remote_port)
+        elif target is not None and target.kind == "unbound":
+            union = struct.pack("<H", target.remote_dom)
+        elif target is not None and target.kind == "virq":
+            union = struct.pack("<I", target.virq)
+        c.write(arg + 8, struct.pack("<II", status, target.vcpu if target else 0) + union.ljust(8, b"\0"))
+        return 0
+    return -x.ENOSYS                        # FIFO ABI and reset: Linux then uses 2-level
+
+
+def _port_out(c: Call, at: int, port: int) -> int:
+    if port < 0:
+        return port
+    c.write(at, struct.pack("<I", port))
+    return 0
 
 
 @hypercall("physdev_op")

@@ -50,6 +50,7 @@ RECIPES = {
     "stringio16": GuestRecipe("stringio16.S", 16, 0x7C00),
     "stringio32": GuestRecipe("stringio32.S", 32, 0x100000),
     "stringio64": GuestRecipe("stringio64.S", 64, 0x100000),
+    "pvbench64": GuestRecipe("pvbench64.S", 64),
 }
 
 

@@ -3,6 +3,13 @@ domain by ``paravirt.builder`` and run deprivileged, in ring 3, with hvm as its 
 (``paravirt.domain``): hypercalls, direct paging validated by ``paravirt.mm``, the console
 through ``console_io`` and the console ring on COM1's backend.
 
+Under unicorn the engine hands the domain every SYSCALL and exception from its hooks; under KVM
+hvm's ring 0 takes them (``paravirt.hvarea`` lays it out, ``paravirt.ring0`` serves its exits)
+and the vCPU starts in hvm's start stub, which sets it up before the guest's first instruction.
+``--accel auto`` makes hvm's general choice (``hvm.host.choose_accel``): KVM with hardware
+virtualization, unicorn on a KVM that emulates ring 0, although a PV kernel (no ring-0 code)
+measured faster on KVM there too (benchmarks/README.md, "Xen PV").
+
 Memory: the domain's frames from 0 (``-m``), then hvm's own frames (``paravirt.hvarea``).
 """
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from ..boot.cpu_setup import entry_cpu_state
 from ..boot.entry import EntryState, Mode
 from ..engine.state import DTable, Segment, SRegs
 from ..errors import ConfigError, ImageError
@@ -21,7 +29,8 @@ if TYPE_CHECKING:
     from ..machine import Machine
 
 PAGE = 4096
-CONSOLE_EVTCHN, STORE_EVTCHN = 1, 2       # ports hvm's backends listen on (0 means "none")
+CONSOLE_EVTCHN, STORE_EVTCHN = 1, 2       # the guest's ports to hvm's backends (0 means "none")
+CONSOLE_BACKEND, STORE_BACKEND = 1, 2     # their other ends, hvm's ports (as dom0's would be)
 # Control registers of a 64-bit PV vCPU: paging, protection, WP; PAE, OSFXSR/OSXMMEXCPT; long mode.
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
 CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
@@ -60,6 +69,7 @@ class XenPvBoard(Board):
         self.mm = None
         self.domain = None
         self.boot_info = None
+        self.ring0 = None           # paravirt.ring0.Ring0Port under KVM
 
     def guest_memory(self, config: "MachineConfig") -> GuestMemory:
         from paravirt.hvarea import HypervisorArea
@@ -74,8 +84,6 @@ class XenPvBoard(Board):
         from paravirt.domain import PvDomain
         from paravirt.mm import DirectPaging
 
-        if machine.kvm is not None:
-            raise ConfigError("--xen pv runs on the unicorn engine so far: give --accel unicorn")
         if machine.config.cpus != 1:
             raise ConfigError("--xen pv runs one vCPU so far: give -c 1")
         self.area.build(machine.memory)
@@ -88,10 +96,22 @@ class XenPvBoard(Board):
         console = machine.serial.backend
         self.domain = PvDomain(
             machine.memory, self.area, self.mm, machine.config.cpus, console_out=console.write,
-            finish=machine.finish, crash_report=lambda index, reason: machine.vcpus[index].crash(reason),
+            finish=machine.finish, crash_report=lambda index, reason: self._crash_report(machine, index, reason),
             cpuid=lambda engine, leaf, sub: engine.cpuid(leaf, sub))
-        for engine in machine._unicorn_engines:
-            engine.pv = self.domain
+        if machine.kvm is None:
+            self.domain.attach(machine._unicorn_engines)
+        else:
+            from paravirt.hvarea import RING0_PORT
+            from paravirt.ring0 import Ring0Port
+
+            self.ring0 = Ring0Port(machine, self.domain, self.area)
+            machine.add_port_device(RING0_PORT, 1, self.ring0, "xen-pv-ring0")
+            self.domain.attach(self.ring0.vcpus)
+
+    def _crash_report(self, machine: "Machine", index: int, reason: str):
+        if self.ring0 is not None:
+            self.ring0.sync(index)     # the registers the domain holds, not hvm's ring 0
+        return machine.vcpus[index].crash(reason)
 
     def boot(self, machine: "Machine") -> EntryState:
         from paravirt import builder
@@ -124,20 +144,46 @@ class XenPvBoard(Board):
         for mfn in (boot.console_mfn, boot.store_mfn):
             if self.mm.get_writable(mfn):
                 raise ImageError(cfg.kernel, f"frame {mfn:#x} of the console or xenstore ring is unusable: hvm bug")
-        self.domain.console_ring = ConsoleRing(machine.memory, boot.console_mfn, CONSOLE_EVTCHN,
-                                               machine.serial.backend.write)
-        return EntryState(Mode.GIVEN, boot.rip, regs={"rsp": boot.rsp, "rsi": boot.rsi},
-                          description="Xen PV kernel", cpu=_pv_sregs(self.area.gdt_base(0), boot.l4_mfn))
+        ring = ConsoleRing(machine.memory, boot.console_mfn, CONSOLE_EVTCHN, machine.serial.backend.write)
+        self.domain.console_ring = ring
+        # The builder handed the guest ports already bound to hvm's console and xenstore.
+        channels = self.domain.channels
+        channels.backends[CONSOLE_BACKEND] = ring.kick
+        channels.bind_backend(CONSOLE_EVTCHN, CONSOLE_BACKEND)
+        channels.bind_backend(STORE_EVTCHN, STORE_BACKEND)
+        entry = EntryState(Mode.GIVEN, boot.rip, regs={"rsp": boot.rsp, "rsi": boot.rsi},
+                           description="Xen PV kernel", cpu=_pv_sregs(self.area, 0, boot.l4_mfn))
+        if self.ring0 is None:
+            return entry
+        from paravirt.hvarea import HYPERVISOR_CS, HYPERVISOR_DS
 
+        # Under KVM the vCPU starts in hvm's ring 0, whose first exit sets SYSCALL's MSRs (no
+        # board hook runs once the vCPU exists) and enters the guest as above.
+        self.ring0.set_entry(0, *entry_cpu_state(machine.memory, entry))
+        ring0 = self.area.ring0(0)
+        sregs = _pv_sregs(self.area, 0, boot.l4_mfn)
+        sregs.cs, sregs.ss = _ring0_segment(HYPERVISOR_CS, True), _ring0_segment(HYPERVISOR_DS, False)
+        return EntryState(Mode.GIVEN, ring0.start, regs={"rsp": ring0.stack_top},
+                          description="Xen PV kernel", cpu=sregs)
 
     def counters(self) -> list[str]:
-        return [f"xen pv: {line}" for line in self.domain.stats_lines()] if self.domain else []
+        lines = self.domain.stats_lines() if self.domain else []
+        lines += self.ring0.counters() if self.ring0 is not None else []
+        return [f"xen pv: {line}" for line in lines]
 
 
-def _pv_sregs(gdt_base: int, l4_mfn: int) -> SRegs:
+def _ring0_segment(selector: int, code: bool) -> Segment:
+    """hvm's flat ring-0 code (64-bit) or data segment."""
+    return Segment(base=0, limit=0xFFFFFFFF, selector=selector, type=0xB if code else 0x3, present=1, dpl=0,
+                   db=0 if code else 1, s=1, l=1 if code else 0, g=1)
+
+
+def _pv_sregs(area, vcpu: int, l4_mfn: int) -> SRegs:
     """A 64-bit PV vCPU at the start of day: ring 3 with Xen's flat selectors, paging on the boot
-    L4, the GDT whose last pages hold Xen's descriptors (arch-x86/xen-x86_64.h)."""
+    L4, the GDT whose last pages hold Xen's descriptors (arch-x86/xen-x86_64.h), and hvm's ring 0
+    (its IDT and TSS: ``paravirt.hvarea``)."""
     from paravirt.abi import FLAT_KERNEL_CS, FLAT_KERNEL_SS
+    from paravirt.hvarea import TSS_SIZE
     from paravirt.pvcpu import ring3_segment
 
     sregs = SRegs()
@@ -145,9 +191,10 @@ def _pv_sregs(gdt_base: int, l4_mfn: int) -> SRegs:
     sregs.ss = ring3_segment(FLAT_KERNEL_SS, False)
     for name in ("ds", "es", "fs", "gs"):
         setattr(sregs, name, Segment(base=0, limit=0, selector=0, type=0, present=0, dpl=3, s=1, unusable=1))
-    sregs.gdt = DTable(gdt_base, 16 * PAGE - 1)
-    sregs.idt = DTable(0, 0)
-    sregs.tr = Segment(base=0, limit=0x67, selector=0, type=0xB, present=1, s=0)
+    ring0 = area.ring0(vcpu)
+    sregs.gdt = DTable(area.gdt_base(vcpu), 16 * PAGE - 1)
+    sregs.idt = DTable(ring0.idt, 256 * 16 - 1)
+    sregs.tr = Segment(base=ring0.tss, limit=TSS_SIZE - 1, selector=ring0.tss_selector, type=0xB, present=1, s=0)
     sregs.ldt = Segment(base=0, limit=0, selector=0, type=0x2, present=1, s=0)
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
     sregs.cr3 = l4_mfn * PAGE

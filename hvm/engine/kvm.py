@@ -110,6 +110,9 @@ class KvmEngine(Engine):
         self._thread: int | None = None
         self._thread_lock = threading.Lock()
         self._kicks = 0  # kicks so far: ``complete_io`` must not swallow one
+        # Called on the vCPU thread after a kick ended KVM_RUN (paravirt.ring0 puts a Xen PV
+        # guest's upcalls in then).
+        self.after_kick: Callable[[], None] | None = None
         self.run = vcpu.run  # type: ignore[method-assign]  # the hot path: straight to KVM_RUN
 
     def run(self) -> kx.VcpuExit:
@@ -162,6 +165,8 @@ class KvmEngine(Engine):
     def acknowledge_kick(self) -> None:
         """Clear immediate_exit after a kick was seen."""
         self.vcpu.immediate_exit = False
+        if self.after_kick is not None:
+            self.after_kick()
 
     def complete_io(self) -> None:
         """Finish the port I/O exit ``run`` is in, before its registers change: KVM completes an

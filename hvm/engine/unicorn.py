@@ -214,6 +214,11 @@ class UnicornEngine(Engine):
         self._controller, self._timers = controller, list(timers)
         self._signals = all(hasattr(controller, name) for name in ("take_nmi", "take_init", "take_sipi"))
 
+    def halt(self) -> None:
+        """Wait, as after HLT, until the interrupt controller has something (a PV guest's
+        SCHEDOP_block: its upcalls come through the controller)."""
+        self._halted = True
+
     def poke(self) -> None:
         """An interrupt may be pending (any thread): end the current slice or idle wait now.
         When another vCPU has the CPU its slice ends too, so this one gets its turn soon."""

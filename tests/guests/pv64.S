@@ -17,6 +17,7 @@
         .set HYPERVISOR_mmu_update, 1
         .set HYPERVISOR_stack_switch, 3
         .set HYPERVISOR_update_va_mapping, 14
+        .set HYPERVISOR_set_timer_op, 15
         .set HYPERVISOR_console_io, 18
         .set HYPERVISOR_iret, 23
         .set HYPERVISOR_mmuext_op, 26
@@ -103,6 +104,7 @@ after_fault:
 
         call forbidden_updates
         call new_page_tables
+        call timer_event
 
         /* The forced-emulation prefix: CPUID leaf 0 as the hypervisor answers it. */
         xor %eax, %eax
@@ -110,8 +112,11 @@ after_fault:
         ud2
         .ascii "xen"
         cpuid
-        cmp $0x756e6547, %ebx                           /* "Genu" */
+        cmp $0x756e6547, %ebx                           /* "Genu"ineIntel (unicorn's model) */
+        je 1f
+        cmp $0x68747541, %ebx                           /* "Auth"enticAMD: KVM on an AMD host */
         jne fail
+1:
         SAY "pv64: forced-emulation cpuid ok\n"
 
         /* User mode: a user L4 (the same tables), a syscall callback, then iret to ring 3. */
@@ -294,6 +299,47 @@ new_page_tables:
         pop %rbx
         ret
 
+/* A Xen timer through an event channel: VIRQ_TIMER bound to a port, a single-shot deadline 1 ms
+ * after the system time in vcpu_time_info, SCHEDOP_block (which unmasks events) until the
+ * upcall enters event_handler. */
+timer_event:
+        movl $0, evt_virq(%rip)                         /* VIRQ_TIMER */
+        movl $0, evt_virq+4(%rip)                       /* vCPU 0 */
+        mov $1, %edi                                    /* EVTCHNOP_bind_virq */
+        lea evt_virq(%rip), %rsi
+        HCALL HYPERVISOR_event_channel_op
+        test %rax, %rax
+        jnz fail
+        mov $0, %edi                                    /* CALLBACKOP_register */
+        lea event_cb(%rip), %rsi
+        HCALL HYPERVISOR_callback_op
+        test %rax, %rax
+        jnz fail
+        mov shinfo_page+32+16(%rip), %rdi               /* vcpu_info[0].time.system_time */
+        add $1000000, %rdi
+        HCALL HYPERVISOR_set_timer_op
+        test %rax, %rax
+        jnz fail
+1:      mov $1, %edi                                    /* SCHEDOP_block */
+        xor %esi, %esi
+        HCALL HYPERVISOR_sched_op
+        cmpb $1, timer_seen(%rip)
+        jne 1b
+        SAY "pv64: timer event through an upcall ok\n"
+        ret
+
+event_handler:                                          /* rcx, r11, rip, cs, rflags, rsp, ss */
+        mov evt_virq+8(%rip), %eax                      /* the port bind_virq gave */
+        lock btr %rax, shinfo_page+2048(%rip)           /* evtchn_pending: was it raised? */
+        jnc fail
+        movb $0, shinfo_page+0(%rip)                    /* evtchn_upcall_pending */
+        movq $0, shinfo_page+8(%rip)                    /* evtchn_pending_sel */
+        movb $1, timer_seen(%rip)
+        pop %rcx
+        pop %r11
+        pushq $0
+        jmp hypercall_page + HYPERVISOR_iret * 32
+
 one_mmuext:                                             /* the one op in mmuext, for ourselves */
         lea mmuext(%rip), %rdi
         mov $1, %esi
@@ -399,6 +445,13 @@ mmuext: .long 0, 0
         .quad 0, 0
 mmu_req: .quad 0, 0
 copied: .long 0, 0
+evt_virq: .long 0, 0, 0                                 /* virq, vcpu, port (out) */
+timer_seen: .byte 0
+        .p2align 3
+event_cb:                                               /* callback_register: CALLBACKTYPE_event */
+        .word 0, 0
+        .long 0
+        .quad event_handler
 numbuf: .skip 24
 numbuf_end:
 
