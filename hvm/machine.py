@@ -227,7 +227,7 @@ class Machine:
                  on_quit: Callable[[], None] | None = None):
         self.config = config.validate()
         self.host: HostInfo = host_info(config.kvm_path)
-        self.accel, self.accel_reason = choose_accel(config.accel, config.kvm_path, self.host)
+        self.accel, self.accel_reason = choose_accel(config.accel, config.kvm_path, self.host, config.machine)
         self.emulation_fallbacks: list[EmulationFallback] = []
         self.msr_handlers: dict[int, MsrHandler] = {}
         self.debug_handler: Callable | None = None
