@@ -109,6 +109,9 @@ class SerialPort:
 
     def __init__(self, name: str, uart: Uart16550, transcript: BufferBackend, backend: SerialBackend):
         self.name, self.uart, self.transcript, self.backend = name, uart, transcript, backend
+        # Where the host's input goes: the UART, unless the board has another console (a Xen
+        # PV guest's console ring) take it.
+        self.receive: Callable[[bytes], None] = uart.receive
 
     @property
     def text(self) -> str:
@@ -126,7 +129,7 @@ class SerialPort:
 
     def send(self, data: bytes | str) -> None:
         """Type ``data`` into the guest's receive line."""
-        self.uart.receive(data.encode() if isinstance(data, str) else bytes(data))
+        self.receive(data.encode() if isinstance(data, str) else bytes(data))
 
 
 @dataclass
@@ -547,7 +550,7 @@ class Machine:
         self._started = True
         self._t_start = time.monotonic()
         for port in self.serial_ports:
-            port.backend.start(port.uart.receive, self.internal_error)
+            port.backend.start(port.receive, self.internal_error)
         for vcpu in self.vcpus:
             vcpu.start()
         if self.kvm_emulates and self.boots_linux and self.serial_ports:

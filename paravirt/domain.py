@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import struct
-import threading
 from typing import TYPE_CHECKING, Callable
 
 from kvmffi import exits as kx
@@ -56,12 +55,10 @@ class PvDomain:
         self.nr_pages = area.nr_pages
         self.vcpus = [PvVcpu(i, memory, area.shared_info_maddr) for i in range(vcpus)]
         self._console_out, self._finish, self._crash_report, self._cpuid = console_out, finish, crash_report, cpuid
-        self.console_in: collections.deque[int] = collections.deque(maxlen=4096)
         self.console_ring = None           # set by the board when the guest has a console page
         self.vm_assist = 0
         self.shutdown_code: int | None = None
         self._ended = False
-        self._lock = threading.Lock()
         self.clock = PvClock()
         self.channels = EventChannels(memory, area.shared_info_maddr, lambda i: self.vcpus[i].vcpu_info_maddr,
                                       self._kick, vcpus)
@@ -212,9 +209,8 @@ class PvDomain:
         self._console_out(data)
 
     def console_read(self, limit: int) -> bytes:
-        with self._lock:
-            n = min(limit, len(self.console_in))
-            return bytes(self.console_in.popleft() for _ in range(n))
+        """CONSOLEIO_read: the host's input not yet handed to the console ring."""
+        return self.console_ring.take(limit) if self.console_ring is not None else b""
 
     def block(self, vcpu: PvVcpu, engine=None) -> None:
         """SCHEDOP_block (and HLT): events are enabled, and the vCPU sleeps until one is pending

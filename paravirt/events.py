@@ -49,7 +49,7 @@ class EventChannels:
         self._vcpu_info, self._kick, self.vcpus = vcpu_info, kick, vcpus
         self.ports: dict[int, Port] = {}
         self.backends: dict[int, Callable[[], None]] = {}
-        self._requests: collections.deque[int] = collections.deque()
+        self._requests: collections.deque[tuple[int, Callable[[], bool] | None]] = collections.deque()
         self._lock = threading.Lock()
 
     # -- bits in shared memory (vCPU thread only) ------------------------------------------------
@@ -85,17 +85,20 @@ class EventChannels:
         return self.memory.read_u8(self._vcpu_info(vcpu) + UPCALL_PENDING) != 0
 
     # -- requests from other threads ------------------------------------------------------------
-    def request(self, port: int, vcpu: int = 0) -> None:
-        """Raise ``port`` from any thread: applied on the vCPU's thread (``drain``)."""
+    def request(self, port: int, vcpu: int = 0, action: Callable[[], bool] | None = None) -> None:
+        """Raise ``port`` from any thread: applied on the vCPU's thread (``drain``), after
+        ``action`` (a backend filling a ring the guest reads) if given, and only if it returns
+        True."""
         with self._lock:
-            self._requests.append(port)
+            self._requests.append((port, action))
         self._kick(vcpu)
 
     def drain(self) -> None:
         with self._lock:
             requests, self._requests = list(self._requests), collections.deque()
-        for port in requests:
-            self.set_pending(port)
+        for port, action in requests:
+            if action is None or action():
+                self.set_pending(port)
 
     # -- the hypercall's operations -------------------------------------------------------------
     def _alloc(self, port: Port) -> int:

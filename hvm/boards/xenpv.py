@@ -15,6 +15,7 @@ Memory: the domain's frames from 0 (``-m``), then hvm's own frames (``paravirt.h
 from __future__ import annotations
 
 import struct
+import threading
 from typing import TYPE_CHECKING
 
 from ..boot.cpu_setup import entry_cpu_state
@@ -40,15 +41,20 @@ EFER_SCE, EFER_LME, EFER_LMA, EFER_NX = 1, 1 << 8, 1 << 10, 1 << 11
 class ConsoleRing:
     """The PV console page (io/console.h struct xencons_interface: in[1024], out[2048], then
     in_cons, in_prod, out_cons, out_prod): what the guest writes between out_cons and out_prod
-    goes to COM1's backend when it notifies ``port``. The indices are the guest's: only the
-    low bits pick a byte and at most a ring's worth is taken."""
+    goes to COM1's backend when it notifies the port; the host's input goes into in[] on the
+    vCPU's thread, as far as the guest has made room, and raises the port. The indices are the
+    guest's: only their low bits pick a byte and at most a ring's worth moves at once."""
 
     IN, OUT, IN_SIZE, OUT_SIZE, INDICES = 0, 1024, 1024, 2048, 3072
+    INPUT_LIMIT = 1 << 16         # host input waiting for room; more is dropped
 
     def __init__(self, memory: GuestMemory, mfn: int, port: int, out):
         self.memory, self.address, self.port, self.out = memory, mfn * PAGE, port, out
+        self._input = bytearray()
+        self._lock = threading.Lock()
 
     def kick(self) -> None:
+        """The guest notified: take its output, and hand it input it now has room for."""
         mem, at = self.memory, self.address
         _in_cons, _in_prod, out_cons, out_prod = struct.unpack("<4I", mem.read(at + self.INDICES, 16))
         count = min((out_prod - out_cons) & 0xFFFFFFFF, self.OUT_SIZE)
@@ -57,6 +63,31 @@ class ConsoleRing:
         mem.write(at + self.INDICES + 8, struct.pack("<I", (out_cons + count) & 0xFFFFFFFF))
         if data:
             self.out(data)
+        self.feed()
+
+    def queue(self, data: bytes) -> None:
+        """Host input (any thread)."""
+        with self._lock:
+            self._input += data[:max(0, self.INPUT_LIMIT - len(self._input))]
+
+    def take(self, limit: int) -> bytes:
+        """Queued input for CONSOLEIO_read, which reads the hypervisor's console directly."""
+        with self._lock:
+            data, self._input = bytes(self._input[:limit]), self._input[limit:]
+        return data
+
+    def feed(self) -> bool:
+        """Move queued input into in[] (vCPU thread); True if any moved."""
+        mem, at = self.memory, self.address
+        in_cons, in_prod = struct.unpack("<2I", mem.read(at + self.INDICES, 8))
+        with self._lock:
+            room = self.IN_SIZE - min((in_prod - in_cons) & 0xFFFFFFFF, self.IN_SIZE)
+            data, self._input = self._input[:room], self._input[room:]
+        for i, byte in enumerate(data):
+            mem.write(at + self.IN + (in_prod + i) % self.IN_SIZE, bytes([byte]))
+        if data:
+            mem.write(at + self.INDICES + 4, struct.pack("<I", (in_prod + len(data)) & 0xFFFFFFFF))
+        return bool(data)
 
 
 class XenPvBoard(Board):
@@ -151,6 +182,11 @@ class XenPvBoard(Board):
         channels.backends[CONSOLE_BACKEND] = ring.kick
         channels.bind_backend(CONSOLE_EVTCHN, CONSOLE_BACKEND)
         channels.bind_backend(STORE_EVTCHN, STORE_BACKEND)
+
+        def console_input(data: bytes) -> None:
+            ring.queue(data)
+            channels.request(CONSOLE_EVTCHN, action=ring.feed)
+        machine.serial.receive = console_input
         entry = EntryState(Mode.GIVEN, boot.rip, regs={"rsp": boot.rsp, "rsi": boot.rsi},
                            description="Xen PV kernel", cpu=_pv_sregs(self.area, 0, boot.l4_mfn))
         if self.ring0 is None:

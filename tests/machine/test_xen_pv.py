@@ -91,3 +91,18 @@ def test_pv_board_refuses_kernels_it_cannot_run(guests, kernel, code, says):
     path = kernel if kernel.startswith("/") else str(guests(kernel))
     r = hvmrun("-M", "xenpv", "--accel", "unicorn", "-m", "64M", "--kernel", path, "--timeout", "30")
     assert r.returncode == code and says in r.stderr.decode(errors="replace"), r.stderr
+
+
+@pytest.mark.parametrize("accel", ["unicorn", "kvm"])
+def test_pv_console_input_reaches_the_ring(guests, accel):
+    """Bytes typed on COM1's backend go into the PV console ring's in[] and raise its event
+    channel; tests/guests/pvecho64.S echoes them through out[] and powers off at 'q'."""
+    config = MachineConfig(machine="xenpv", accel=accel, memory="16M", kernel=str(guests("pvecho64")))
+    with Machine(config) as machine:
+        machine.start()
+        assert machine.serial.wait_for("pvecho: ready\n", timeout=30), machine.serial.text
+        machine.serial.send("typed on hvm's console q")
+        outcome = machine.wait(30)
+        text = machine.serial.text
+    assert text == "pvecho: ready\ntyped on hvm's console q", text
+    assert outcome.end.value == "poweroff", outcome
