@@ -502,8 +502,17 @@ def physdev_op(c: Call, cmd: int, arg: int, *_) -> int:
 
 
 @hypercall("nmi_op")
-def nmi_op(c: Call, *_) -> int:
-    return -x.ENOSYS                                   # no NMI callback registration via nmi_op here
+def nmi_op(c: Call, cmd: int, arg: int, *_) -> int:
+    # nmi.h: XENNMI_register_callback {u64 handler_address, u64 pad}, XENNMI_unregister_callback.
+    # The same callback as CALLBACKTYPE_nmi (xen/arch/x86/pv/callback.c); hvm raises no NMIs yet.
+    XENNMI_REGISTER_CALLBACK, XENNMI_UNREGISTER_CALLBACK = 0, 1
+    if cmd == XENNMI_REGISTER_CALLBACK:
+        c.vcpu.callbacks[x.CALLBACKTYPE_NMI] = (c.u64(arg), 0)
+        return 0
+    if cmd == XENNMI_UNREGISTER_CALLBACK:
+        c.vcpu.callbacks.pop(x.CALLBACKTYPE_NMI, None)
+        return 0
+    return -x.ENOSYS
 
 
 @hypercall("sysctl")

@@ -21,6 +21,7 @@
         .set HYPERVISOR_console_io, 18
         .set HYPERVISOR_iret, 23
         .set HYPERVISOR_mmuext_op, 26
+        .set HYPERVISOR_nmi_op, 28
         .set HYPERVISOR_sched_op, 29
         .set HYPERVISOR_callback_op, 30
         .set HYPERVISOR_event_channel_op, 32
@@ -105,6 +106,11 @@ after_fault:
         call forbidden_updates
         call new_page_tables
         call timer_event
+        mov $0, %edi                                    /* XENNMI_register_callback */
+        lea nmi_cb(%rip), %rsi
+        HCALL HYPERVISOR_nmi_op
+        test %rax, %rax
+        jnz fail
 
         /* The forced-emulation prefix: CPUID leaf 0 as the hypervisor answers it. */
         xor %eax, %eax
@@ -448,6 +454,7 @@ copied: .long 0, 0
 evt_virq: .long 0, 0, 0                                 /* virq, vcpu, port (out) */
 timer_seen: .byte 0
         .p2align 3
+nmi_cb: .quad gp_handler, 0                             /* xennmi_callback: handler, pad */
 event_cb:                                               /* callback_register: CALLBACKTYPE_event */
         .word 0, 0
         .long 0

@@ -45,6 +45,7 @@ def test_pv_kernel_runs_deprivileged_and_powers_off(guests, accel):
     assert outcome.end.value == "poweroff" and outcome.exit_code == 0, outcome
     joined = "\n".join(stats)
     # mmu_update: one forbidden, one per boot L4 slot copied (the image needs slot 0 only).
+    assert "nmi_op 1" in joined
     assert "console_io" in joined and "mmu_update 2" in joined and "#PF 1" in joined and "L4 2" in joined, joined
     if accel == "kvm":
         # Every hypercall and the user-mode SYSCALL came through hvm's ring 0, and so did the
