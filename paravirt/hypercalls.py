@@ -172,13 +172,11 @@ def fpu_taskswitch(c: Call, set_ts: int, *_) -> int:
 def set_debugreg(c: Call, reg: int, value: int, *_) -> int:
     if reg not in (0, 1, 2, 3, 6, 7):
         return -x.EINVAL
-    if reg < 4 and value >= HYPERVISOR_SPLIT:
-        return -x.EPERM                              # a breakpoint in the hypervisor's half
+    if reg < 4 and x.HYPERVISOR_VIRT_START <= value < x.HYPERVISOR_VIRT_END:
+        return -x.EPERM                              # a breakpoint on the hypervisor (Xen's access_ok)
+    # Kept for get_debugreg; the CPU's breakpoints are not armed with them (yet).
     c.vcpu.debugregs[reg] = value
     return 0
-
-
-HYPERVISOR_SPLIT = 0x0000800000000000
 
 
 @hypercall("get_debugreg")

@@ -101,6 +101,7 @@ class XenPvBoard(Board):
         self.domain = None
         self.boot_info = None
         self.ring0 = None           # paravirt.ring0.Ring0Port under KVM
+        self.xenstore = None
 
     def guest_memory(self, config: "MachineConfig") -> GuestMemory:
         from paravirt.hvarea import HypervisorArea
@@ -182,12 +183,22 @@ class XenPvBoard(Board):
         channels.backends[CONSOLE_BACKEND] = ring.kick
         channels.bind_backend(CONSOLE_EVTCHN, CONSOLE_BACKEND)
         channels.bind_backend(STORE_EVTCHN, STORE_BACKEND)
+        # xenstore: hvm's server on the ring and port the builder gave the guest.
+        from paravirt.xenstore import XenStore, XenStoreRing
+
+        self.xenstore = XenStore(self.domain.domid, memory_kib=self.area.nr_pages * PAGE // 1024,
+                                 vcpus=cfg.cpus, name="hvm-guest")
+        store_ring = XenStoreRing(self.xenstore, machine.memory, boot.store_mfn * PAGE,
+                                  notify=lambda: channels.request(STORE_EVTCHN))
+        channels.backends[STORE_BACKEND] = store_ring.kick
 
         def console_input(data: bytes) -> None:
             ring.queue(data)
             channels.request(CONSOLE_EVTCHN, action=ring.feed)
         machine.serial.receive = console_input
-        entry = EntryState(Mode.GIVEN, boot.rip, regs={"rsp": boot.rsp, "rsi": boot.rsi},
+        # RFLAGS as Xen starts a PV vCPU: IF set (bit 1 is always 1), or no upcall could come in.
+        entry = EntryState(Mode.GIVEN, boot.rip,
+                           regs={"rsp": boot.rsp, "rsi": boot.rsi, "rflags": boot.rflags | 0x2},
                            description="Xen PV kernel", cpu=_pv_sregs(self.area, 0, boot.l4_mfn))
         if self.ring0 is None:
             return entry
