@@ -346,9 +346,14 @@ class Vcpu:
         return self._exit(reason)
 
     def run_with_io(self, io_read: Callable[[int, int], int],
-                    io_write: Callable[[int, int, int], None]) -> exits.VcpuExit:
+                    io_write: Callable[[int, int, int], None],
+                    read_run: Callable[[int, int, int], bytes] | None = None,
+                    write_run: Callable[[int, int, bytes], None] | None = None) -> exits.VcpuExit:
         """KVM_RUN repeatedly, serving port I/O exits with ``io_read(port, size)`` and
-        ``io_write(port, size, value)``; returns the first exit of any other kind.
+        ``io_write(port, size, value)``; returns the first exit of any other kind. A string I/O
+        exit (``count`` > 1: REP INS/OUTS) goes to ``read_run(port, size, count)`` (its
+        ``size * count`` bytes) or ``write_run(port, size, data)`` at once when they are given,
+        else element by element.
 
         Port I/O is the most frequent exit, and on a nested host every Python step after an exit
         costs several times its usual price: this loop builds no exit object for it.
@@ -368,11 +373,17 @@ class Vcpu:
                     io_write(port, size, page[offset] if size == 1 else unpackers[size](page, offset)[0])
                 elif direction:
                     outs += 1
+                    if write_run is not None:
+                        write_run(port, size, bytes(page[offset:offset + size * count]))
+                        continue
                     unpack = unpackers[size]
                     for pos in range(offset, offset + size * count, size):
                         io_write(port, size, unpack(page, pos)[0])
                 else:
                     ins += 1
+                    if read_run is not None and count > 1:
+                        page[offset:offset + size * count] = read_run(port, size, count)
+                        continue
                     pack = _PACK[size]
                     for pos in range(offset, offset + size * count, size):
                         pack(page, pos, io_read(port, size))

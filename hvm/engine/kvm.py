@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import functools
 import signal
-import struct
 import threading
 from typing import Callable
 
 import kvmffi
 from kvmffi import exits as kx
-from kvmffi import ffi, lib
+from kvmffi import ffi
 
-from ..bus import StringRead, StringWrite, string_io
+from ..bus import string_io
 from .base import EmulationFailure, Engine, EngineCrash
 from .state import DTable, Fpu, Regs, Segment, SRegs, GPRS
 
@@ -31,63 +30,25 @@ _INTERNAL_SUBERRORS = {
 }
 
 
-_FORMAT = {1: "B", 2: "H", 4: "I"}
+def string_runs(read: Callable[[int, int], int], write: Callable[[int, int, int], None]):
+    """``(read_run, write_run)`` for ``Vcpu.run_with_io``: a REP INS/OUTS exit's elements (KVM
+    API, KVM_EXIT_IO with ``count`` > 1) through the bus's string methods (``bus.string_io``) at
+    once. A device may serve a run in parts (the end of its data block); KVM wants every element
+    of the exit, so the parts are taken until the run is whole."""
+    read_string, write_string = string_io(read, write)
 
+    def read_run(port: int, size: int, count: int) -> bytes:
+        data = read_string(port, size, count)
+        while len(data) < size * count:
+            data += read_string(port, size, count - len(data) // size)
+        return data
 
-class StringExits:
-    """Port I/O callbacks for ``Vcpu.run_with_io`` that serve a string I/O exit at once.
+    def write_run(port: int, size: int, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            pos += write_string(port, size, data[pos:]) * size
 
-    A REP INS/OUTS exit carries ``count`` > 1 elements in the vCPU's shared page (KVM API,
-    KVM_EXIT_IO: ``data_offset`` from the start of ``kvm_run``); ``run_with_io`` hands them over
-    one call per element. The first call of such an exit moves them all through the bus's
-    string methods (``bus.string_io``): the later calls of an IN only take their element, those
-    of an OUT find it written already. A single-element exit goes straight to ``read``/``write``."""
-
-    def __init__(self, run_struct, read: Callable[[int, int], int], write: Callable[[int, int, int], None]):
-        self._page = ffi.cast("char *", run_struct)
-        self._io = ffi.cast("hvm_run_io *", self._page + lib.HVM_RUN_EXIT_UNION_OFFSET)
-        self._read, self._write = read, write
-        self._read_string, self._write_string = string_io(read, write)
-        self._rest: list[int] = []   # elements of the string IN still to hand over, last first
-        self._done = 0               # elements of the string OUT written already, still to be called
-
-    def read(self, port: int, size: int) -> int:
-        rest = self._rest
-        if rest:
-            return rest.pop()
-        count = self._io.count
-        if count == 1:
-            return self._read(port, size)
-        data = _read_all(self._read_string, port, size, count)
-        values = struct.unpack(f"<{count}{_FORMAT[size]}", data)
-        rest[:] = values[:0:-1]
-        return values[0]
-
-    def write(self, port: int, size: int, value: int) -> None:
-        if self._done:
-            self._done -= 1
-            return
-        count = self._io.count
-        if count == 1:
-            self._write(port, size, value)
-            return
-        data = bytes(ffi.buffer(self._page + self._io.data_offset, size * count))
-        _write_all(self._write_string, port, size, data)
-        self._done = count - 1
-
-
-def _read_all(read_string: StringRead, port: int, size: int, count: int) -> bytes:
-    # A device may serve a run in parts (the end of its data block); KVM wants every element now.
-    data = read_string(port, size, count)
-    while len(data) < size * count:
-        data += read_string(port, size, count - len(data) // size)
-    return data
-
-
-def _write_all(write_string: StringWrite, port: int, size: int, data: bytes) -> None:
-    pos = 0
-    while pos < len(data):
-        pos += write_string(port, size, data[pos:]) * size
+    return read_run, write_run
 
 
 def _install_kick() -> None:
@@ -121,9 +82,9 @@ class KvmEngine(Engine):
 
     def serve_port_io(self, read, write) -> None:
         """Serve port I/O inside ``run``: KVM_RUN loops in kvmffi, with no exit objects built;
-        string I/O exits reach the bus's string methods (``StringExits``)."""
-        strings = StringExits(self.vcpu.run_struct, read, write)
-        self.run = functools.partial(self.vcpu.run_with_io, strings.read, strings.write)  # type: ignore[method-assign]
+        string I/O exits reach the bus's string methods a run at a time (``string_runs``)."""
+        self.run = functools.partial(self.vcpu.run_with_io, read, write,  # type: ignore[method-assign]
+                                     *string_runs(read, write))
 
     def io_exit_counts(self) -> tuple[int, int]:
         """(IN, OUT) exits served by ``run``."""
