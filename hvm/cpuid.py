@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 from kvmffi import CpuidEntry
 
 from .host import HostInfo
 
 HYPERVISOR_BIT = 1 << 31  # leaf 1 ECX: "running under a hypervisor"
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # linux/kvm.h (sic): the entry depends on the subleaf
 KVM_SIGNATURE = (0x4B4D564B, 0x564B4D56, 0x0000004D)  # "KVMKVMKVM\0\0\0" in EBX, ECX, EDX
 
 # Features this host's KVM cannot offer a guest when it runs guest CPL0 code in its instruction
@@ -49,9 +51,10 @@ def _hidden(host: HostInfo, ncpus: int, fallback: bool) -> list[tuple[int, int, 
 
 
 def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpus: int,
-                 fallback: bool = True) -> list[CpuidEntry]:
+                 fallback: bool = True, edit: Callable[[dict], None] | None = None) -> list[CpuidEntry]:
     """The CPUID table for one vCPU, derived from KVM_GET_SUPPORTED_CPUID; ``fallback``: the
-    unicorn fallback executes what KVM's emulator refuses."""
+    unicorn fallback executes what KVM's emulator refuses; ``edit``: the board's changes, made
+    in place on a (leaf, subleaf) -> (EAX, EBX, ECX, EDX) table."""
     hidden: dict[tuple[int, int, str], int] = {}
     for leaf, sub, reg, bit, _name in _hidden(host, ncpus, fallback):
         hidden[(leaf, sub, reg)] = hidden.get((leaf, sub, reg), 0) | (1 << bit)
@@ -81,7 +84,17 @@ def cpuid_policy(supported: list[CpuidEntry], host: HostInfo, vcpu_id: int, ncpu
         out.append(e)
     if not have_signature:
         out.append(CpuidEntry(0x40000000, 0, 0, 0x40000001, *KVM_SIGNATURE))
-    return out
+    return out if edit is None else _edited(out, edit)
+
+
+def _edited(entries: list[CpuidEntry], edit: Callable[[dict], None]) -> list[CpuidEntry]:
+    table = {(e.function, e.index): (e.eax, e.ebx, e.ecx, e.edx) for e in entries}
+    flags = {(e.function, e.index): e.flags for e in entries}
+    edit(table)
+    by_subleaf = {leaf for leaf, sub in table if sub}
+    return [CpuidEntry(leaf, sub, flags.get((leaf, sub), KVM_CPUID_FLAG_SIGNIFCANT_INDEX if leaf in by_subleaf else 0),
+                       *regs) for (leaf, sub), regs in sorted(table.items())]
+
 
 
 def hidden_features(host: HostInfo, ncpus: int = 1, fallback: bool = True) -> list[str]:

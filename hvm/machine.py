@@ -301,9 +301,12 @@ class Machine:
             supported = self.kvm.supported_cpuid()
             for index in range(cfg.cpus):
                 kvcpu = self.vm.create_vcpu(index)
-                kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus, cfg.fallback))
+                kvcpu.set_cpuid(cpuid_policy(supported, self.host, index, cfg.cpus, cfg.fallback,
+                                             self.board.edit_cpuid))
                 self.vcpus.append(Vcpu(self, index, KvmEngine(kvcpu, irqchip=True)))
         else:
+            for engine in self._unicorn_engines:
+                engine.edit_cpuid(self.board.edit_cpuid)
             self.vcpus += [Vcpu(self, index, engine) for index, engine in enumerate(self._unicorn_engines)]
         if self.fallback is not None and self.host.emulation_only:
             self.add_msr_handler(TSC_AUX, self.fallback.tsc_aux)

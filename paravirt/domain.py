@@ -19,6 +19,8 @@ from . import abi as x
 from . import emulate, hypercalls
 from .events import EventChannels, UpcallController
 from .hvarea import HypervisorArea
+from .ioemul import PvIoPorts
+from .ptwr import PageTableWrites
 from .pvclock import PvClock, PvTimer
 from .pvcpu import DomainCrash, PvVcpu
 
@@ -57,11 +59,14 @@ class PvDomain:
         self._console_out, self._finish, self._crash_report, self._cpuid = console_out, finish, crash_report, cpuid
         self.console_ring = None           # set by the board when the guest has a console page
         self.vm_assist = 0
+        self.grant_frames = 1               # grant-table frames set up (Xen starts a domain with one)
         self.shutdown_code: int | None = None
         self._ended = False
         self.clock = PvClock()
+        self.io = PvIoPorts()
+        self.ptwr = PageTableWrites()
         self.channels = EventChannels(memory, area.shared_info_maddr, lambda i: self.vcpus[i].vcpu_info_maddr,
-                                      self._kick, vcpus)
+                                      self.kick, vcpus)
         self.timers = [PvTimer(self.clock, lambda i=i: self._timer_fired(i)) for i in range(vcpus)]
         self.engines: list = []
         self.clock.write_wallclock(memory, area.shared_info_maddr)
@@ -81,7 +86,7 @@ class PvDomain:
             engine.attach_platform(UpcallController(self.channels, index, lambda v=vcpu: v.upcall_mask),
                                    [self.timers[index]])
 
-    def _kick(self, index: int) -> None:
+    def kick(self, index: int) -> None:
         if index < len(self.engines):
             self.engines[index].poke()
 
@@ -272,7 +277,11 @@ class PvDomain:
                 return self._bounce_trap(vcpu, engine, 13, vector << 3 | 2)
             return self._bounce_trap(vcpu, engine, vector, None)
         if vector == 14:
-            vcpu.set_cr2(engine.get_sregs().cr2)
+            cr2 = engine.get_sregs().cr2
+            if self.ptwr.handles(self, vcpu, event.error_code) and self.ptwr.emulate(self, vcpu, engine, regs, cr2):
+                self.bounced["page-table store emulated"] += 1
+                return None
+            vcpu.set_cr2(cr2)
         return self._bounce_trap(vcpu, engine, vector, event.error_code)
 
     def _upcall(self, vcpu: PvVcpu, engine) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .pvcpu import MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE
+from .vmce import Vmce
 
 if TYPE_CHECKING:
     from hvm.engine.state import Regs
@@ -27,6 +28,13 @@ XEN_MSR_PAT = 0x050100070406
 MISC_ENABLE = 1 << 0 | 1 << 11 | 1 << 12
 EFER_VISIBLE = 1 << 0 | 1 << 8 | 1 << 10 | 1 << 11     # SCE, LME, LMA, NX
 CR0_TS = 1 << 3
+# CR4 as a PV guest sees it (xen/arch/x86/pv/domain.c, PV_CR4_GUEST_MASK and _VISIBLE_MASK):
+# TSD and DE are the guest's to choose (hvm keeps them virtual: its user-mode RDTSC does not
+# fault, debug-register I/O breakpoints do not exist); FSGSBASE and OSXSAVE are too on Xen,
+# but hvm's PV CPUID offers neither feature. PAE, MCE, OSFXSR and OSXMMEXCPT read as set.
+CR4_TSD, CR4_DE = 1 << 2, 1 << 3
+CR4_GUEST_CONTROLLED = CR4_TSD | CR4_DE
+CR4_XEN_VISIBLE = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 CANONICAL_LOW, CANONICAL_HIGH = 1 << 47, 0xFFFF800000000000
@@ -53,7 +61,7 @@ def emulate(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", code: byte
     if op[:2] == b"\x0f\x32":
         done = _rdmsr(vcpu, engine, regs) and length + 2
     elif op[:2] == b"\x0f\x30":
-        done = _wrmsr(engine, regs) and length + 2
+        done = _wrmsr(vcpu, engine, regs) and length + 2
     elif op[:2] in (b"\x0f\x20", b"\x0f\x22") and len(op) == 3:
         cr = (op[2] >> 3 & 7) | (rex & 4) << 1
         gpr = GPRS[(op[2] & 7) | (rex & 1) << 3]
@@ -71,17 +79,24 @@ def emulate(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", code: byte
     elif op[0] == 0xF4:                              # HLT: as SCHEDOP_block
         domain.block(vcpu, engine)
         done = length + 1
-    elif op[0] in (0xFA, 0xFB) and vcpu.iopl >= 1:   # CLI/STI with virtual IOPL: the event mask
-        vcpu.upcall_mask = 1 if op[0] == 0xFA else 0
+    elif op[0] in (0xFA, 0xFB) and vcpu.iopl >= 1:
+        # CLI/STI with virtual IOPL do nothing: Xen leaves the event mask alone (a POPF that
+        # should undo it cannot be trapped), so a kernel's stray CLI cannot mask it for good.
         done = length + 1
     elif op[0] in (0xE4, 0xE5, 0xEC, 0xED, 0xE6, 0xE7, 0xEE, 0xEF) and vcpu.iopl >= 1:
-        # Ports the guest may use but no device answers (an unprivileged domain owns none):
-        # reads see all ones, writes vanish (Xen's guest_io_read/write without ioports).
         size = 1 if op[0] in (0xE4, 0xEC, 0xE6, 0xEE) else (2 if opsize16 else 4)
+        immediate = op[0] in (0xE4, 0xE5, 0xE6, 0xE7)
+        if immediate and len(op) < 2:
+            return False
+        port = op[1] if immediate else regs.rdx & 0xFFFF
         if op[0] in (0xE4, 0xE5, 0xEC, 0xED):
             mask = (1 << (8 * size)) - 1
-            regs.rax = (regs.rax & ~mask | mask) if size < 4 else mask
-        done = length + (2 if op[0] in (0xE4, 0xE5, 0xE6, 0xE7) else 1)
+            value = domain.io.read(port, size)
+            # A 32-bit IN zero-extends into RAX; 8/16-bit ones keep the rest of it.
+            regs.rax = value if size == 4 else (regs.rax & ~mask) | value
+        else:
+            domain.io.write(port, size, regs.rax)
+        done = length + (2 if immediate else 1)
     if not done:
         return False
     regs.rip += done
@@ -105,13 +120,21 @@ def _rdmsr(vcpu: "PvVcpu", engine, regs: "Regs") -> bool:
         value = MISC_ENABLE
     elif index == MSR_PERF_CAPABILITIES:
         value = 0
+    elif _vmce(vcpu, engine).owns(index):
+        value = _vmce(vcpu, engine).read(index)
     else:
         return False
     regs.rax, regs.rdx = value & 0xFFFFFFFF, value >> 32
     return True
 
 
-def _wrmsr(engine, regs: "Regs") -> bool:
+def _vmce(vcpu: "PvVcpu", engine) -> Vmce:
+    if vcpu.vmce is None:
+        vcpu.vmce = Vmce.for_vendor(engine.cpuid(0, 0)[1])
+    return vcpu.vmce
+
+
+def _wrmsr(vcpu: "PvVcpu", engine, regs: "Regs") -> bool:
     index = regs.rcx & 0xFFFFFFFF
     value = (regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF)
     if index in (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE):
@@ -125,6 +148,8 @@ def _wrmsr(engine, regs: "Regs") -> bool:
         return value == XEN_MSR_PAT
     if index == MSR_MISC_ENABLE:
         return value == MISC_ENABLE
+    if _vmce(vcpu, engine).owns(index):
+        return _vmce(vcpu, engine).write(index, value)
     return False
 
 
@@ -137,7 +162,7 @@ def _read_cr(vcpu: "PvVcpu", engine, regs: "Regs", cr: int, gpr: str) -> bool:
     elif cr == 3:
         value = vcpu.kernel_l4 << 12
     elif cr == 4:
-        value = sregs.cr4
+        value = vcpu.cr4 | CR4_XEN_VISIBLE
     else:
         return False
     setattr(regs, gpr, value)
@@ -162,5 +187,8 @@ def _write_cr(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", cr: int,
         engine.set_sregs(sregs)
         return True
     if cr == 4:
-        return value == sregs.cr4
+        # Xen's pv_fixup_guest_cr4: never a fault; the guest keeps its choice of the bits it
+        # controls (those its CPUID allows) and the rest reads as Xen set it.
+        vcpu.cr4 = value & CR4_GUEST_CONTROLLED
+        return True
     return False

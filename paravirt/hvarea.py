@@ -25,6 +25,9 @@ from .abi import (FIRST_RESERVED_GDT_PAGE, FLAT_RING3_CS32, FLAT_RING3_CS64, FLA
 
 PAGE = 4096
 ENTRIES = 512
+# Grant-table frames a domain may set up (libxl's default max_grant_frames for a domU), 512 v1
+# entries each.
+GRANT_FRAMES = 32
 GDT_PAGES = 16                      # 8192 descriptors: guest pages 0-13, Xen's from page 14
 # The M2P once more, in L4 slot 257: on this project's kvm_pvm host ring-3 code cannot reach L4
 # slot 256 at all (every access there faults as not present, measured 2026-12-04; slots 257-511
@@ -97,8 +100,9 @@ class HypervisorArea:
         self.shared_info = self._take(1)
         self.zero_page = self._take(1)          # stands for guest GDT pages not given yet
         self.xen_gdt = self._take(2)            # pages 14 and 15 of every GDT (Xen's selectors)
+        self.grant_frames = self._take(GRANT_FRAMES)   # the domain's grant table (v1 entries)
         # The guest's frames and hvm's own (few) ones.
-        m2p_entries = self.nr_pages + 64 + RING0_PAGES * self.vcpus
+        m2p_entries = self.nr_pages + 64 + GRANT_FRAMES + RING0_PAGES * self.vcpus
         self.m2p_frames = -(-m2p_entries * 8 // PAGE) + 1
         self.m2p = self._take(self.m2p_frames)
         self.ring0_frames = [self._take(RING0_PAGES) for _ in range(self.vcpus)]
@@ -110,6 +114,11 @@ class HypervisorArea:
     def _take(self, count: int) -> int:
         first, self._next = self._next, self._next + count
         return first
+
+    @property
+    def shared_frames(self) -> set[int]:
+        """hvm's frames the guest may map (writable), as Xen shares them with a domain."""
+        return {self.shared_info, *range(self.grant_frames, self.grant_frames + GRANT_FRAMES)}
 
     @property
     def shared_info_maddr(self) -> int:

@@ -10,19 +10,22 @@ and its public headers.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 from hvm.memory import GuestMemoryError
 from hvm.paging import PageFault
 
 from . import abi as x
-from .hvarea import M2P_ALIAS_VIRT_START
-from .pvcpu import DomainCrash, Trap
+from .hvarea import GRANT_FRAMES, M2P_ALIAS_VIRT_START
+from .pvcpu import PENDING_SEL, UPCALL_PENDING, DomainCrash, Trap
 
 if TYPE_CHECKING:
     from .domain import PvDomain
     from .pvcpu import PvVcpu
 
+GNTTABOP_SETUP_TABLE, GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION, GNTTABOP_GET_VERSION = 2, 6, 8, 10
+GNTST_OKAY, GNTST_GENERAL_ERROR, GNTST_BAD_DOMAIN = 0, -1, -2
 MAX_MULTICALL = 512            # entries per multicall hypercall hvm takes at once
 MULTICALL_ENTRY = struct.Struct("<QQ6Q")   # op, result, args[6] (xen.h multicall_entry, 64-bit)
 MMU_UPDATE = struct.Struct("<QQ")         # ptr, val
@@ -56,6 +59,9 @@ class Call:
             self.vcpu.write(self.sregs, va, data)
         except (PageFault, GuestMemoryError):
             raise Fault from None
+
+    def u16(self, va: int) -> int:
+        return struct.unpack("<H", self.read(va, 2))[0]
 
     def u32(self, va: int) -> int:
         return struct.unpack("<I", self.read(va, 4))[0]
@@ -138,10 +144,32 @@ def set_segment_base(c: Call, which: int, base: int, *_) -> int:
     elif which == x.SEGBASE_GS_USER:
         c.engine.set_msrs({MSR_KERNEL_GS_BASE if c.vcpu.kernel_mode else MSR_GS_BASE: base})
     elif which == x.SEGBASE_GS_USER_SEL:
-        return 0 if base & 0xFFFF in (0, x.FLAT_RING3_DS32) else -x.EINVAL
+        _load_user_gs(c, base & 0xFFFF)
     else:
         return -x.EINVAL
     return 0
+
+
+def _load_user_gs(c: Call, selector: int) -> None:
+    """do_set_segment_base(SEGBASE_GS_USER_SEL): GS takes ``selector`` (RPL forced to 3) from the
+    GDT or LDT and the user's GS base becomes its descriptor's base, the kernel's base staying
+    active. A selector that does not load leaves GS NUL: Xen never fails this call (Linux
+    BUG()s if it does)."""
+    from .pvcpu import MSR_GS_BASE, MSR_KERNEL_GS_BASE
+    selector = selector | 3 if selector > 3 else 0
+    sregs = c.sregs
+    try:
+        loaded = c.vcpu.segment(sregs, selector, code=False) if selector else None
+    except DomainCrash:
+        loaded = None
+    user = MSR_KERNEL_GS_BASE if c.vcpu.kernel_mode else MSR_GS_BASE
+    active = c.engine.get_msrs([MSR_GS_BASE])[MSR_GS_BASE]
+    if loaded is None:
+        sregs.gs = replace(sregs.gs, selector=0)
+    else:
+        sregs.gs = replace(loaded, base=active)
+    c.engine.set_sregs(sregs)
+    c.engine.set_msrs({MSR_GS_BASE: active, user: loaded.base if loaded else 0})
 
 
 @hypercall("set_gdt")
@@ -367,8 +395,12 @@ def vcpu_op(c: Call, cmd: int, vcpuid: int, arg: int, *_) -> int:
         new = mfn * 4096 + offset
         old = d.memory.read(target.vcpu_info_maddr, 64)
         d.memory.write(new, old)
-        d.memory.write(new + 8, struct.pack("<Q", (1 << 64) - 1))   # pending_sel = ~0, as Xen
+        # Xen's map_guest_area: everything is marked pending (upcall_pending and all of
+        # pending_sel) so that no event raised meanwhile is lost; the guest takes one upcall.
+        d.memory.write(new + UPCALL_PENDING, b"\x01")
+        d.memory.write(new + PENDING_SEL, struct.pack("<Q", (1 << 64) - 1))
         target.vcpu_info_maddr, target.vcpu_info_registered = new, True
+        d.kick(vcpuid)
         return 0
     if cmd == VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA:
         area = c.u64(arg)
@@ -399,20 +431,37 @@ def vcpu_op(c: Call, cmd: int, vcpuid: int, arg: int, *_) -> int:
 # -- grant tables, events, physdev, nmi, sysctl: what a guest without backends may ask ------------
 @hypercall("grant_table_op")
 def grant_table_op(c: Call, cmd: int, arg: int, count: int, *_) -> int:
-    GNTTABOP_SETUP_TABLE, GNTTABOP_QUERY_SIZE, GNTTABOP_SET_VERSION, GNTTABOP_GET_VERSION = 2, 6, 8, 10
+    """The domain's own grant table, version 1 (public/grant_table.h): its frames are hvm's, set
+    up on request and mapped by the guest like shared_info. hvm's backends take no grants (the
+    console and xenstore rings are shared by frame number), so nothing reads the entries yet."""
     if cmd == GNTTABOP_QUERY_SIZE:
         # gnttab_query_size {u16 dom, (pad), u32 nr_frames, u32 max_nr_frames, i16 status}
-        c.write(arg + 4, struct.pack("<IIh", 0, 0, 0))
+        dom = c.u16(arg)
+        if dom not in (x.DOMID_SELF, c.domain.domid):
+            c.write(arg + 12, struct.pack("<h", GNTST_BAD_DOMAIN))
+            return 0
+        c.write(arg + 4, struct.pack("<IIh", c.domain.grant_frames, GRANT_FRAMES, GNTST_OKAY))
+        return 0
+    if cmd == GNTTABOP_SETUP_TABLE:
+        # gnttab_setup_table {u16 dom, (pad), u32 nr_frames, i16 status, (pad), u64 frame_list}
+        dom, nr_frames = struct.unpack("<H2xI", c.read(arg, 8))
+        frame_list = c.u64(arg + 16)
+        if dom not in (x.DOMID_SELF, c.domain.domid):
+            status = GNTST_BAD_DOMAIN
+        elif nr_frames > GRANT_FRAMES:
+            status = GNTST_GENERAL_ERROR
+        else:
+            first = c.domain.area.grant_frames
+            c.write(frame_list, struct.pack(f"<{nr_frames}Q", *range(first, first + nr_frames)))
+            c.domain.grant_frames = max(c.domain.grant_frames, nr_frames)
+            status = GNTST_OKAY
+        c.write(arg + 8, struct.pack("<h", status))
         return 0
     if cmd == GNTTABOP_SET_VERSION:
         version = c.u32(arg)
         return 0 if version == 1 else -x.EINVAL
     if cmd == GNTTABOP_GET_VERSION:
         c.write(arg + 4, struct.pack("<I", 1))
-        return 0
-    if cmd == GNTTABOP_SETUP_TABLE:
-        GNTST_GENERAL_ERROR = -1
-        c.write(arg + 8, struct.pack("<h", GNTST_GENERAL_ERROR))   # no grant frames to give
         return 0
     return -x.ENOSYS
 

@@ -382,24 +382,49 @@ class DirectPaging:
         return rc
 
     def _update_va(self, va: int, pte: int, vcpu: int) -> int:
-        if not (va < 1 << 47 or va >= x.HYPERVISOR_VIRT_END):   # __addr_ok
+        l1 = self.kernel_l1(va, vcpu)
+        if l1 is None:
             return -x.EINVAL
+        return self._mod_l1(l1, (va >> 12) & 511, pte, False)
+
+    def kernel_l1(self, va: int, vcpu: int = 0) -> int | None:
+        """The validated L1 table that maps ``va`` in the vCPU's kernel page tables (Xen's
+        map_guest_l1e / guest_get_eff_kern_l1e), or None."""
+        if not (va < 1 << 47 or va >= x.HYPERVISOR_VIRT_END):   # __addr_ok
+            return None
         table = self._base.get((vcpu, False))
         if table is None:
-            return -x.EINVAL
+            return None
         for shift in (39, 30):
             entry = self._entry(table, (va >> shift) & 511)
             if not entry & _P or not self._owned(_frame(entry)):
-                return -x.EINVAL
+                return None
             table = _frame(entry)
         l2e = self._entry(table, (va >> 21) & 511)
         if l2e & (_P | _PSE) != _P:
-            return -x.EINVAL
+            return None
         l1 = _frame(l2e)
         if not self._owned(l1) or not (self._tcount[l1] and self._state[l1] & _VALIDATED) \
                 or self._type[l1] != _L1:
+            return None
+        return l1
+
+    def is_l1_table(self, mfn: int) -> bool:
+        """A frame in use as a validated L1 page table."""
+        return 0 <= mfn < self._limit and self._type[mfn] == _L1 and bool(self._tcount[mfn]) \
+            and bool(self._state[mfn] & _VALIDATED)
+
+    def write_l1_entry(self, l1: int, index: int, expected: int, new: int) -> int:
+        """A guest's own store into an L1 table, as Xen's ptwr_emulated_update takes it: the new
+        entry validated as mod_l1_entry does; -EAGAIN when the entry no longer holds
+        ``expected`` (what the emulated instruction read)."""
+        if not self.is_l1_table(l1) or not 0 <= index < 512:
             return -x.EINVAL
-        return self._mod_l1(l1, (va >> 12) & 511, pte, False)
+        if self._entry(l1, index) != expected:
+            return -x.EAGAIN
+        rc = self._done(self._mod_l1(l1, index, new & MASK64, False))
+        self._flushed()
+        return rc
 
     def get_seg_desc(self, mfn: int) -> int:
         """A GDT/LDT frame (pv_set_gdt, pv_map_ldt_shadow_page): SEG_DESC type, its 512

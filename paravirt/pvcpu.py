@@ -18,6 +18,7 @@ from hvm.engine.state import Regs, Segment, SRegs
 from hvm.memory import GuestMemory, GuestMemoryError
 from hvm.paging import PageFault, PagingMode, read_virtual, write_virtual
 
+from .vmce import Vmce
 from .abi import (FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START,
                   VGCF_IN_SYSCALL)
 
@@ -75,6 +76,8 @@ class PvVcpu:
     vcpu_info_registered: bool = False
     down: bool = False
     runstate_area: int = 0
+    cr4: int = 0                  # the CR4 bits the guest controls (emulate.CR4_GUEST_CONTROLLED)
+    vmce: Vmce | None = None      # made at the first machine-check MSR access (needs the vendor)
 
     def __post_init__(self) -> None:
         if not self.vcpu_info_maddr:

@@ -80,7 +80,6 @@ MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000083,
 STAR = FLAT_RING3_CS32 << 48 | HYPERVISOR_CS << 32
 SFMASK = 1 << 9 | 1 << 8 | 1 << 10
 INT_IMM8 = 0xCD
-KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1    # linux/kvm.h (sic): the entry depends on the subleaf
 _SYSCALL = object()
 # kvm_regs is Regs' fields in order; kvm_sregs is eight kvm_segments (Segment's fields in order,
 # one padding byte), GDTR and IDTR (base, limit, padding), seven control registers, then the
@@ -537,7 +536,7 @@ class Ring0Port(Device):
         view.exit()
 
     def _bind(self) -> Ring0Vcpu:
-        from hvm.cpuid import cpuid_policy
+        from hvm.cpuid import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, cpuid_policy
 
         me = threading.current_thread()
         machine = self.machine
@@ -548,7 +547,8 @@ class Ring0Port(Device):
             raise RuntimeError("hvm's ring-0 port written from outside a vCPU thread")
         cfg = machine.config
         table: dict = {}
-        for e in cpuid_policy(machine.kvm.supported_cpuid(), machine.host, vcpu.index, cfg.cpus, cfg.fallback):
+        for e in cpuid_policy(machine.kvm.supported_cpuid(), machine.host, vcpu.index, cfg.cpus, cfg.fallback,
+                             machine.board.edit_cpuid):
             significant = e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX
             table[(e.function, e.index if significant else None)] = (e.eax, e.ebx, e.ecx, e.edx)
         view = self.vcpus[vcpu.index]

@@ -44,6 +44,10 @@ class Board:
         """Put what runs first into guest memory; returns the boot vCPU's entry state."""
         raise NotImplementedError
 
+    def edit_cpuid(self, table: dict) -> None:
+        """Change, in place, what a vCPU's CPUID answers after hvm's policy made it:
+        (leaf, subleaf) -> (EAX, EBX, ECX, EDX), the same shape under both engines."""
+
     def counters(self) -> list[str]:
         """What ``--stats`` shows of the board beyond exits and devices."""
         return []

@@ -124,7 +124,7 @@ class XenPvBoard(Board):
         for index in range(machine.config.cpus):
             machine.memory.write(self.area.shared_info_maddr + index * VCPU_INFO_SIZE + UPCALL_MASK, b"\x01")
         self.mm = DirectPaging(machine.memory, self.area.nr_pages, self.area.l4_entries,
-                               shared_frames={self.area.shared_info}, on_m2p=self.area.set_m2p)
+                               shared_frames=self.area.shared_frames, on_m2p=self.area.set_m2p)
         console = machine.serial.backend
         self.domain = PvDomain(
             machine.memory, self.area, self.mm, machine.config.cpus, console_out=console.write,
@@ -212,6 +212,12 @@ class XenPvBoard(Board):
         sregs.cs, sregs.ss = _ring0_segment(HYPERVISOR_CS, True), _ring0_segment(HYPERVISOR_DS, False)
         return EntryState(Mode.GIVEN, ring0.start, regs={"rsp": ring0.stack_top},
                           description="Xen PV kernel", cpu=sregs)
+
+    def edit_cpuid(self, table: dict) -> None:
+        from paravirt.cpuid import pv_policy
+
+        clock = self.domain.clock
+        pv_policy(table, clock.tsc.hz, clock.mul, clock.shift)
 
     def counters(self) -> list[str]:
         lines = self.domain.stats_lines() if self.domain else []

@@ -54,6 +54,8 @@ def policy_table(model_name: str, vcpu_id: int, ncpus: int) -> dict[tuple[int, i
 def lookup(table: dict, leaf: int, sub: int) -> tuple[int, int, int, int]:
     """CPUID semantics for a table: subleaf ignored where it does not matter, and a leaf past
     the maximum answers as the highest basic leaf does (Intel SDM vol. 2A, CPUID)."""
+    if (leaf, sub) in table:      # a leaf the table enumerates by subleaf (hypervisor ones too)
+        return table[(leaf, sub)]
     key = (leaf, sub if leaf in _SUBLEAVES else 0)
     if key in table:
         return table[key]

@@ -825,6 +825,10 @@ class UnicornEngine(Engine):
         for index, value in values.items():
             self.uc.reg_write(self._x86.UC_X86_REG_MSR, (index, value))
 
+    def edit_cpuid(self, edit) -> None:
+        """Let ``edit`` change this vCPU's CPUID table in place (a board's own policy)."""
+        edit(self._cpuid_table)
+
     def cpuid(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         """What CPUID answers this vCPU (hvm's policy)."""
         return tuple(uc_cpuid.lookup(self._cpuid_table, leaf, subleaf))
