@@ -288,6 +288,8 @@ class Machine:
             backend = serial_backends[i] if serial_backends and i < len(serial_backends) else \
                 _open_backend("--serial", spec, self._quit) if spec != "buffer" else None
             self.add_serial_port(backend)
+            if isinstance(backend, StdioBackend):
+                backend.on_shutdown = lambda: self.stop(graceful=True)
         self.board.attach(self)
 
         self.fallback = None
@@ -315,6 +317,7 @@ class Machine:
         bsp = self.vcpus[0].engine
         bsp.set_sregs(sregs)
         bsp.set_regs(regs)
+        self.board.vcpus_created(self)
 
     def _map_slots(self, removed: list[Window], added: list[Window]) -> None:
         # One KVM memory slot per window; a read-only one makes the guest's stores exit as MMIO,
@@ -627,8 +630,12 @@ class Machine:
             vcpu.engine.kick()
         self._done.set()
 
-    def stop(self) -> None:
-        """Stop a running machine from any thread (outcome QUIT unless the guest ended first)."""
+    def stop(self, graceful: bool = False) -> None:
+        """Stop a running machine from any thread (outcome QUIT unless the guest ended first).
+        ``graceful``: ask the guest to shut itself down where the board has a way to (a Xen PV
+        guest's control/shutdown); the run then ends as the guest ends it."""
+        if graceful and self.board.request_shutdown(self):
+            return
         self.finish(Outcome(End.QUIT, message="stopped"))
 
     def internal_error(self, where: str, exc: BaseException) -> None:

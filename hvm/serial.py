@@ -29,6 +29,7 @@ ESCAPE_HELP = (
     "hvm console escape keys:\n"
     "  Ctrl-A h       print this help\n"
     "  Ctrl-A x       terminate the virtual machine\n"
+    "  Ctrl-A s       ask the guest to shut down (a Xen PV guest: control/shutdown)\n"
     "  Ctrl-A Ctrl-A  send Ctrl-A to the guest\n"
 )
 
@@ -196,6 +197,7 @@ class StdioBackend(SerialBackend):
                  stdout: Any = _PROCESS_STREAM, stderr: Any = _PROCESS_STREAM) -> None:
         super().__init__()
         self.on_quit = on_quit
+        self.on_shutdown: Callable[[], None] | None = None   # Ctrl-A s, where the machine has one
         # Resolved per instance, not at import: test harnesses and embedders swap sys.std* around.
         self._stdin: IO[Any] | None = sys.stdin if stdin is _PROCESS_STREAM else stdin
         self._stdout: IO[Any] | None = sys.stdout if stdout is _PROCESS_STREAM else stdout
@@ -360,6 +362,9 @@ class StdioBackend(SerialBackend):
                     return b"", False
                 elif byte == ord("h"):
                     self._message(ESCAPE_HELP)
+                elif byte == ord("s") and self.on_shutdown is not None:
+                    self._message("\nhvm: asking the guest to shut down (Ctrl-A s)\n")
+                    self.on_shutdown()
                 # Anything else after Ctrl-A is swallowed, as QEMU does.
             elif byte == ESCAPE_CHAR:
                 self._escape_pending = True

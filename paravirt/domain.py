@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import collections
 import struct
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
 from kvmffi import exits as kx
 
 from hvm.engine.base import EngineCrash
+from hvm.engine.state import Regs
 from hvm.outcome import End, Outcome
 
 from . import abi as x
@@ -22,7 +24,10 @@ from .hvarea import HypervisorArea
 from .ioemul import PvIoPorts
 from .ptwr import PageTableWrites
 from .pvclock import PvClock, PvTimer
-from .pvcpu import DomainCrash, PvVcpu
+from .pvcpu import (IF as RFLAGS_IF, IOPL as IOPL_BITS, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE,
+                    DomainCrash, PvVcpu, Trap, ring3_segment)
+from .vcpu_context import (VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_IN_KERNEL, VGCF_SYSCALL_DISABLES_EVENTS,
+                           VcpuGuestContext)
 
 if TYPE_CHECKING:
     from hvm.memory import GuestMemory
@@ -34,6 +39,12 @@ CPUID = b"\x0f\xa2"
 VECTOR_NAMES = ["#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
                 "#SS", "#GP", "#PF", "15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP"]
 VIRQ_TIMER = 0
+# Xen's flat ring-3 selectors (always in the GDT's reserved pages): no descriptor to check.
+_FLAT = {x.FLAT_RING3_CS64 & ~3, x.FLAT_RING3_SS64 & ~3, x.FLAT_RING3_CS32 & ~3, x.FLAT_RING3_DS32 & ~3}
+
+
+def _canonical(address: int) -> bool:
+    return address < 1 << 47 or address >= 0xFFFF800000000000
 SHUTDOWN_REASONS = {x.SHUTDOWN_POWEROFF: "poweroff", x.SHUTDOWN_REBOOT: "reboot", x.SHUTDOWN_SUSPEND: "suspend",
                     x.SHUTDOWN_CRASH: "crash", x.SHUTDOWN_WATCHDOG: "watchdog",
                     x.SHUTDOWN_SOFT_RESET: "soft_reset"}
@@ -65,6 +76,8 @@ class PvDomain:
         self.clock = PvClock()
         self.io = PvIoPorts()
         self.ptwr = PageTableWrites()
+        # The ring-3 start-of-day segment state of vCPU n on L4 frame l4 (the board's layout).
+        self.vcpu_sregs: Callable[[int, int], object] = lambda index, l4: None
         self.channels = EventChannels(memory, area.shared_info_maddr, lambda i: self.vcpus[i].vcpu_info_maddr,
                                       self.kick, vcpus)
         self.timers = [PvTimer(self.clock, lambda i=i: self._timer_fired(i)) for i in range(vcpus)]
@@ -147,7 +160,7 @@ class PvDomain:
             user = cmd == x.MMUEXT_NEW_USER_BASEPTR
             if not vcpu.kernel_mode:
                 return -x.EINVAL
-            rc = mm.new_baseptr(arg1, user=user)
+            rc = mm.new_baseptr(arg1, user=user, vcpu=vcpu.index)
             if rc == 0:
                 if user:
                     vcpu.user_l4 = arg1
@@ -180,7 +193,10 @@ class PvDomain:
     def set_gdt(self, call, frames: list[int], entries: int) -> int:
         """Make ``frames`` the guest's GDT pages (each validated as a descriptor page), in the
         vCPU's GDT area ahead of Xen's reserved page; the old ones are released."""
-        vcpu, mm = call.vcpu, self.mm
+        return self._set_gdt(call.vcpu, frames, entries, call.sregs.cr3, call.engine)
+
+    def _set_gdt(self, vcpu: PvVcpu, frames: list[int], entries: int, cr3: int, engine) -> int:
+        mm = self.mm
         taken = []
         for mfn in frames:
             if mm.get_seg_desc(mfn):
@@ -196,9 +212,80 @@ class PvDomain:
             frame = frames[page] if page < len(frames) else self.area.zero_page
             # Supervisor-only and writable: the CPU's own descriptor accesses (the accessed bit),
             # which the guest's ring 3 cannot make.
-            self.memory.write(self._leaf(call.sregs.cr3, base + page * 4096),
+            self.memory.write(self._leaf(cr3, base + page * 4096),
                               struct.pack("<Q", frame << 12 | x.PTE_P | x.PTE_RW | x.PTE_NX))
-        self.flush_tlb(call.engine)
+        self.flush_tlb(engine)
+        return 0
+
+    # -- secondary vCPUs ----------------------------------------------------------------------
+    def initialise(self, call, target: PvVcpu, raw: bytes) -> int:
+        """VCPUOP_initialise: ``target`` takes the 64-bit vcpu_guest_context ``raw`` as Xen's
+        arch_set_info_guest takes it (trap table, GDT and LDT, kernel stack, callbacks, page
+        tables, registers); it runs once VCPUOP_up says so."""
+        if target.initialised:
+            return -x.EEXIST
+        ctx = VcpuGuestContext.parse(raw)
+        regs = ctx.user_regs
+        addresses = [regs.rip, ctx.event_callback_eip, ctx.failsafe_callback_eip, ctx.syscall_callback_eip,
+                     ctx.ldt_base, ctx.fs_base, ctx.gs_base_kernel, ctx.gs_base_user]
+        addresses += [t.address for t in ctx.trap_ctxt]
+        if not all(_canonical(a) for a in addresses) or ctx.ldt_ents > 8192 or ctx.ldt_base & 0xFFF \
+                or ctx.gdt_ents > x.FIRST_RESERVED_GDT_ENTRY:
+            return -x.EINVAL
+        kernel_l4, user_l4 = ctx.ctrlreg[3] >> 12, ctx.ctrlreg[1] >> 12
+        index = target.index
+        if self.mm.new_baseptr(kernel_l4, vcpu=index):
+            return -x.EINVAL
+        if user_l4 and self.mm.new_baseptr(user_l4, user=True, vcpu=index):
+            return -x.EINVAL
+        frames = list(ctx.gdt_frames)[:(ctx.gdt_ents + 511) // 512]
+        if self._set_gdt(target, frames, ctx.gdt_ents, call.sregs.cr3, call.engine):
+            return -x.EINVAL
+        target.kernel_l4, target.user_l4 = kernel_l4, user_l4
+        target.traps = {t.vector: Trap(t.address, t.flags) for t in ctx.trap_ctxt if t.address}
+        target.ldt = (ctx.ldt_base, ctx.ldt_ents)
+        target.kernel_ss, target.kernel_sp = ctx.kernel_ss & 0xFFFF, ctx.kernel_sp
+        events_off = x.CALLBACKF_MASK_EVENTS
+        target.callbacks = {
+            x.CALLBACKTYPE_EVENT: (ctx.event_callback_eip, 0),
+            x.CALLBACKTYPE_FAILSAFE: (ctx.failsafe_callback_eip,
+                                      events_off if ctx.flags & VGCF_FAILSAFE_DISABLES_EVENTS else 0),
+        }
+        if ctx.syscall_callback_eip:
+            target.callbacks[x.CALLBACKTYPE_SYSCALL] = (
+                ctx.syscall_callback_eip, events_off if ctx.flags & VGCF_SYSCALL_DISABLES_EVENTS else 0)
+        target.kernel_mode = bool(ctx.flags & VGCF_IN_KERNEL)
+        # The virtual IOPL comes from the context's RFLAGS, which then runs with IF set and
+        # IOPL 0 (arch_set_info_guest); selectors get RPL 3, as the kernel runs in ring 3.
+        target.iopl = regs.rflags >> 12 & 3
+        sregs = self.vcpu_sregs(index, kernel_l4 if target.kernel_mode else user_l4 or kernel_l4)
+        try:
+            sregs.cs, sregs.ss = (target.segment(sregs, sel | 3, code) if sel & ~3 not in _FLAT
+                                  else ring3_segment(sel | 3, code) for sel, code in ((regs.cs, True), (regs.ss, False)))
+        except DomainCrash:
+            return -x.EINVAL                    # no usable code or stack segment in its GDT
+        names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
+                 "r14", "r15", "rip")
+        start = Regs(**{n: getattr(regs, n) for n in names}, rflags=(regs.rflags & ~IOPL_BITS) | RFLAGS_IF | 2)
+        active, inactive = (ctx.gs_base_kernel, ctx.gs_base_user) if target.kernel_mode else \
+            (ctx.gs_base_user, ctx.gs_base_kernel)
+        # The active bases go in the segment registers (a KVM vCPU takes FS/GS bases from its
+        # segment state, which would overwrite MSRs written earlier); the inactive one by MSR.
+        sregs.fs = replace(sregs.fs, base=ctx.fs_base)
+        sregs.gs = replace(sregs.gs, base=active)
+        msrs = {MSR_KERNEL_GS_BASE: inactive}
+        target.start_state = (start, sregs, msrs)
+        target.initialised = True
+        return 0
+
+    def up(self, target: PvVcpu) -> int:
+        """VCPUOP_up: an initialised vCPU starts running (again)."""
+        if not target.initialised:
+            return -x.EINVAL
+        target.down = False
+        state, target.start_state = target.start_state, None
+        if state is not None:
+            self.engines[target.index].start_pv(*state)
         return 0
 
     def _leaf(self, cr3: int, va: int) -> int:
@@ -240,11 +327,18 @@ class PvDomain:
     def vcpu_down(self, vcpu: PvVcpu, engine) -> None:
         """VCPUOP_down on the caller. With every vCPU down nothing can run again (Xen would leave
         the domain so for ever): what Linux does after a panic, reported as a crash."""
-        if all(v.down for v in self.vcpus):
+        if all(v.down or not v.initialised for v in self.vcpus):
             self._ended = True
             crash = self._crash_report(engine.index, "the guest took its last vCPU down (VCPUOP_down), "
                                                      "as Linux does after a panic")
             self._finish(Outcome(End.CRASH, crash=crash))
+            return
+        # It stays down (its engine waits) until VCPUOP_up, with the state it had: Xen pauses it.
+        target_regs, target_sregs = engine.get_regs(), engine.get_sregs()
+        target_regs.rax = 0                     # what VCPUOP_down returns when it runs again
+        names = (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE)
+        vcpu.start_state = (target_regs, target_sregs, engine.get_msrs(list(names)))
+        engine.park()
 
     def _crash(self, engine, reason: str) -> kx.VcpuExit:
         self._ended = True

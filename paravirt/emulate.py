@@ -179,7 +179,7 @@ def _write_cr(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", cr: int,
         return True
     if cr == 3:
         mfn = value >> 12
-        rc = domain.mm.new_baseptr(mfn)
+        rc = domain.mm.new_baseptr(mfn, vcpu=vcpu.index)
         if rc:
             return False
         vcpu.kernel_l4 = mfn

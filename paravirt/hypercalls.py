@@ -18,6 +18,7 @@ from hvm.paging import PageFault
 
 from . import abi as x
 from .hvarea import GRANT_FRAMES, M2P_ALIAS_VIRT_START
+from .vcpu_context import SIZE as VCPU_CONTEXT_SIZE
 from .pvcpu import PENDING_SEL, UPCALL_PENDING, DomainCrash, Trap
 
 if TYPE_CHECKING:
@@ -361,7 +362,7 @@ def multicall(c: Call, entries: int, count: int, *_) -> int:
 
 
 # -- vCPUs (xen/common/domain.c do_vcpu_op, xen/arch/x86/domain.c) -------------------------------
-VCPUOP_DOWN, VCPUOP_IS_UP, VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA = 2, 3, 5
+VCPUOP_INITIALISE, VCPUOP_UP, VCPUOP_DOWN, VCPUOP_IS_UP, VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA = 0, 1, 2, 3, 5
 VCPUOP_SET_PERIODIC_TIMER, VCPUOP_STOP_PERIODIC_TIMER = 6, 7
 VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER, VCPUOP_REGISTER_VCPU_INFO = 8, 9, 10
 VCPUOP_GET_PHYSID = 12
@@ -374,11 +375,15 @@ def vcpu_op(c: Call, cmd: int, vcpuid: int, arg: int, *_) -> int:
     if vcpuid >= len(d.vcpus):
         return -x.ENOENT
     target = d.vcpus[vcpuid]
+    if cmd == VCPUOP_INITIALISE:
+        return d.initialise(c, target, c.read(arg, VCPU_CONTEXT_SIZE))
+    if cmd == VCPUOP_UP:
+        return d.up(target)
     if cmd == VCPUOP_IS_UP:
-        return 0 if target.down or vcpuid != 0 else 1
+        return 1 if target.initialised and not target.down else 0
     if cmd == VCPUOP_DOWN:
         if target is not c.vcpu:
-            return -x.EINVAL                # hvm runs one vCPU: no other to take down
+            return -x.EINVAL                # hvm takes down only the caller (what Linux asks)
         target.down = True
         d.vcpu_down(c.vcpu, c.engine)
         return 0
@@ -586,7 +591,7 @@ def mmu_update(c: Call, requests: int, count: int, done_ptr: int, foreigndom: in
 
 @hypercall("update_va_mapping")
 def update_va_mapping(c: Call, va: int, pte: int, flags: int, *_) -> int:
-    rc = c.domain.mm.update_va_mapping(va, pte)
+    rc = c.domain.mm.update_va_mapping(va, pte, c.vcpu.index)
     if rc == 0 and flags & x.UVMF_FLUSHTYPE_MASK:
         c.domain.flush_tlb(c.engine)
     elif rc == 0:

@@ -76,6 +76,8 @@ class PvVcpu:
     vcpu_info_registered: bool = False
     down: bool = False
     runstate_area: int = 0
+    initialised: bool = False     # has a context (vCPU 0 from the builder, others VCPUOP_initialise)
+    start_state: tuple | None = None   # (Regs, SRegs, MSRs) VCPUOP_up starts it with
     cr4: int = 0                  # the CR4 bits the guest controls (emulate.CR4_GUEST_CONTROLLED)
     vmce: Vmce | None = None      # made at the first machine-check MSR access (needs the vendor)
 

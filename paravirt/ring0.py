@@ -194,6 +194,9 @@ class Ring0Vcpu:
         self._vcpu = domain.vcpus[index]
         self._cpuid: dict = {}
         self._entry: tuple[Regs, SRegs] | None = None
+        self._entry_msrs: dict[int, int] = {}
+        self._go = threading.Event()             # VCPUOP_up for a vCPU waiting in an exit
+        self._parked = False
         self._reset_mmu, self._on_crash, self._stopping, self._alarm = reset_mmu, on_crash, stopping, alarm
         self._start, self._lstar_resume, self._cstar_resume = ring0.resumes()
         self._thread: int | None = None
@@ -214,7 +217,9 @@ class Ring0Vcpu:
 
     def bind(self, engine: "KvmEngine", cpuid: dict, entry: tuple[Regs, SRegs] | None) -> None:
         """The vCPU exists: its KVM engine, its CPUID table, where it enters the guest."""
-        self.engine, self._cpuid, self._entry = engine, cpuid, entry
+        self.engine, self._cpuid = engine, cpuid
+        if entry is not None:
+            self._entry = entry
         self._thread = threading.get_ident()
         # Kicks (a stop, a timer, an event for this vCPU) end KVM_RUN; upcalls go in then.
         engine.after_kick = self._after_kick
@@ -225,6 +230,12 @@ class Ring0Vcpu:
         self._in_exit = True
         try:
             self._exit()
+            if self._parked:
+                self._parked = False
+                self._entry = None
+                if not self._wait_for_start():
+                    return
+                self._enter(*self._entry)
         finally:
             self._in_exit = False
         self._upcall_now()
@@ -290,13 +301,36 @@ class Ring0Vcpu:
 
     def _first_entry(self) -> None:
         # The vCPU started in hvm's start stub: SYSCALL set up as Xen has it, then the guest's
-        # own entry state (paravirt.builder) in ring 3.
+        # own entry state (paravirt.builder for vCPU 0, VCPUOP_initialise for the others, which
+        # wait here for VCPUOP_up) in ring 3.
         ring0 = self.ring0
         self.engine.set_msrs({MSR_STAR: STAR, MSR_LSTAR: ring0.lstar, MSR_CSTAR: ring0.cstar, MSR_SFMASK: SFMASK})
-        regs, sregs = self._entry
+        if self._entry is None and not self._wait_for_start():
+            return
+        self._enter(*self._entry)
+
+    def _enter(self, regs: Regs, sregs: SRegs) -> None:
         self._regs = _copy_regs(regs)
         self.set_sregs(sregs)
+        if self._entry_msrs:
+            self.engine.set_msrs(self._entry_msrs)
         self.sync()
+
+    def start_pv(self, regs: Regs, sregs: SRegs, msrs: dict[int, int]) -> None:
+        """VCPUOP_up (any thread): the vCPU, waiting in an exit, enters the guest with this."""
+        self._entry, self._entry_msrs = (regs, sregs), msrs
+        self._go.set()
+
+    def park(self) -> None:
+        """VCPUOP_down of itself: the vCPU stays in this exit until ``start_pv``."""
+        self._parked = True
+
+    def _wait_for_start(self) -> bool:
+        while not self._stopping():
+            if self._go.wait(0.1):
+                self._go.clear()
+                return True
+        return False
 
     @staticmethod
     def _syscall(regs: Regs, compat: bool):

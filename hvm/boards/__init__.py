@@ -44,6 +44,15 @@ class Board:
         """Put what runs first into guest memory; returns the boot vCPU's entry state."""
         raise NotImplementedError
 
+    def request_shutdown(self, machine: "Machine") -> bool:
+        """Ask the guest to shut down (``machine.stop(graceful=True)``); False where the board
+        has no way to, and the machine is stopped outright."""
+        return False
+
+    def vcpus_created(self, machine: "Machine") -> None:
+        """The vCPUs exist and the boot vCPU has its entry state: set up the others if the
+        board starts them itself."""
+
     def edit_cpuid(self, table: dict) -> None:
         """Change, in place, what a vCPU's CPUID answers after hvm's policy made it:
         (leaf, subleaf) -> (EAX, EBX, ECX, EDX), the same shape under both engines."""

@@ -104,10 +104,12 @@ class XenPvBoard(Board):
         self.xenstore = None
 
     def guest_memory(self, config: "MachineConfig") -> GuestMemory:
-        from paravirt.hvarea import HypervisorArea
+        from paravirt.hvarea import MAX_PV_VCPUS, HypervisorArea
 
         if config.memory % PAGE:
             raise ConfigError("-m must be a multiple of 4 KiB for a PV domain")
+        if not 1 <= config.cpus <= MAX_PV_VCPUS:
+            raise ConfigError(f"-c {config.cpus}: a PV domain here has 1 to {MAX_PV_VCPUS} vCPUs")
         self.area = HypervisorArea(config.memory // PAGE, config.cpus)
         size = self.area.end * PAGE
         return GuestMemory(size, [(0, size)])
@@ -116,8 +118,6 @@ class XenPvBoard(Board):
         from paravirt.domain import PvDomain
         from paravirt.mm import DirectPaging
 
-        if machine.config.cpus != 1:
-            raise ConfigError("--xen pv runs one vCPU so far: give -c 1")
         self.area.build(machine.memory)
         # Events start masked on every vCPU, as Xen's toolstack leaves vcpu_info.
         from paravirt.pvcpu import UPCALL_MASK, VCPU_INFO_SIZE
@@ -171,6 +171,8 @@ class XenPvBoard(Board):
         if rc:
             raise ImageError(cfg.kernel, f"the boot page tables do not validate ({rc}): hvm bug")
         self.domain.vcpus[0].kernel_l4 = boot.l4_mfn
+        self.domain.vcpus[0].initialised = True
+        self.domain.vcpu_sregs = lambda index, l4: _pv_sregs(self.area, index, l4)
         # hvm writes the console and xenstore rings by address: writable references keep the
         # guest from ever making those frames page tables (as Xen's backends hold them).
         for mfn in (boot.console_mfn, boot.store_mfn):
@@ -202,16 +204,40 @@ class XenPvBoard(Board):
                            description="Xen PV kernel", cpu=_pv_sregs(self.area, 0, boot.l4_mfn))
         if self.ring0 is None:
             return entry
-        from paravirt.hvarea import HYPERVISOR_CS, HYPERVISOR_DS
-
         # Under KVM the vCPU starts in hvm's ring 0, whose first exit sets SYSCALL's MSRs (no
         # board hook runs once the vCPU exists) and enters the guest as above.
         self.ring0.set_entry(0, *entry_cpu_state(machine.memory, entry))
-        ring0 = self.area.ring0(0)
-        sregs = _pv_sregs(self.area, 0, boot.l4_mfn)
+        return self._ring0_start(0, boot.l4_mfn)
+
+    def _ring0_start(self, index: int, l4_mfn: int) -> EntryState:
+        from paravirt.hvarea import HYPERVISOR_CS, HYPERVISOR_DS
+
+        ring0 = self.area.ring0(index)
+        sregs = _pv_sregs(self.area, index, l4_mfn)
         sregs.cs, sregs.ss = _ring0_segment(HYPERVISOR_CS, True), _ring0_segment(HYPERVISOR_DS, False)
         return EntryState(Mode.GIVEN, ring0.start, regs={"rsp": ring0.stack_top},
                           description="Xen PV kernel", cpu=sregs)
+
+    def request_shutdown(self, machine: "Machine") -> bool:
+        # What `xl shutdown` does: the guest's xenbus watch on control/shutdown fires and Linux
+        # powers off (drivers/xen/manage.c).
+        if self.xenstore is None:
+            return False
+        self.xenstore.write("control/shutdown", "poweroff")
+        return True
+
+    def vcpus_created(self, machine: "Machine") -> None:
+        # Under KVM every vCPU runs from its own ring 0's start stub, whose first exit waits
+        # for VCPUOP_initialise and VCPUOP_up; under unicorn the others are not started yet.
+        if self.ring0 is None:
+            return
+        from kvmffi import lib
+
+        for vcpu in machine.vcpus[1:]:
+            regs, sregs = entry_cpu_state(machine.memory, self._ring0_start(vcpu.index, self.boot_info.l4_mfn))
+            vcpu.engine.set_sregs(sregs)
+            vcpu.engine.set_regs(regs)
+            vcpu.engine.vcpu.set_mp_state(lib.KVM_MP_STATE_RUNNABLE)
 
     def edit_cpuid(self, table: dict) -> None:
         from paravirt.cpuid import pv_policy

@@ -178,6 +178,7 @@ class UnicornEngine(Engine):
         self._wake = threading.Event()
         self._halted = False
         self._started = started
+        self._pv_start: tuple | None = None
         self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=index, ncpus=ncpus)
         # A Xen PV domain (paravirt.domain) takes over SYSCALL and every exception when set: its
         # kernel runs in ring 3 and the hypervisor's ring is hvm's.
@@ -218,6 +219,16 @@ class UnicornEngine(Engine):
         """Wait, as after HLT, until the interrupt controller has something (a PV guest's
         SCHEDOP_block: its upcalls come through the controller)."""
         self._halted = True
+
+    def start_pv(self, regs: Regs, sregs: SRegs, msrs: dict[int, int]) -> None:
+        """Start this (not started or parked) vCPU with this state (any thread): a Xen PV
+        VCPUOP_up. The vCPU's own thread loads it before its next slice."""
+        self._pv_start = (regs, sregs, msrs)
+        self.poke()
+
+    def park(self) -> None:
+        """Stop running until ``start_pv`` (a PV vCPU's VCPUOP_down of itself)."""
+        self._started = False
 
     def poke(self) -> None:
         """An interrupt may be pending (any thread): end the current slice or idle wait now.
@@ -561,7 +572,14 @@ class UnicornEngine(Engine):
                 if problem is not None:
                     return problem
             if not self._started:
-                return None
+                if self._pv_start is None:
+                    return None
+                (regs, sregs, msrs), self._pv_start = self._pv_start, None
+                core.load_reset_state()
+                self.set_sregs(sregs)
+                self.set_regs(regs)
+                self.set_msrs(msrs)
+                self._started, self._halted = True, False
             waiting = self._deliver_pending()
             if isinstance(waiting, kx.VcpuExit):
                 return waiting

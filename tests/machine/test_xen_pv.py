@@ -134,3 +134,33 @@ def test_pv_kernel_gets_what_linux_relies_on(guests, accel):
     assert outcome.end.value == "poweroff" and outcome.exit_code == 0, (outcome, text)
     # Both XCHGs were emulated; the refused store became the guest's #PF.
     assert bounced["page-table store emulated"] == 2 and bounced["#PF"] == 1, bounced
+
+
+@pytest.mark.parametrize("accel", ["unicorn", "kvm"])
+def test_second_vcpu_started_with_vcpuop_initialise_and_up(guests, accel):
+    # tests/guests/pvsmp64.S: the answers it checks are Xen's (xen/common/domain.c do_vcpu_op:
+    # a second VCPUOP_initialise is -EEXIST; VCPUOP_is_up 0 until VCPUOP_up).
+    config = MachineConfig(machine="xenpv", accel=accel, memory="64M", cpus=2, kernel=str(guests("pvsmp64")))
+    with Machine(config) as machine:
+        outcome = machine.run(timeout=60)
+        text = machine.serial.text
+        domain = machine.board.domain
+        ipi = [n for n, port in domain.channels.ports.items() if port.kind == "ipi"]
+        pending = machine.memory.read_u64(domain.area.shared_info_maddr + 2048)   # evtchn_pending[0]
+    assert "pvsmp64: vCPU 1 running" in text and "pvsmp64: vCPU 1 takes itself down" in text, text
+    assert "pvsmp64: vCPU 1 went down, vCPU 0 powers off" in text and "FAILED" not in text, text
+    assert outcome.end.value == "poweroff" and outcome.exit_code == 0, outcome
+    # vCPU 1's EVTCHNOP_send on the IPI port bound to vCPU 0 left it pending.
+    assert len(ipi) == 1 and pending >> ipi[0] & 1, (ipi, hex(pending))
+
+
+def test_graceful_stop_asks_the_guest_through_xenstore(guests):
+    # machine.stop(graceful=True) does what `xl shutdown` does: control/shutdown = poweroff.
+    config = MachineConfig(machine="xenpv", accel="unicorn", memory="64M", kernel=str(guests("pvecho64")))
+    with Machine(config) as machine:
+        machine.start()
+        machine.stop(graceful=True)
+        assert machine.board.xenstore.read("control/shutdown") == "poweroff"
+        machine.stop()
+        outcome = machine.wait(timeout=30)
+    assert outcome.end.value == "quit", outcome

@@ -1,0 +1,180 @@
+/* A 64-bit Xen PV test kernel that starts its second vCPU as Linux's cpu_initialize_context
+ * does: a vcpu_guest_context (public/arch-x86/xen.h, 64-bit layout) given with
+ * VCPUOP_initialise, then VCPUOP_up. vCPU 1 runs on its own stack with the boot page tables,
+ * says so, raises an event on an IPI port bound to vCPU 0 (EVTCHNOP_bind_ipi), and takes itself
+ * down with VCPUOP_down. vCPU 0 checks what Xen answers along the way (a second initialise is
+ * -EEXIST, VCPUOP_is_up 0 before and 1 while it runs, then 0 again) and powers off.
+ * VIRT_BASE 0 and an identity P2M: a virtual address in the boot mapping is the machine address. */
+        .code64
+        .set HYPERVISOR_set_trap_table, 0
+        .set HYPERVISOR_stack_switch, 3
+        .set HYPERVISOR_console_io, 18
+        .set HYPERVISOR_vcpu_op, 24
+        .set HYPERVISOR_sched_op, 29
+        .set HYPERVISOR_event_channel_op, 32
+        .set FLAT_KERNEL_CS, 0xe033
+        .set FLAT_KERNEL_SS, 0xe02b
+        .set SI_PT_BASE, 88
+        .set VCPUOP_initialise, 0
+        .set VCPUOP_up, 1
+        .set VCPUOP_down, 2
+        .set VCPUOP_is_up, 3
+        /* vcpu_guest_context offsets (64-bit) */
+        .set CTX_FLAGS, 512
+        .set CTX_RIP, 648
+        .set CTX_CS, 656
+        .set CTX_RFLAGS, 664
+        .set CTX_RSP, 672
+        .set CTX_SS, 680
+        .set CTX_KERNEL_SS, 4968
+        .set CTX_KERNEL_SP, 4976
+        .set CTX_CR3, 5008
+        .set CTX_SIZE, 5168
+        .set VGCF_in_kernel, 4
+
+        .include "xennotes.inc"
+        pv_test_kernel_notes hvm-pvsmp64-test
+
+        .macro HCALL nr
+        call hypercall_page + \nr * 32
+        .endm
+        .macro SAY text
+        .section .rodata
+9:      .ascii "\text"
+8:
+        .previous
+        lea 9b(%rip), %rdi
+        mov $(8b - 9b), %esi
+        call puts
+        .endm
+        .macro VCPUOP cmd, vcpu, arg
+        mov $\cmd, %edi
+        mov $\vcpu, %esi
+        lea \arg, %rdx
+        HCALL HYPERVISOR_vcpu_op
+        .endm
+
+        .text
+        .globl _start
+_start:
+        mov %rsi, start_info(%rip)
+        mov $FLAT_KERNEL_SS, %edi
+        lea boot_stack_top(%rip), %rsi
+        HCALL HYPERVISOR_stack_switch
+
+        movl $0, ipi(%rip)                              /* EVTCHNOP_bind_ipi to vCPU 0 */
+        mov $7, %edi
+        lea ipi(%rip), %rsi
+        HCALL HYPERVISOR_event_channel_op
+        test %rax, %rax
+        jnz fail
+
+        VCPUOP VCPUOP_is_up, 1, 0
+        test %rax, %rax                                 /* exists, not up */
+        jnz fail
+
+        lea context(%rip), %rbx
+        movq $VGCF_in_kernel, CTX_FLAGS(%rbx)
+        lea ap_entry(%rip), %rax
+        mov %rax, CTX_RIP(%rbx)
+        movw $FLAT_KERNEL_CS, CTX_CS(%rbx)
+        movq $0x200, CTX_RFLAGS(%rbx)
+        lea ap_stack_top(%rip), %rax
+        mov %rax, CTX_RSP(%rbx)
+        mov %rax, CTX_KERNEL_SP(%rbx)
+        movw $FLAT_KERNEL_SS, CTX_SS(%rbx)
+        movq $FLAT_KERNEL_SS, CTX_KERNEL_SS(%rbx)
+        mov start_info(%rip), %rax
+        mov SI_PT_BASE(%rax), %rax                      /* the boot L4: its address is its maddr */
+        mov %rax, CTX_CR3(%rbx)                         /* xen_pfn_to_cr3: mfn << 12 */
+        VCPUOP VCPUOP_initialise, 1, context(%rip)
+        test %rax, %rax
+        jnz fail
+        VCPUOP VCPUOP_initialise, 1, context(%rip)
+        cmp $-17, %rax                                  /* EEXIST */
+        jne fail
+        VCPUOP VCPUOP_up, 1, 0
+        test %rax, %rax
+        jnz fail
+
+1:      mov $0, %edi                                    /* SCHEDOP_yield until vCPU 1 has run */
+        xor %esi, %esi
+        HCALL HYPERVISOR_sched_op
+        cmpb $1, ap_ran(%rip)
+        jne 1b
+        VCPUOP VCPUOP_is_up, 1, 0
+        cmp $1, %rax
+        jne fail
+        movb $1, ap_may_stop(%rip)
+2:      mov $0, %edi
+        xor %esi, %esi
+        HCALL HYPERVISOR_sched_op
+        VCPUOP VCPUOP_is_up, 1, 0
+        test %rax, %rax
+        jnz 2b
+        SAY "pvsmp64: vCPU 1 went down, vCPU 0 powers off\n"
+        movl $0, reason(%rip)
+        mov $2, %edi                                    /* SCHEDOP_shutdown poweroff */
+        lea reason(%rip), %rsi
+        HCALL HYPERVISOR_sched_op
+        jmp fail
+
+ap_entry:
+        lea ap_stack_top(%rip), %rax
+        cmp %rax, %rsp                                  /* the context's stack */
+        jne fail
+        SAY "pvsmp64: vCPU 1 running\n"
+        mov ipi+4(%rip), %eax                           /* EVTCHNOP_send on the IPI port */
+        mov %eax, send_port(%rip)
+        mov $4, %edi
+        lea send_port(%rip), %rsi
+        HCALL HYPERVISOR_event_channel_op
+        test %rax, %rax
+        jnz fail
+        movb $1, ap_ran(%rip)
+1:      mov $0, %edi                                    /* SCHEDOP_yield */
+        xor %esi, %esi
+        HCALL HYPERVISOR_sched_op
+        cmpb $1, ap_may_stop(%rip)
+        jne 1b
+        SAY "pvsmp64: vCPU 1 takes itself down\n"
+        VCPUOP VCPUOP_down, 1, 0
+        jmp fail                                        /* never runs again */
+
+puts:                                                   /* rdi = text, rsi = length */
+        push %rdx
+        mov %rdi, %rdx
+        xor %edi, %edi                                  /* CONSOLEIO_write */
+        HCALL HYPERVISOR_console_io
+        pop %rdx
+        ret
+
+fail:
+        SAY "pvsmp64: FAILED\n"
+        movl $3, reason(%rip)                           /* SHUTDOWN_crash */
+        mov $2, %edi
+        lea reason(%rip), %rsi
+        HCALL HYPERVISOR_sched_op
+        jmp .
+
+        .data
+        .p2align 3
+start_info: .quad 0
+ipi: .long 0, 0                                         /* vcpu, port (out) */
+send_port: .long 0
+reason: .long 0
+ap_ran: .byte 0
+ap_may_stop: .byte 0
+
+        .text
+        .p2align 12
+hypercall_page: .skip 4096
+
+        .bss
+        .p2align 12
+context: .skip CTX_SIZE
+        .p2align 12
+        .skip 8192
+boot_stack_top:
+        .skip 8192
+ap_stack_top:
