@@ -119,6 +119,24 @@ class GuestMemory:
         data = memoryview(data).cast("B")
         self.view(gpa, len(data))[:] = data
 
+    def fetch_or(self, gpa: int, bits: int) -> int:
+        """Atomically OR ``bits`` into the aligned u64 at ``gpa``; returns the old value."""
+        from .atomics import fetch_or
+
+        return fetch_or(self._host_u64(gpa), bits)
+
+    def fetch_and(self, gpa: int, bits: int) -> int:
+        """Atomically AND ``bits`` into the aligned u64 at ``gpa``; returns the old value."""
+        from .atomics import fetch_and
+
+        return fetch_and(self._host_u64(gpa), bits)
+
+    def _host_u64(self, gpa: int) -> int:
+        if gpa % 8:
+            raise GuestMemoryError(gpa, 8)
+        r, off = self._locate(gpa, 8)
+        return r.host_addr + off
+
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
         """Set ``length`` bytes of guest RAM to ``byte``."""
         self.view(gpa, length)[:] = bytes([byte]) * length

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import struct
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
@@ -76,6 +77,9 @@ class PvDomain:
         self.clock = PvClock()
         self.io = PvIoPorts()
         self.ptwr = PageTableWrites()
+        # One vCPU at a time in the domain's books (page types and counts, event channels,
+        # grant and vCPU state): KVM vCPUs take their exits on threads of their own.
+        self.lock = threading.Lock()
         # The ring-3 start-of-day segment state of vCPU n on L4 frame l4 (the board's layout).
         self.vcpu_sregs: Callable[[int, int], object] = lambda index, l4: None
         self.channels = EventChannels(memory, area.shared_info_maddr, lambda i: self.vcpus[i].vcpu_info_maddr,
@@ -111,20 +115,22 @@ class PvDomain:
     def syscall(self, engine) -> kx.VcpuExit | None:
         """``syscall`` ran in ring 3 (RIP is past it)."""
         vcpu = self.vcpus[engine.index]
-        try:
-            if vcpu.kernel_mode:
-                return self._hypercall(vcpu, engine)
-            return self._user_syscall(vcpu, engine)
-        except DomainCrash as exc:
-            return self._crash(engine, str(exc))
+        with self.lock:
+            try:
+                if vcpu.kernel_mode:
+                    return self._hypercall(vcpu, engine)
+                return self._user_syscall(vcpu, engine)
+            except DomainCrash as exc:
+                return self._crash(engine, str(exc))
 
     def exception(self, engine, event) -> kx.VcpuExit | None:
         """An exception or ``int n`` in ring 3: Xen's handling of it for a PV guest."""
         vcpu = self.vcpus[engine.index]
-        try:
-            return self._exception(vcpu, engine, event)
-        except DomainCrash as exc:
-            return self._crash(engine, str(exc))
+        with self.lock:
+            try:
+                return self._exception(vcpu, engine, event)
+            except DomainCrash as exc:
+                return self._crash(engine, str(exc))
 
     # -- hypercalls ---------------------------------------------------------------------------
     def _hypercall(self, vcpu: PvVcpu, engine) -> kx.VcpuExit | None:
@@ -310,7 +316,12 @@ class PvDomain:
         vcpu.upcall_mask = 0
         self.channels.drain()
         if engine is not None and not self.channels.upcall_pending(vcpu.index):
-            engine.halt()
+            # A KVM vCPU sleeps in here: the other vCPUs' exits must go on meanwhile.
+            self.lock.release()
+            try:
+                engine.halt()
+            finally:
+                self.lock.acquire()
 
     # -- shutdown -----------------------------------------------------------------------------
     def shutdown(self, vcpu: PvVcpu, reason: int, engine) -> None:

@@ -22,6 +22,7 @@ from . import abi as x
 PORTS = 64 * 64                 # 2-level ABI, 64-bit: 64 words of 64 bits
 PENDING, MASK = 2048, 2560      # shared_info offsets (xen.h)
 UPCALL_PENDING, PENDING_SEL = 0, 8   # vcpu_info offsets
+MASK64 = (1 << 64) - 1
 UPCALL_VECTOR = 0xF3            # the vector the engine reports an upcall with (counters only)
 UNBOUND, INTERDOMAIN, VIRQ, IPI = "unbound", "interdomain", "virq", "ipi"
 STATUS = {UNBOUND: 1, INTERDOMAIN: 2, VIRQ: 4, IPI: 5}   # EVTCHNSTAT_*; closed is 0
@@ -57,10 +58,8 @@ class EventChannels:
         return self.shared_info + base + (port // 64) * 8, 1 << (port % 64)
 
     def _test_and_set(self, address: int, bit: int) -> bool:
-        word = struct.unpack("<Q", self.memory.read(address, 8))[0]
-        if not word & bit:
-            self.memory.write(address, struct.pack("<Q", word | bit))
-        return bool(word & bit)
+        # Atomic: the guest's vCPUs may be clearing other bits of the word at this moment.
+        return bool(self.memory.fetch_or(address, bit) & bit)
 
     def _test(self, address: int, bit: int) -> bool:
         return bool(struct.unpack("<Q", self.memory.read(address, 8))[0] & bit)
@@ -171,8 +170,7 @@ class EventChannels:
         if port not in self.ports:
             return -x.EINVAL
         address, bit = self._bit(MASK, port)
-        word = struct.unpack("<Q", self.memory.read(address, 8))[0]
-        self.memory.write(address, struct.pack("<Q", word & ~bit))
+        self.memory.fetch_and(address, ~bit & MASK64)
         if self._test(*self._bit(PENDING, port)):
             self._mark(self.ports[port].vcpu, port)
         return 0

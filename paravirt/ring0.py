@@ -174,11 +174,13 @@ class MmuReset:
         self.slot = vm.check_extension("KVM_CAP_NR_MEMSLOTS") - 1   # the machine takes slots from 0
         self.gpa = -(-max(above, 1 << 32) // (2 << 20)) * (2 << 20)
         self.count = 0
+        self._lock = threading.Lock()   # vCPUs flush at once: the slot's add and delete must pair
 
     def __call__(self) -> None:
-        self._vm.set_user_memory_region(self.slot, self.gpa, PAGE, self._host)
-        self._vm.set_user_memory_region(self.slot, self.gpa, 0, 0)
-        self.count += 1
+        with self._lock:
+            self._vm.set_user_memory_region(self.slot, self.gpa, PAGE, self._host)
+            self._vm.set_user_memory_region(self.slot, self.gpa, 0, 0)
+            self.count += 1
 
 
 class Ring0Vcpu:
