@@ -76,11 +76,10 @@ def choose_accel(requested: str, kvm_path: str, host: HostInfo, machine: str = "
     problem = kvm_problem(kvm_path)
     if problem is not None:
         return "unicorn", problem
-    if host.emulation_only and machine == "xenpv":
-        # A PV guest's kernel runs in ring 3, which such a KVM runs natively; only hvm's few
-        # stub instructions per hypercall are emulated. Measured here (benchmarks/bench_xen_pv.py):
-        # a hypercall 208-235 us under KVM against 295-427 us under unicorn.
-        return "kvm", "a Xen PV guest runs in ring 3, which this KVM runs natively"
+    # A Xen PV guest's kernel would run well enough on such a KVM (ring 3, run natively; a
+    # hypercall measured 208-235 us there against 295-427 us under unicorn), but its user space
+    # cannot: SYSCALL from a process never reaches hvm's ring 0 there, and Debian's kernel stops at
+    # "Run /init". So auto takes unicorn for PV guests too; --accel kvm still runs them on KVM.
     if host.emulation_only:
         return "unicorn", f"the host's KVM runs guest kernel code in its instruction emulator ({host.reason})"
     return "kvm", "hardware virtualization is available"

@@ -494,6 +494,13 @@ class Ring0Vcpu:
         raw_regs, raw_sregs = kvm.get_regs(), kvm.get_sregs()
         if raw_sregs.cs.dpl != 3:
             return
+        events = kvm.get_vcpu_events()
+        if events.exception.injected or events.exception.pending or events.interrupt.injected \
+                or events.nmi.injected:
+            # KVM_RUN ended with an exception on its way in (a #GP of CLI, say): moving RIP to the
+            # upcall now would have it delivered there instead. Its exit comes first; the upcall
+            # goes in at the end of that exit.
+            return
         self._raw = raw_regs, raw_sregs
         self._regs = Regs(*_REGS.unpack_from(ffi.buffer(raw_regs)))
         self._take_sregs()
