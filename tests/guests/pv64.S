@@ -37,18 +37,7 @@
         .include "xennotes.inc"
         pv_test_kernel_notes hvm-pv64-test
 
-        .macro HCALL nr
-        call hypercall_page + \nr * 32
-        .endm
-        .macro SAY text
-        .section .rodata
-9:      .ascii "\text"
-8:
-        .previous
-        lea 9b(%rip), %rdi
-        mov $(8b - 9b), %esi
-        call puts
-        .endm
+        .include "pvcommon.inc"
 
         .text
         .globl _start
@@ -390,21 +379,7 @@ put_decimal:                                            /* rax: a small non-nega
         sub %rdi, %rsi
         jmp puts
 
-puts:                                                   /* rdi = text, rsi = length */
-        push %rdx
-        mov %rdi, %rdx
-        xor %edi, %edi                                  /* CONSOLEIO_write */
-        HCALL HYPERVISOR_console_io
-        pop %rdx
-        ret
-
-fail:
-        SAY "pv64: FAILED\n"
-        movl $3, reason(%rip)                           /* SHUTDOWN_crash */
-        mov $2, %edi
-        lea reason(%rip), %rsi
-        HCALL HYPERVISOR_sched_op
-        jmp .
+        pv_puts_and_fail pv64
 
         .section .rodata
 ring_msg:

@@ -30,18 +30,7 @@
         .include "xennotes.inc"
         pv_test_kernel_notes hvm-pvlinux64-test
 
-        .macro HCALL nr
-        call hypercall_page + \nr * 32
-        .endm
-        .macro SAY text
-        .section .rodata
-9:      .ascii "\text"
-8:
-        .previous
-        lea 9b(%rip), %rdi
-        mov $(8b - 9b), %esi
-        call puts
-        .endm
+        .include "pvcommon.inc"
         .macro XEN_CPUID leaf
         mov $\leaf, %eax
         xor %ecx, %ecx
@@ -300,21 +289,7 @@ gp_handler:
         SAY "pvlinux64: unexpected #GP\n"
         jmp fail
 
-puts:                                                   /* rdi = text, rsi = length */
-        push %rdx
-        mov %rdi, %rdx
-        xor %edi, %edi                                  /* CONSOLEIO_write */
-        HCALL HYPERVISOR_console_io
-        pop %rdx
-        ret
-
-fail:
-        SAY "pvlinux64: FAILED\n"
-        movl $3, reason(%rip)                           /* SHUTDOWN_crash */
-        mov $2, %edi
-        lea reason(%rip), %rsi
-        HCALL HYPERVISOR_sched_op
-        jmp .
+        pv_puts_and_fail pvlinux64
 
         .section .rodata
         .p2align 4

@@ -35,18 +35,7 @@
         .include "xennotes.inc"
         pv_test_kernel_notes hvm-pvsmp64-test
 
-        .macro HCALL nr
-        call hypercall_page + \nr * 32
-        .endm
-        .macro SAY text
-        .section .rodata
-9:      .ascii "\text"
-8:
-        .previous
-        lea 9b(%rip), %rdi
-        mov $(8b - 9b), %esi
-        call puts
-        .endm
+        .include "pvcommon.inc"
         .macro VCPUOP cmd, vcpu, arg
         mov $\cmd, %edi
         mov $\vcpu, %esi
@@ -141,21 +130,7 @@ ap_entry:
         VCPUOP VCPUOP_down, 1, 0
         jmp fail                                        /* never runs again */
 
-puts:                                                   /* rdi = text, rsi = length */
-        push %rdx
-        mov %rdi, %rdx
-        xor %edi, %edi                                  /* CONSOLEIO_write */
-        HCALL HYPERVISOR_console_io
-        pop %rdx
-        ret
-
-fail:
-        SAY "pvsmp64: FAILED\n"
-        movl $3, reason(%rip)                           /* SHUTDOWN_crash */
-        mov $2, %edi
-        lea reason(%rip), %rsi
-        HCALL HYPERVISOR_sched_op
-        jmp .
+        pv_puts_and_fail pvsmp64
 
         .data
         .p2align 3
