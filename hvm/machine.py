@@ -288,7 +288,7 @@ class Machine:
             backend = serial_backends[i] if serial_backends and i < len(serial_backends) else \
                 _open_backend("--serial", spec, self._quit) if spec != "buffer" else None
             self.add_serial_port(backend)
-            if isinstance(backend, StdioBackend):
+            if isinstance(backend, StdioBackend) and self.board.can_request_shutdown:
                 backend.on_shutdown = lambda: self.stop(graceful=True)
         self.board.attach(self)
 

@@ -44,6 +44,8 @@ class Board:
         """Put what runs first into guest memory; returns the boot vCPU's entry state."""
         raise NotImplementedError
 
+    can_request_shutdown = False   # Ctrl-A s is offered only where request_shutdown can ask
+
     def request_shutdown(self, machine: "Machine") -> bool:
         """Ask the guest to shut down (``machine.stop(graceful=True)``); False where the board
         has no way to, and the machine is stopped outright."""

@@ -218,6 +218,8 @@ class XenPvBoard(Board):
         return EntryState(Mode.GIVEN, ring0.start, regs={"rsp": ring0.stack_top},
                           description="Xen PV kernel", cpu=sregs)
 
+    can_request_shutdown = True
+
     def request_shutdown(self, machine: "Machine") -> bool:
         # What `xl shutdown` does: the guest's xenbus watch on control/shutdown fires and Linux
         # powers off (drivers/xen/manage.c).
