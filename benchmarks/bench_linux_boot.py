@@ -46,10 +46,18 @@ def _hvm_cmd(out: Path, cpus: int, accel: str) -> list[str]:
             "--initrd", str(out / "initramfs.cpio"), "--append", APPEND, "--stats"]
 
 
-def _qemu_cmd(qemu: str, out: Path, cpus: int) -> list[str]:
+def _qemu_cmd(qemu: str, out: Path, cpus: int, kernel: str = "vmlinuz", append: str = APPEND) -> list[str]:
     return [qemu, "-accel", "tcg", "-machine", "pc", "-m", MEMORY, "-smp", str(cpus), "-nographic",
             "-nodefaults", "-serial", "stdio", "-display", "none", "-no-reboot",
-            "-kernel", str(out / "vmlinuz"), "-initrd", str(out / "initramfs.cpio"), "-append", APPEND]
+            "-kernel", str(out / kernel), "-initrd", str(out / "initramfs.cpio"), "-append", append]
+
+
+class VmmExit(BenchError):
+    """The VMM ended without the guest's poweroff lines; ``code`` is its exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 def run_to_poweroff(cmd: list[str], timeout: float, lines: list[str]) -> tuple[float, str, str]:
@@ -63,8 +71,8 @@ def run_to_poweroff(cmd: list[str], timeout: float, lines: list[str]) -> tuple[f
     wall = time.perf_counter() - t0
     out, err = r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
     if r.returncode != 0 or not all(re.search(rf"^{line}$", out, re.M) for line in lines):
-        raise BenchError(f"{cmd[0]} exited {r.returncode} without printing {lines}:\n{out[-1500:]}\n"
-                         f"{err[-1500:]}")
+        raise VmmExit(f"{cmd[0]} exited {r.returncode} without printing {lines}:\n{out[-1500:]}\n"
+                      f"{err[-1500:]}", r.returncode)
     return wall, out, err
 
 

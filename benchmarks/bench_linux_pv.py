@@ -19,16 +19,13 @@ Exit status: 0 every configuration ran or was reported unable, 2 QEMU absent, 3 
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importable however we are started
-from bench_linux_boot import MEMORY, _images  # noqa: E402
+from bench_linux_boot import MEMORY, VmmExit, _images, _qemu_cmd, run_to_poweroff  # noqa: E402
 from bench_vs_qemu import EX_ABSENT, EX_BROKEN, EX_OK, BenchError  # noqa: E402
 
 RUN = "hvm.run='grep -c processor /proc/cpuinfo'"
@@ -42,31 +39,6 @@ def _hvm(out: Path, cpus: int, accel: str, pv: bool) -> list[str]:
     return [*base, *(["--xen", "pv"] if pv else []), "--accel", accel, "-m", MEMORY, "-c", str(cpus),
             "--kernel", str(out / "vmlinux"), "--initrd", str(out / "initramfs.cpio"),
             "--append", f"console={console} {RUN}"]
-
-
-def _qemu(qemu: str, out: Path, cpus: int) -> list[str]:
-    return [qemu, "-accel", "tcg", "-machine", "pc", "-m", MEMORY, "-smp", str(cpus), "-nographic",
-            "-nodefaults", "-serial", "stdio", "-display", "none", "-no-reboot",
-            "-kernel", str(out / "vmlinux"), "-initrd", str(out / "initramfs.cpio"),
-            "-append", f"console=ttyS0 {RUN}"]
-
-
-def _run(cmd: list[str], cpus: int, timeout: float) -> float | None:
-    """Wall seconds to exit after a poweroff with the CPU count printed; None when hvmrun says
-    this host cannot take the guest to user space (exit 69); BenchError otherwise."""
-    t0 = time.perf_counter()
-    try:
-        r = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{cmd[0]}: no poweroff within {timeout:g} s") from None
-    wall = time.perf_counter() - t0
-    out = r.stdout.decode(errors="replace")
-    if r.returncode == EX_NO_USER_SPACE:
-        return None
-    if r.returncode != 0 or not re.search(rf"^{cpus}\r?$", out, re.M):
-        raise BenchError(f"{' '.join(cmd[:4])}... exited {r.returncode} without printing {cpus}:\n{out[-1500:]}\n"
-                         f"{r.stderr.decode(errors='replace')[-1500:]}")
-    return wall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "pv-kvm": _hvm(out, args.cpus, "kvm", True),
         "hvm-unicorn": _hvm(out, args.cpus, "unicorn", False),
         "hvm-kvm": _hvm(out, args.cpus, "kvm", False),
-        "qemu-tcg": _qemu(qemu, out, args.cpus),
+        "qemu-tcg": _qemu_cmd(qemu, out, args.cpus, "vmlinux", f"console=ttyS0 {RUN}"),
     }
     names = args.only or list(configs)
     print(f"kernel {out / 'vmlinux'}, {MEMORY}, -c {args.cpus}, /init: {RUN}")
@@ -96,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 if isinstance(times.get(name), str):
                     continue
-                wall = _run(configs[name], args.cpus, args.timeout)
-                if wall is None:
+                try:
+                    wall = run_to_poweroff(configs[name], args.timeout, [rf"{args.cpus}\r?"])[0]
+                except VmmExit as exc:
+                    if exc.code != EX_NO_USER_SPACE:
+                        raise
                     times[name] = "no guest user space on this host's KVM (exit 69 at Run /init)"
                     continue
                 times.setdefault(name, []).append(wall)  # type: ignore[union-attr]

@@ -26,7 +26,7 @@ from .ioemul import PvIoPorts
 from .ptwr import PageTableWrites
 from .pvclock import PvClock, PvTimer
 from .pvcpu import (IF as RFLAGS_IF, IOPL as IOPL_BITS, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE,
-                    DomainCrash, PvVcpu, Trap, ring3_segment)
+                    DomainCrash, PvVcpu, Trap, canonical, ring3_segment)
 from .vcpu_context import (VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_IN_KERNEL, VGCF_SYSCALL_DISABLES_EVENTS,
                            VcpuGuestContext)
 
@@ -43,9 +43,6 @@ VIRQ_TIMER = 0
 # Xen's flat ring-3 selectors (always in the GDT's reserved pages): no descriptor to check.
 _FLAT = {x.FLAT_RING3_CS64 & ~3, x.FLAT_RING3_SS64 & ~3, x.FLAT_RING3_CS32 & ~3, x.FLAT_RING3_DS32 & ~3}
 
-
-def _canonical(address: int) -> bool:
-    return address < 1 << 47 or address >= 0xFFFF800000000000
 SHUTDOWN_REASONS = {x.SHUTDOWN_POWEROFF: "poweroff", x.SHUTDOWN_REBOOT: "reboot", x.SHUTDOWN_SUSPEND: "suspend",
                     x.SHUTDOWN_CRASH: "crash", x.SHUTDOWN_WATCHDOG: "watchdog",
                     x.SHUTDOWN_SOFT_RESET: "soft_reset"}
@@ -235,7 +232,7 @@ class PvDomain:
         addresses = [regs.rip, ctx.event_callback_eip, ctx.failsafe_callback_eip, ctx.syscall_callback_eip,
                      ctx.ldt_base, ctx.fs_base, ctx.gs_base_kernel, ctx.gs_base_user]
         addresses += [t.address for t in ctx.trap_ctxt]
-        if not all(_canonical(a) for a in addresses) or ctx.ldt_ents > 8192 or ctx.ldt_base & 0xFFF \
+        if not all(canonical(a) for a in addresses) or ctx.ldt_ents > 8192 or ctx.ldt_base & 0xFFF \
                 or ctx.gdt_ents > x.FIRST_RESERVED_GDT_ENTRY:
             return -x.EINVAL
         kernel_l4, user_l4 = ctx.ctrlreg[3] >> 12, ctx.ctrlreg[1] >> 12

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .pvcpu import MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE
+from .pvcpu import MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, canonical
 from .vmce import Vmce
 
 if TYPE_CHECKING:
@@ -37,11 +37,6 @@ CR4_GUEST_CONTROLLED = CR4_TSD | CR4_DE
 CR4_XEN_VISIBLE = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-CANONICAL_LOW, CANONICAL_HIGH = 1 << 47, 0xFFFF800000000000
-
-
-def _canonical(value: int) -> bool:
-    return value < CANONICAL_LOW or value >= CANONICAL_HIGH
 
 
 def emulate(domain: "PvDomain", vcpu: "PvVcpu", engine, regs: "Regs", code: bytes) -> bool:
@@ -138,7 +133,7 @@ def _wrmsr(vcpu: "PvVcpu", engine, regs: "Regs") -> bool:
     index = regs.rcx & 0xFFFFFFFF
     value = (regs.rdx & 0xFFFFFFFF) << 32 | (regs.rax & 0xFFFFFFFF)
     if index in (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE):
-        if not _canonical(value):
+        if not canonical(value):
             return False
         engine.set_msrs({index: value})
         return True

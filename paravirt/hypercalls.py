@@ -19,7 +19,8 @@ from hvm.paging import PageFault
 from . import abi as x
 from .hvarea import GRANT_FRAMES, M2P_ALIAS_VIRT_START
 from .vcpu_context import SIZE as VCPU_CONTEXT_SIZE
-from .pvcpu import PENDING_SEL, UPCALL_PENDING, DomainCrash, Trap
+from .pvcpu import (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, PENDING_SEL, UPCALL_PENDING, DomainCrash, Trap,
+                    canonical)
 
 if TYPE_CHECKING:
     from .domain import PvDomain
@@ -135,9 +136,8 @@ def callback_op(c: Call, cmd: int, arg: int, *_) -> int:
 
 @hypercall("set_segment_base")
 def set_segment_base(c: Call, which: int, base: int, *_) -> int:
-    from .pvcpu import MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE
-    if base >= 1 << 47 and base < 0xFFFF800000000000:
-        return -x.EINVAL                             # non-canonical
+    if not canonical(base):
+        return -x.EINVAL
     if which == x.SEGBASE_FS:
         c.engine.set_msrs({MSR_FS_BASE: base})
     elif which == x.SEGBASE_GS_KERNEL:
@@ -156,7 +156,6 @@ def _load_user_gs(c: Call, selector: int) -> None:
     GDT or LDT and the user's GS base becomes its descriptor's base, the kernel's base staying
     active. A selector that does not load leaves GS NUL: Xen never fails this call (Linux
     BUG()s if it does)."""
-    from .pvcpu import MSR_GS_BASE, MSR_KERNEL_GS_BASE
     selector = selector | 3 if selector > 3 else 0
     sregs = c.sregs
     try:

@@ -81,12 +81,12 @@ class PageTableWrites:
         if result is None:
             return False
         after, out = result
-        changed = [i for i, (a, b) in enumerate(zip(_ENTRIES.unpack(before), _ENTRIES.unpack(after))) if a != b]
+        changed = [(i, old, new) for i, (old, new) in enumerate(zip(_ENTRIES.unpack(before), _ENTRIES.unpack(after)))
+                   if old != new]
         if len(changed) > 1:
             return False                        # one naturally aligned entry per store, as Xen
         if changed:
-            index = changed[0]
-            old, new = _ENTRIES.unpack(before)[index], _ENTRIES.unpack(after)[index]
+            index, old, new = changed[0]
             if mm.write_l1_entry(table, index, old, new):
                 return False
             domain.flush_tlb(engine)

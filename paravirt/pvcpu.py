@@ -40,6 +40,11 @@ class DomainCrash(Exception):
     """The guest did what Xen answers with domain_crash(); the message says what."""
 
 
+def canonical(address: int) -> bool:
+    """A 48-bit canonical address (bits 63-47 all equal): what a base, RIP or callback may be."""
+    return address < 1 << 47 or address >= 0xFFFF800000000000
+
+
 def ring3_segment(selector: int, code: bool) -> Segment:
     """A flat ring-3 segment cache: 64-bit code, or data (Xen's FLAT_RING3_* descriptors)."""
     if code:
