@@ -51,7 +51,10 @@ done:   out %al, $0xf4
         hlt
         jmp 1b
 
-puts:   lodsb
+/* With interrupts off: SeaBIOS copies the screen to COM1 from its timer interrupt, which
+   would otherwise cut into this line. */
+puts:   cli
+4:      lodsb
         test %al, %al
         jz 3f
         mov %al, %bl
@@ -62,7 +65,7 @@ puts:   lodsb
         mov $0x3f8, %dx
         mov %bl, %al
         out %al, %dx
-        jmp puts
+        jmp 4b
 3:      ret
 
 drive:  .byte 0
