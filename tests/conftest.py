@@ -45,6 +45,7 @@ RECIPES = {
     "testdev32": GuestRecipe("testdev32.S", 32),
     "iopl64": GuestRecipe("iopl64.S", 64, 0x100000),
     "disk16": GuestRecipe("disk16.S", 16, 0x7C00),
+    "rom16": GuestRecipe("rom16.S", 16, 0x7C00),
     "pv64": GuestRecipe("pv64.S", 64),
     "pvfuzz64": GuestRecipe("pvfuzz64.S", 64),
     "pvecho64": GuestRecipe("pvecho64.S", 64),

@@ -156,6 +156,20 @@ def test_a_read_only_disk_refuses_the_write(bios, guests, tmp_path):
     assert image.read_bytes()[1024:1536] == bytes(512)
 
 
+@pytest.mark.parametrize("accel", ["unicorn", "kvm"])
+def test_stores_into_shadowed_bios_and_vga_rom_are_dropped(bios, guests, accel, tmp_path):
+    """After POST SeaBIOS write-protects its shadow copy and the VGA BIOS through the PAM
+    registers: a boot sector's stores there leave the bytes as they were (i440FX datasheet,
+    PAM "read only" segments), while its store into RAM lands. QEMU 7.2 (TCG, same firmware
+    and disk) prints the same line."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(guests("rom16").read_bytes() + bytes((1 << 20) - 512))
+    r = hvmrun("-M", "pc", "--bios", str(bios), "--accel", accel, "--disk", str(image), "--boot", "c",
+               "--timeout", "120", timeout=180)
+    assert r.returncode == 3 and b"rom16: ROM kept its bytes, RAM took the store" in r.stdout, \
+        (r.returncode, r.stdout[-300:], r.stderr)
+
+
 def shows(machine, text, timeout=120.0):
     """Wait until ``text`` is on the machine's screen."""
     deadline = time.monotonic() + timeout
