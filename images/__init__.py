@@ -79,9 +79,9 @@ def locked(directory: Path) -> Iterator[None]:
 def recipes() -> dict[str, Recipe]:
     """Every known recipe by name."""
     # Imported here so that ``import images`` stays cheap and free of import cycles.
-    from . import deb_images, grub, linux, linux_iso, seabios, xen
+    from . import deb_images, grub, linux, linux_iso, seabios, unicorn, xen
 
-    return {r.name: r for r in (grub.RECIPE, linux.RECIPE, linux_iso.RECIPE, seabios.RECIPE, xen.RECIPE,
+    return {r.name: r for r in (grub.RECIPE, linux.RECIPE, linux_iso.RECIPE, seabios.RECIPE, unicorn.RECIPE, xen.RECIPE,
                                 *deb_images.RECIPES)}
 
 

@@ -38,7 +38,7 @@ from ..memory import GuestMemory, GuestMemoryError
 from ..physmap import PhysMap
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
-from . import uc_context, uc_cpuid
+from . import uc_context, uc_cpuid, uc_lib
 from .uc_core import CPU_MODEL, UnicornCore
 from .uc_slicer import Slicer
 from .events import (
@@ -515,6 +515,7 @@ class UnicornEngine(Engine):
                  f"(guest code and the device hooks it calls), {self.syscalls} SYSCALLs, "
                  f"{self.sysenters} SYSENTERs"]
         if self.index == 0:
+            lines.append(f"unicorn: {uc_lib.describe()}")
             lines.append(f"unicorn: {core.window_stops} slices ended by the guest setting IF for a "
                          f"waiting interrupt")
             if len(core.engines) > 1:

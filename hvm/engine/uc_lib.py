@@ -1,0 +1,132 @@
+"""Which libunicorn the software engine runs on: PyPI's, or the same release rebuilt by the
+``unicorn`` image recipe (``python3 -m images unicorn``) with hvm's store-path change below.
+
+Why a rebuilt library: unicorn 2.1.4 keeps every executable RAM page on QEMU's slow store path
+for good. QEMU marks a page "notdirty" only while translated code is recorded for it (its
+DIRTY_MEMORY_CODE bitmap) and lets stores go straight to memory otherwise; unicorn has no such
+bitmap (``cpu_physical_memory_is_clean`` is always true), so ``notdirty_write`` declines to clear
+the mark on any page the TLB entry can execute (``addr_code != -1``), which without NX is every
+page. Measured on this project's machine: a guest store costs ~60 ns with PyPI's library and
+~5 ns with the rebuilt one; loads ~5-10 ns either way. Firmware, boot loaders and the kernel's
+own decompressor (no NX in their page tables) spend most of their time in stores.
+
+The change, in QEMU's terms: ``notdirty_write`` clears the mark once no translated code is
+recorded for the page (``tb_page_has_code``, a lookup of the page descriptor unicorn keeps), and
+``tlb_protect_code``, called when a page gets its first translated block, puts the mark back on
+every TLB entry that stores into the page, by host address as QEMU's ``tlb_reset_dirty_range_all``
+does, so a later store into new code still invalidates it (self-modifying code stays exact).
+
+The rebuilt library is used when it was built for the installed unicorn release and this patch
+text; otherwise PyPI's is, with the same behaviour and slower stores. It has to be chosen before
+the first ``import unicorn`` in the process (the binding loads its library then), which
+``hvm.engine`` does on import through ``LIBUNICORN_PATH``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from ..cache import cache_root
+
+RELEASE = "2.1.4"    # the release the edits below are written against (setup.py pins it)
+
+# (file under the source tree's qemu/, text that must occur exactly once, replacement)
+EDITS: tuple[tuple[str, str, str], ...] = (
+    ("accel/tcg/translate-all.h",
+     "void tb_check_watchpoint(CPUState *cpu, uintptr_t retaddr);\n",
+     "void tb_check_watchpoint(CPUState *cpu, uintptr_t retaddr);\n"
+     "bool tb_page_has_code(struct uc_struct *uc, tb_page_addr_t addr);\n"),
+    ("accel/tcg/translate-all.c",
+     "static void page_lock_pair(struct uc_struct *uc, PageDesc **ret_p1, tb_page_addr_t phys1,\n"
+     "                           PageDesc **ret_p2, tb_page_addr_t phys2, int alloc);\n",
+     "static void page_lock_pair(struct uc_struct *uc, PageDesc **ret_p1, tb_page_addr_t phys1,\n"
+     "                           PageDesc **ret_p2, tb_page_addr_t phys2, int alloc);\n"
+     "\n"
+     "/* hvm: whether translated code is recorded for the page holding ram_addr `addr`; it stands\n"
+     "   in for the DIRTY_MEMORY_CODE bitmap QEMU keeps and unicorn does not. */\n"
+     "bool tb_page_has_code(struct uc_struct *uc, tb_page_addr_t addr)\n"
+     "{\n"
+     "    PageDesc *p = page_find(uc, addr >> TARGET_PAGE_BITS);\n"
+     "\n"
+     "    return p != NULL && p->first_tb != (uintptr_t)NULL;\n"
+     "}\n"),
+    ("accel/tcg/cputlb.c",
+     "void tlb_protect_code(struct uc_struct *uc, ram_addr_t ram_addr)\n"
+     "{\n"
+     "    cpu_physical_memory_test_and_clear_dirty(ram_addr, TARGET_PAGE_SIZE,\n"
+     "                                             DIRTY_MEMORY_CODE);\n"
+     "}",
+     "void tlb_protect_code(struct uc_struct *uc, ram_addr_t ram_addr)\n"
+     "{\n"
+     "    /* hvm: code is now translated from this page: every TLB entry that stores into it,\n"
+     "       under whatever virtual address, goes back on the notdirty path (found by host\n"
+     "       address; unicorn's tb_gen_code reaches only the virtual page it translated). */\n"
+     "    uintptr_t host = (uintptr_t)qemu_map_ram_ptr(uc, NULL, ram_addr & TARGET_PAGE_MASK);\n"
+     "\n"
+     "    if (uc->cpu) {\n"
+     "        tlb_reset_dirty(uc->cpu, host, TARGET_PAGE_SIZE);\n"
+     "    }\n"
+     "}"),
+    ("accel/tcg/cputlb.c",
+     "    if (!(!mr || (tlbe->addr_write != -1 && mr->priority < cpu->uc->snapshot_level)) &&\n"
+     "            !(tlbe->addr_code != -1) &&\n",
+     "    // hvm: an executable page leaves this path once no translated code is recorded for it;\n"
+     "    // tlb_protect_code puts it back when some is.\n"
+     "    if (!(!mr || (tlbe->addr_write != -1 && mr->priority < cpu->uc->snapshot_level)) &&\n"
+     "            !tb_page_has_code(cpu->uc, ram_addr & TARGET_PAGE_MASK) &&\n"),
+)
+
+PATCH_ID = hashlib.sha256(repr(EDITS).encode()).hexdigest()[:16]
+LIBRARY = "libunicorn.so.2"
+
+
+def lib_dir(cache: Path | None = None) -> Path:
+    """Where the ``unicorn`` recipe puts the rebuilt library."""
+    return cache_root(cache) / "unicorn" / "lib"
+
+
+def stamp(release: str) -> str:
+    """What the recipe writes next to a library built from ``release`` with these edits."""
+    return f"unicorn {release} hvm-store-path {PATCH_ID}"
+
+
+def installed_release() -> str | None:
+    try:
+        return metadata.version("unicorn")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def patched_dir(cache: Path | None = None) -> Path | None:
+    """The rebuilt library's directory if it matches the installed unicorn and these edits."""
+    release, directory = installed_release(), lib_dir(cache)
+    try:
+        ok = release is not None and (directory / "stamp").read_text().strip() == stamp(release)
+    except OSError:
+        return None
+    return directory if ok and (directory / LIBRARY).is_file() else None
+
+
+def choose() -> None:
+    """Point the unicorn binding at the rebuilt library when it fits (see the module text);
+    a ``LIBUNICORN_PATH`` the user set, or unicorn already imported, is left alone."""
+    if "unicorn" in sys.modules or "LIBUNICORN_PATH" in os.environ or os.environ.get("HVM_STOCK_UNICORN"):
+        return
+    directory = patched_dir()
+    if directory is not None:
+        os.environ["LIBUNICORN_PATH"] = str(directory)
+
+
+def describe() -> str:
+    """Which library the loaded binding uses, for ``--stats``."""
+    directory = patched_dir()
+    chosen = os.environ.get("LIBUNICORN_PATH")
+    if directory is not None and chosen == str(directory):
+        return f"libunicorn {installed_release()} rebuilt with hvm's store-path change ({directory})"
+    if chosen:
+        return f"libunicorn from LIBUNICORN_PATH={chosen}"
+    return (f"libunicorn {installed_release()} from PyPI (stores ~10x slower: "
+            f"`python3 -m images unicorn` builds the faster one)")
