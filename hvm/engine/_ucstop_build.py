@@ -13,7 +13,10 @@ EFLAGS.IF, ``window`` asks it to stop at the first block entered with IF set. ST
 end a translation block, so that is the block right after IF changed (KVM's "interrupt window"
 exit, which hardware gives KVM and unicorn has no hook for). After STI the next block holds the
 one instruction in its interrupt shadow (QEMU translates it alone); ``window_skip`` lets that
-block run before the window counts. ``any_block`` stops at the next block whatever IF says: an
+block run before the window counts. IF is read where the CPU stores it when hvm's rebuilt library
+says where (``uc_lib.EFLAGS_EXPORT``): ``uc_reg_read`` computes the arithmetic flags first, which
+made each block ~12 ns dearer while an interrupt waited (GRUB and the kernel's decompressor run
+with interrupts off and the BIOS's timer ticking, for tens of seconds). ``any_block`` stops at the next block whatever IF says: an
 NMI waiting for the IRET that ends its predecessor's handler (IRET ends a block) is let in there.
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ ffibuilder.cdef("""
 typedef struct {
     int wanted; void *stop; unsigned long long stops;
     int window; int eflags_id; void *reg_read; unsigned long long window_stops;
-    int window_skip; int any_block;
+    int window_skip; int any_block; void *eflags;
 } hvm_stop_t;
 void *hvm_block_hook_address(void);
 """)
@@ -42,6 +45,7 @@ typedef struct {
     unsigned long long window_stops;
     int window_skip;          /* block entries to let pass before watching for the window */
     int any_block;            /* the window is any block entry, IF or not */
+    void *eflags;             /* where the CPU stores EFLAGS, if the library says (uc_lib) */
 } hvm_stop_t;
 
 /* uc_cb_hookcode_t: (uc_engine *uc, uint64_t address, uint32_t size, void *user_data) */
@@ -58,7 +62,10 @@ static void hvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user
         s->window_skip--;
     } else if (s->window) {
         uint64_t flags = 0;
-        ((int (*)(void *, int, void *))s->reg_read)(uc, s->eflags_id, &flags);
+        if (s->eflags)
+            flags = *(volatile uint64_t *)s->eflags;
+        else
+            ((int (*)(void *, int, void *))s->reg_read)(uc, s->eflags_id, &flags);
         if (s->any_block || (flags & 0x200)) {
             s->window = 0;
             s->window_stops++;

@@ -31,7 +31,7 @@ from ..errors import HostError
 from ..memory import GuestMemory
 from ..physmap import PhysMap, Window
 from ..threads import Failure
-from . import uc_context
+from . import uc_context, uc_lib
 from .uc_slicer import Slicer
 
 if TYPE_CHECKING:
@@ -62,6 +62,10 @@ def _stop_hook(uc):
     state.stop = ffi.cast("void *", ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
     state.reg_read = ffi.cast("void *", ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value)
     state.eflags_id = x86_const.UC_X86_REG_EFLAGS
+    where = getattr(uclib, uc_lib.EFLAGS_EXPORT, None)
+    if where is not None:
+        where.restype, where.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+        state.eflags = ffi.cast("void *", where(uc._uch))
     handle = ctypes.c_size_t()
     status = uclib.uc_hook_add(
         uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
