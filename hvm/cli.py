@@ -70,11 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xen", choices=["pv"],
                    help="pv: --kernel is a Xen PV kernel (an ELF with Xen notes), run deprivileged with hvm "
                         "as its hypervisor: hypercalls, direct paging, the PV console on COM1 (-M xenpv)")
-    p.add_argument("--cdrom", metavar="ISO",
+    p.add_argument("--cdrom", metavar="ISO[,bootindex=N]",
                    help="-M pc: a CD-ROM image on the IDE secondary master, as QEMU's -cdrom")
-    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro]",
+    p.add_argument("--disk", action="append", default=[], metavar="PATH[,ro][,bootindex=N]",
                    help="-M pc: a raw disk image on IDE (repeatable: primary master, primary slave, then "
-                        "the secondary channel); ro opens it read-only")
+                        "the secondary channel); ro opens it read-only. bootindex=N, as QEMU's device "
+                        "property, puts the drive in the firmware's boot order before --boot's "
+                        "(lowest first)")
     p.add_argument("--boot", default="cad", metavar="ORDER",
                    help="-M pc: boot order by drive letter as QEMU's -boot: c hard disk, d CD-ROM, a floppy, "
                         "n network (default cad)")

@@ -103,20 +103,38 @@ def parse_device(spec: str) -> str:
                       f"{', '.join(ALWAYS_PRESENT)} is always present)")
 
 
+_DRIVE_OPTION = re.compile(r"ro|rw|bootindex=\d+")
+
+
 @dataclass
 class DiskSpec:
-    """A disk image for the IDE controller: ``PATH[,ro]`` as given to ``--disk``."""
+    """A drive image for the IDE controller: ``PATH[,ro][,bootindex=N]`` as given to ``--disk``
+    (``--cdrom`` takes ``PATH[,bootindex=N]``). ``bootindex`` is QEMU's device property: drives
+    that have one are tried first, lowest first, before the ``--boot`` order."""
 
     path: str
     readonly: bool = False
+    bootindex: int | None = None
 
     @classmethod
-    def parse(cls, spec: str) -> "DiskSpec":
-        """``PATH`` or ``PATH,ro`` (``,rw`` is the default, accepted too)."""
-        path, _, flags = spec.rpartition(",") if spec.endswith((",ro", ",rw")) else (spec, "", "")
+    def parse(cls, spec: str, option: str = "--disk") -> "DiskSpec":
+        """Options are taken off the end while they are options (``,rw`` is the default, accepted
+        too), so a file name may hold commas."""
+        parts, flags = spec.split(","), []
+        while len(parts) > 1 and _DRIVE_OPTION.fullmatch(parts[-1]):
+            flags.insert(0, parts.pop())
+        path = ",".join(parts)
         if not path:
-            raise ConfigError(f"--disk {spec!r}: missing file name")
-        return cls(path, readonly=flags == "ro")
+            raise ConfigError(f"{option} {spec!r}: missing file name")
+        disk = cls(path)
+        for flag in flags:
+            if flag.startswith("bootindex="):
+                disk.bootindex = int(flag.partition("=")[2])
+            elif option == "--cdrom":
+                raise ConfigError(f"--cdrom {spec!r}: a CD-ROM is read-only; only bootindex=N is an option")
+            else:
+                disk.readonly = flag == "ro"
+        return disk
 
 
 # -boot's drive letters, as QEMU and the PC BIOS CMOS boot flags know them.
@@ -158,7 +176,7 @@ class MachineConfig:
     display: str = "none"
     # The pc board's IDE drives: a CD-ROM image (secondary master, as QEMU's -cdrom) and disks
     # (primary master, primary slave, then the secondary channel's free places).
-    cdrom: str | None = None
+    cdrom: str | DiskSpec | None = None
     disks: list[DiskSpec] = field(default_factory=list)
     # Boot order by drive letter (QEMU's -boot): "cad" (hard disk, floppy, CD) is QEMU's default.
     boot: str = "cad"
@@ -228,6 +246,11 @@ class MachineConfig:
         if self.display == "text" and (self.machine != "pc" or self.vga == "none"):
             raise ConfigError("--display text needs a screen: -M pc with --vga std")
         self.disks = [DiskSpec.parse(d) if isinstance(d, str) else d for d in self.disks]
+        if isinstance(self.cdrom, str):
+            self.cdrom = DiskSpec.parse(self.cdrom, "--cdrom")
+        indexes = [d.bootindex for d in [*self.disks, self.cdrom] if d is not None and d.bootindex is not None]
+        if len(set(indexes)) != len(indexes):
+            raise ConfigError(f"bootindex {next(i for i in indexes if indexes.count(i) > 1)} is given to two drives")
         self.boot = parse_boot(self.boot)
         if self.machine == "pc":
             if self.kernel is not None:
@@ -235,7 +258,7 @@ class MachineConfig:
             if len(self.disks) + (self.cdrom is not None) > IDE_DRIVES:
                 raise ConfigError(f"the IDE controller has {IDE_DRIVES} places: --cdrom and --disk "
                                   f"take one each")
-            for path in [*(d.path for d in self.disks), *([self.cdrom] if self.cdrom else [])]:
+            for path in [*(d.path for d in self.disks), *([self.cdrom.path] if self.cdrom else [])]:
                 if not os.path.exists(path):
                     raise MissingFileError(path)
         elif self.kernel is None:

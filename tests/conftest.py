@@ -47,6 +47,7 @@ RECIPES = {
     "disk16": GuestRecipe("disk16.S", 16, 0x7C00),
     "rom16": GuestRecipe("rom16.S", 16, 0x7C00),
     "smc64": GuestRecipe("smc64.S", 64, 0x100000),
+    "name16": GuestRecipe("name16.S", 16, 0x7C00),
     "pv64": GuestRecipe("pv64.S", 64),
     "pvfuzz64": GuestRecipe("pvfuzz64.S", 64),
     "pvecho64": GuestRecipe("pvecho64.S", 64),

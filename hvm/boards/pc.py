@@ -45,6 +45,12 @@ BIOS_NAME = "bios-256k.bin"
 VGA_BIOS_NAME = "vgabios-stdvga.bin"
 VGA_SLOT = devfn(2)
 IDE_SLOT = devfn(1, 1)
+
+
+def ide_boot_path(place: int) -> str:
+    """The firmware path of IDE place 0-3 (primary master, slave, secondary master, slave) as
+    QEMU writes it in "bootorder" and SeaBIOS matches it (``/pci@i0cf8/*@1,1/drive@CH/disk@UNIT``)."""
+    return f"/pci@i0cf8/ide@1,1/drive@{place // 2:x}/disk@{place % 2:x}"
 BOOT_CODES = {"a": 1, "c": 2, "d": 3, "n": 4}
 CMOS_BOOT_FLAG1, CMOS_BOOT_FLAG2 = 0x38, 0x3D
 SEABIOS_LOG_PORT = 0x402   # where SeaBIOS built for QEMU writes its debug log
@@ -90,6 +96,7 @@ class PcBoard(Board):
         self.bios_path: str | None = None
         self.vga: Vga | None = None
         self.ide: PiixIde | None = None
+        self.boot_devices: list[tuple[int, str]] = []   # (bootindex, firmware path)
         self.isa: Piix3Isa | None = None
         self.pm: Piix4Pm | None = None
 
@@ -132,22 +139,26 @@ class PcBoard(Board):
         machine.add_port_device(DMA_PORT, DMA_LENGTH, fw_cfg.dma, "fw_cfg")
         self._describe(machine, fw_cfg)
 
-    @staticmethod
-    def _ide(machine: "Machine") -> PiixIde:
+    def _ide(self, machine: "Machine") -> PiixIde:
         """The PIIX3 IDE function with the user's drives where QEMU puts them: --cdrom on the
         secondary master, disks on the primary master and slave, then the secondary's free places."""
         cfg = machine.config
         places: list = [None, None, None, None]       # primary master/slave, secondary master/slave
+        specs: list = [None, None, None, None]
         if cfg.cdrom is not None:
-            image = DiskImage.open(cfg.cdrom, readonly=True)
-            problem = check_cd_image(cfg.cdrom, image.read(0, DESCRIPTORS_AT + SECTOR), image.size)
+            path = cfg.cdrom.path
+            image = DiskImage.open(path, readonly=True)
+            problem = check_cd_image(path, image.read(0, DESCRIPTORS_AT + SECTOR), image.size)
             if problem is not None:
                 image.close()
-                raise ImageError(cfg.cdrom, problem)
-            places[2] = AtapiCdrom(image)
+                raise ImageError(path, problem)
+            places[2], specs[2] = AtapiCdrom(image), cfg.cdrom
         free = [i for i in (0, 1, 3, 2) if places[i] is None]
         for disk, index in zip(cfg.disks, free):
             places[index] = AtaDisk(DiskImage.open(disk.path, readonly=disk.readonly))
+            specs[index] = disk
+        self.boot_devices = sorted((spec.bootindex, ide_boot_path(index)) for index, spec in enumerate(specs)
+                                   if spec is not None and spec.bootindex is not None)
         ide = PiixIde(machine.memory, machine.irq(14), machine.irq(15), primary=(places[0], places[1]),
                       secondary=(places[2], places[3]))
         ide.attach(machine.add_port_device)
@@ -183,6 +194,10 @@ class PcBoard(Board):
         add_machine_items(machine, fw_cfg, ((r.gpa, r.size, E820_RAM) for r in machine.memory.regions))
         # No reboot when nothing boots: "No bootable device." and wait (QEMU's default).
         fw_cfg.add_file("etc/boot-fail-wait", struct.pack("<I", 0xFFFFFFFF))
+        if self.boot_devices:
+            # QEMU's "bootorder": the bootindex'd devices' firmware paths, lowest index first, one
+            # a line, NUL-terminated; SeaBIOS tries them before its CMOS-flag defaults (boot.c).
+            fw_cfg.add_file("bootorder", "\n".join(path for _, path in self.boot_devices).encode() + b"\0")
         # SMBIOS as QEMU hands it to SeaBIOS, which adds its own type 0 and places the tables. The
         # vCPUs are one socket's cores, as hvm's CPUID leaf 1 (one package) and QEMU's -smp N say.
         cpus = machine.config.cpus

@@ -170,6 +170,41 @@ def test_stores_into_shadowed_bios_and_vga_rom_are_dropped(bios, guests, accel, 
         (r.returncode, r.stdout[-300:], r.stderr)
 
 
+def _named_disk(guests, tmp_path, name: str):
+    sector = bytearray(guests("name16").read_bytes()[:512])
+    sector[0x180:0x180 + len(name)] = name.encode()
+    path = tmp_path / f"{name}.img"
+    path.write_bytes(bytes(sector) + bytes((1 << 20) - 512))
+    return path
+
+
+def test_bootindex_chooses_the_disk_the_firmware_boots(bios, guests, tmp_path):
+    """Two bootable disks: SeaBIOS boots the primary master for --boot c, and the primary slave
+    once bootindex=0 puts it in fw_cfg's "bootorder", as QEMU does with the same property."""
+    first, second = _named_disk(guests, tmp_path, "first"), _named_disk(guests, tmp_path, "second")
+
+    def boot(*disks):
+        return hvmrun("-M", "pc", "--bios", str(bios), "--accel", "unicorn", *[a for d in disks for a in ("--disk", d)],
+                      "--boot", "c", "--timeout", "60", timeout=120)
+
+    r = boot(str(first), str(second))
+    assert r.returncode == 3 and b"booted: first\r\n" in r.stdout, (r.stdout[-300:], r.stderr)
+    r = boot(str(first), f"{second},bootindex=0")
+    assert r.returncode == 3 and b"booted: second\r\n" in r.stdout, (r.stdout[-300:], r.stderr)
+
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        unavailable("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    drives = []
+    for unit, (path, extra) in enumerate(((first, ""), (second, ",bootindex=0"))):
+        drives += ["-drive", f"file={path},format=raw,if=none,id=d{unit}",
+                   "-device", f"ide-hd,drive=d{unit},bus=ide.0,unit={unit}{extra}"]
+    q = subprocess.run([qemu, "-accel", "tcg", "-machine", "pc", "-m", "256", "-display", "none", "-bios", str(bios),
+                        "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", *drives],
+                       capture_output=True, timeout=120)
+    assert q.returncode == 3 and b"booted: second\r\n" in q.stdout, (q.stdout[-300:], q.stderr)
+
+
 def shows(machine, text, timeout=120.0):
     """Wait until ``text`` is on the machine's screen."""
     deadline = time.monotonic() + timeout
