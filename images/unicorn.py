@@ -87,10 +87,10 @@ def _build_tools(workdir: Path) -> tuple[str, str | None]:
     return str(cmake), str(ninja) if ninja.is_file() else None
 
 
-def patch(qemu: Path) -> None:
-    """Apply hvm's edits to an unpacked unicorn source tree's ``qemu/`` directory."""
+def patch(tree: Path) -> None:
+    """Apply hvm's edits to an unpacked unicorn source tree (the archive's ``src/``)."""
     for name, old, new in uc_lib.EDITS:
-        path = qemu / name
+        path = tree / name
         text = path.read_text()
         if text.count(old) != 1:
             raise VerificationError(f"{path}: the text hvm's change replaces is not there once "
@@ -117,7 +117,7 @@ def build(cache: Path | None = None) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(src, filter="data")
         tree = src / f"unicorn-{release}" / "src"
-        patch(tree / "qemu")
+        patch(tree)
         log = workdir / "build.log"
         log.write_text("")
         generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []

@@ -18,6 +18,7 @@ instructions stay atomic and devices see one vCPU at a time.
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 import threading
 from collections import deque
@@ -74,6 +75,28 @@ def _stop_hook(uc):
     if status != unicorn.UC_ERR_OK:
         raise HostError(f"unicorn refused hvm's block hook: {unicorn.UcError(status)}")
     return state
+
+
+# Exceptions the CPU delivers itself once hvm's rebuilt library offers it (uc_lib.NATIVE_EXPORT):
+# all but #UD (unicorn stops on it before delivery: hvm's invalid-opcode path) and #DF (a #DF
+# whose own delivery fails ends the run as a shutdown, which hvm's delivery reports), and NMI,
+# which only hvm injects. A #PF at CPL3 without the U bit (a supervisor-mode access of a far
+# return's or IRET's frame) still comes to hvm, whose SMAP handling it needs (unicorn.py).
+NATIVE_VECTORS = 0xFFFFFFFF & ~(1 << 2 | 1 << 6 | 1 << 8)
+
+
+def _native_events(uc):
+    """The library's switch for events the CPU delivers itself, as a callable
+    ``(vectors, software) -> counts`` (a per-vector array of those it delivered), or None."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    switch = getattr(uclib, uc_lib.NATIVE_EXPORT, None)
+    if switch is None or os.environ.get("HVM_UNICORN_PY_EVENTS"):
+        return None
+    switch.restype = ctypes.POINTER(ctypes.c_uint64)
+    switch.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_int]
+    handle = uc._uch
+    return lambda vectors, software: switch(handle, vectors, software, 1)
 
 
 class _Registers:
@@ -357,6 +380,8 @@ class UnicornCore:
         self.physmap = physmap if physmap is not None else PhysMap(memory)
         self._undo: list[tuple[int, bytes]] = []  # stores unicorn made into read-only windows
         self._guards: dict[tuple[int, int], int] = {}  # read-only window -> its write hook
+        self._native = None
+        self.native_counts = None  # what the CPU delivered itself, by vector (a ctypes array)
         self.on_failure = on_failure  # for the slicer thread: its death would leave slices unended
         self.uc = None
         self.current: UnicornEngine | None = None
@@ -405,6 +430,7 @@ class UnicornCore:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._sysenter, None, 1, 0, x86.UC_X86_INS_SYSENTER)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         self._stop = _stop_hook(uc)
+        self._native = _native_events(uc)
         try:
             self.fields = uc_context.ContextFields(uc, uc_context.layout())
         except uc_context.LayoutError as exc:
@@ -423,6 +449,13 @@ class UnicornCore:
         unicorn, _ = _uc()
         perms = unicorn.UC_PROT_READ | unicorn.UC_PROT_EXEC if window.readonly else unicorn.UC_PROT_ALL
         uc.mem_map_ptr(window.gpa, window.size, perms, window.host_addr)
+
+    def native_events(self, on: bool) -> None:
+        """Let the CPU deliver exceptions and software interrupts itself (QEMU's do_interrupt,
+        ~1 us) or hand them all to hvm (``UC_HOOK_INTR``, delivered in Python: ~250 us); a no-op
+        where the library has no such switch (PyPI's, or HVM_UNICORN_PY_EVENTS set)."""
+        if self._native is not None:
+            self.native_counts = self._native(NATIVE_VECTORS if on else 0, int(on))
 
     def _guard(self, uc, window: Window) -> None:
         """Hook stores into ``window`` if it is read-only, and there only: unicorn keeps every

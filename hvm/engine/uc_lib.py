@@ -23,23 +23,23 @@ the first ``import unicorn`` in the process (the binding loads its library then)
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
-from importlib import metadata
+import zlib
+from importlib.util import find_spec
 from pathlib import Path
 
 from ..cache import cache_root
 
 RELEASE = "2.1.4"    # the release the edits below are written against (setup.py pins it)
 
-# (file under the source tree's qemu/, text that must occur exactly once, replacement)
+# (file under the source tree (the archive's src/), text that must occur exactly once, replacement)
 EDITS: tuple[tuple[str, str, str], ...] = (
-    ("accel/tcg/translate-all.h",
+    ("qemu/accel/tcg/translate-all.h",
      "void tb_check_watchpoint(CPUState *cpu, uintptr_t retaddr);\n",
      "void tb_check_watchpoint(CPUState *cpu, uintptr_t retaddr);\n"
      "bool tb_page_has_code(struct uc_struct *uc, tb_page_addr_t addr);\n"),
-    ("accel/tcg/translate-all.c",
+    ("qemu/accel/tcg/translate-all.c",
      "static void page_lock_pair(struct uc_struct *uc, PageDesc **ret_p1, tb_page_addr_t phys1,\n"
      "                           PageDesc **ret_p2, tb_page_addr_t phys2, int alloc);\n",
      "static void page_lock_pair(struct uc_struct *uc, PageDesc **ret_p1, tb_page_addr_t phys1,\n"
@@ -53,7 +53,7 @@ EDITS: tuple[tuple[str, str, str], ...] = (
      "\n"
      "    return p != NULL && p->first_tb != (uintptr_t)NULL;\n"
      "}\n"),
-    ("accel/tcg/cputlb.c",
+    ("qemu/accel/tcg/cputlb.c",
      "void tlb_protect_code(struct uc_struct *uc, ram_addr_t ram_addr)\n"
      "{\n"
      "    cpu_physical_memory_test_and_clear_dirty(ram_addr, TARGET_PAGE_SIZE,\n"
@@ -70,7 +70,7 @@ EDITS: tuple[tuple[str, str, str], ...] = (
      "        tlb_reset_dirty(uc->cpu, host, TARGET_PAGE_SIZE);\n"
      "    }\n"
      "}"),
-    ("accel/tcg/cputlb.c",
+    ("qemu/accel/tcg/cputlb.c",
      "    if (!(!mr || (tlbe->addr_write != -1 && mr->priority < cpu->uc->snapshot_level)) &&\n"
      "            !(tlbe->addr_code != -1) &&\n",
      "    // hvm: an executable page leaves this path once no translated code is recorded for it;\n"
@@ -84,7 +84,7 @@ EDITS: tuple[tuple[str, str, str], ...] = (
 # flags (~12 ns a block; see _ucstop_build).
 EFLAGS_EXPORT = "hvm_uc_x86_eflags"
 EDITS += (
-    ("target/i386/unicorn.c",
+    ("qemu/target/i386/unicorn.c",
      "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n",
      "/* hvm: the address of EFLAGS as the CPU stores it (IF, TF, DF... exact; the arithmetic flags\n"
      "   are computed lazily and are not there). */\n"
@@ -97,7 +97,130 @@ EDITS += (
      "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n"),
 )
 
-PATCH_ID = hashlib.sha256(repr(EDITS).encode()).hexdigest()[:16]
+# Exceptions and software interrupts delivered by the CPU itself (QEMU's do_interrupt, as under
+# QEMU's TCG) instead of by hvm in Python through UC_HOOK_INTR: an `int $0x30` + `iretq` round
+# trip costs ~0.8 us so against ~250-470 us. hvm chooses the vectors (see uc_core.native_events).
+NATIVE_EXPORT = "hvm_uc_x86_native_events"
+EDITS += (
+    ("include/uc_priv.h",
+     "    int nested_level;                         // Current nested_level\n",
+     "    int nested_level;                         // Current nested_level\n"
+     "    // hvm: exceptions (bit per vector 0-31) and software interrupts (INT n, INT3, INTO) the\n"
+     "    // CPU delivers itself through its IDT/IVT instead of handing them to UC_HOOK_INTR; a #PF\n"
+     "    // at CPL3 without the U bit still goes to the hook when hvm_pf_user_to_hook is set.\n"
+     "    uint32_t hvm_native_vectors;\n"
+     "    int hvm_native_software;\n"
+     "    int hvm_pf_user_to_hook;\n"
+     "    uint64_t hvm_native_counts[256];\n"),
+    ("qemu/accel/tcg/cpu-exec.c",
+     "#if defined(TARGET_X86_64)\n"
+     "        CPUArchState *env = cpu->env_ptr;\n"
+     "        if (env->exception_is_int) {\n",
+     "#if defined(TARGET_X86_64)\n"
+     "        CPUArchState *env = cpu->env_ptr;\n"
+     "        /* hvm: what QEMU does with an exception (cc->do_interrupt: real, protected and long\n"
+     "           mode delivery, stack switches, nested faults promoted to #DF), for the events the\n"
+     "           embedder asked for. */\n"
+     "        if (uc->hvm_native_vectors || uc->hvm_native_software) {\n"
+     "            int vector = cpu->exception_index;\n"
+     "            bool native = env->exception_is_int ? uc->hvm_native_software\n"
+     "                          : vector < 32 && (uc->hvm_native_vectors >> vector) & 1;\n"
+     "            if (native && !env->exception_is_int && vector == EXCP0E_PAGE &&\n"
+     "                uc->hvm_pf_user_to_hook && (env->hflags & HF_CPL_MASK) == 3 &&\n"
+     "                !(env->error_code & PG_ERROR_U_MASK)) {\n"
+     "                native = false;\n"
+     "            }\n"
+     "            if (native) {\n"
+     "                uc->hvm_native_counts[vector & 0xff]++;\n"
+     "                CPU_GET_CLASS(cpu)->do_interrupt(cpu);\n"
+     "                cpu->exception_index = -1;\n"
+     "                *ret = EXCP_INTERRUPT;\n"
+     "                return false;\n"
+     "            }\n"
+     "        }\n"
+     "        if (env->exception_is_int) {\n"),
+    ("qemu/target/i386/unicorn.c",
+     "/* hvm: the address of EFLAGS",
+     "/* hvm: which events the CPU delivers itself (see uc_priv.h); returns the per-vector counts of\n"
+     "   those it delivered. */\n"
+     "DEFAULT_VISIBILITY\n"
+     "uint64_t *hvm_uc_x86_native_events(struct uc_struct *uc, uint32_t vectors, int software,\n"
+     "                                   int pf_user_to_hook)\n"
+     "{\n"
+     "    uc->hvm_native_vectors = vectors;\n"
+     "    uc->hvm_native_software = software;\n"
+     "    uc->hvm_pf_user_to_hook = pf_user_to_hook;\n"
+     "    return uc->hvm_native_counts;\n"
+     "}\n"
+     "\n"
+     "/* hvm: the address of EFLAGS"),
+)
+
+# QEMU 5's 64-bit delivery puts vector * 16 + 2 in the error code of the #GP/#NP a bad IDT entry
+# raises; the SDM (vol. 3A, 6.13) has the vector in the selector-index field: vector * 8 + 2,
+# as the legacy-mode path already does (kvm-unit-tests and events64 check it).
+EDITS += (
+    ("qemu/target/i386/seg_helper.c",
+     "    dt = &env->idt;\n"
+     "    if (intno * 16 + 15 > dt->limit) {\n"
+     "        raise_exception_err(env, EXCP0D_GPF, intno * 16 + 2);\n"
+     "    }\n"
+     "    ptr = dt->base + intno * 16;\n"
+     "    e1 = cpu_ldl_kernel(env, ptr);\n"
+     "    e2 = cpu_ldl_kernel(env, ptr + 4);\n"
+     "    e3 = cpu_ldl_kernel(env, ptr + 8);\n"
+     "    /* check gate type */\n"
+     "    type = (e2 >> DESC_TYPE_SHIFT) & 0x1f;\n"
+     "    switch (type) {\n"
+     "    case 14: /* 386 interrupt gate */\n"
+     "    case 15: /* 386 trap gate */\n"
+     "        break;\n"
+     "    default:\n"
+     "        raise_exception_err(env, EXCP0D_GPF, intno * 16 + 2);\n"
+     "        break;\n"
+     "    }\n"
+     "    dpl = (e2 >> DESC_DPL_SHIFT) & 3;\n"
+     "    cpl = env->hflags & HF_CPL_MASK;\n"
+     "    /* check privilege if software int */\n"
+     "    if (is_int && dpl < cpl) {\n"
+     "        raise_exception_err(env, EXCP0D_GPF, intno * 16 + 2);\n"
+     "    }\n"
+     "    /* check valid bit */\n"
+     "    if (!(e2 & DESC_P_MASK)) {\n"
+     "        raise_exception_err(env, EXCP0B_NOSEG, intno * 16 + 2);\n"
+     "    }\n",
+     "    dt = &env->idt;\n"
+     "    if (intno * 16 + 15 > dt->limit) {\n"
+     "        raise_exception_err(env, EXCP0D_GPF, intno * 8 + 2);\n"
+     "    }\n"
+     "    ptr = dt->base + intno * 16;\n"
+     "    e1 = cpu_ldl_kernel(env, ptr);\n"
+     "    e2 = cpu_ldl_kernel(env, ptr + 4);\n"
+     "    e3 = cpu_ldl_kernel(env, ptr + 8);\n"
+     "    /* check gate type */\n"
+     "    type = (e2 >> DESC_TYPE_SHIFT) & 0x1f;\n"
+     "    switch (type) {\n"
+     "    case 14: /* 386 interrupt gate */\n"
+     "    case 15: /* 386 trap gate */\n"
+     "        break;\n"
+     "    default:\n"
+     "        raise_exception_err(env, EXCP0D_GPF, intno * 8 + 2);\n"
+     "        break;\n"
+     "    }\n"
+     "    dpl = (e2 >> DESC_DPL_SHIFT) & 3;\n"
+     "    cpl = env->hflags & HF_CPL_MASK;\n"
+     "    /* check privilege if software int */\n"
+     "    if (is_int && dpl < cpl) {\n"
+     "        raise_exception_err(env, EXCP0D_GPF, intno * 8 + 2);\n"
+     "    }\n"
+     "    /* check valid bit */\n"
+     "    if (!(e2 & DESC_P_MASK)) {\n"
+     "        raise_exception_err(env, EXCP0B_NOSEG, intno * 8 + 2);\n"
+     "    }\n"),
+)
+
+# (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
+PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"
 
 
@@ -112,10 +235,14 @@ def stamp(release: str) -> str:
 
 
 def installed_release() -> str | None:
-    try:
-        return metadata.version("unicorn")
-    except metadata.PackageNotFoundError:
+    """The installed unicorn's version, from its dist-info directory: importing unicorn would load
+    its library, and importlib.metadata pulls email and socket into the VMM."""
+    spec = find_spec("unicorn")
+    if spec is None or spec.origin is None:
         return None
+    for info in Path(spec.origin).parent.parent.glob("unicorn-*.dist-info"):
+        return info.name[len("unicorn-"):-len(".dist-info")]
+    return None
 
 
 def patched_dir(cache: Path | None = None) -> Path | None:

@@ -293,6 +293,9 @@ class UnicornEngine(Engine):
         if self._event is not _IO_DENIED:   # the first refusal is the one that faults
             self._io_fault = (uc.reg_read(self._ip_id), [uc.reg_read(r) for r in self._io_regs])
             self._event = _IO_DENIED
+            # Until the stop lands, an exception raised further on must come to on_interrupt
+            # (which settles it) rather than be delivered: the #GP goes first.
+            self._core.native_events(False)
             uc.emu_stop()
         return True
 
@@ -325,6 +328,7 @@ class UnicornEngine(Engine):
         uc.reg_write(self._ip_id, rip)
         for reg, value in zip(self._io_regs, values):
             uc.reg_write(reg, value)
+        self._core.native_events(self.pv is None)
         return self._deliver(Event(13, 0))
 
     def on_syscall(self) -> None:
@@ -523,6 +527,10 @@ class UnicornEngine(Engine):
             if core.strings is not None and core.strings.runs:
                 lines.append(f"unicorn: {core.strings.runs} REP INS/OUTS runs served at once "
                              f"({core.strings.elements} elements)")
+        native = core.native_counts
+        if self.index == 0 and native is not None and any(native[v] for v in range(256)):
+            lines.append("exceptions and INT n delivered by unicorn's CPU itself, by vector:")
+            lines += [f"  {_vector_name(v):<18} {native[v]}" for v in range(256) if native[v]]
         for title, counts in (("exceptions delivered", self.exceptions_delivered),
                               ("interrupts delivered", self.interrupts_delivered)):
             if counts:
@@ -538,6 +546,9 @@ class UnicornEngine(Engine):
         core = self._core
         if core.uc is None:
             return EngineCrash("unicorn engine: no CPU state was set")
+        # The CPU delivers exceptions itself, except to a PV guest: hvm is its hypervisor and
+        # bounces them (the KVM fallback's stepper never gets here: its events go back to KVM).
+        core.native_events(self.pv is None)
         turns = core.turns
         while True:
             if self._kicked.is_set():

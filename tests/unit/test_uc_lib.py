@@ -26,34 +26,34 @@ def sdist() -> Path:
     return archive
 
 
-def _qemu_tree(archive: Path, into: Path) -> Path:
+def _source_tree(archive: Path, into: Path) -> Path:
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers()
-                   if any(m.name.endswith("/src/qemu/" + name) for name, _, _ in uc_lib.EDITS)]
+                   if any(m.name.endswith("/src/" + name) for name, _, _ in uc_lib.EDITS)]
         tar.extractall(into, members=members, filter="data")
-    return into / f"unicorn-{uc_lib.RELEASE}" / "src" / "qemu"
+    return into / f"unicorn-{uc_lib.RELEASE}" / "src"
 
 
 def test_the_edits_apply_once_each_to_the_pinned_release(sdist, tmp_path):
     assert uc_lib.RELEASE in SDIST
-    qemu = _qemu_tree(sdist, tmp_path)
-    before = {name: (qemu / name).read_text() for name, _, _ in uc_lib.EDITS}
-    patch(qemu)
+    tree = _source_tree(sdist, tmp_path)
+    before = {name: (tree / name).read_text() for name, _, _ in uc_lib.EDITS}
+    patch(tree)
     for name, old, new in uc_lib.EDITS:
-        text = (qemu / name).read_text()
+        text = (tree / name).read_text()
         assert new in text and (old not in text or old in new)
     # The notdirty shortcut no longer depends on the TLB entry being non-executable.
-    cputlb = (qemu / "accel/tcg/cputlb.c").read_text()
-    assert "!(tlbe->addr_code != -1)" in before["accel/tcg/cputlb.c"]
+    cputlb = (tree / "qemu/accel/tcg/cputlb.c").read_text()
+    assert "!(tlbe->addr_code != -1)" in before["qemu/accel/tcg/cputlb.c"]
     assert "!(tlbe->addr_code != -1)" not in cputlb and "!tb_page_has_code(" in cputlb
 
 
 def test_a_source_the_edits_do_not_fit_is_refused(sdist, tmp_path):
-    qemu = _qemu_tree(sdist, tmp_path)
-    path = qemu / "accel/tcg/cputlb.c"
+    tree = _source_tree(sdist, tmp_path)
+    path = tree / "qemu/accel/tcg/cputlb.c"
     path.write_text(path.read_text().replace("void tlb_protect_code(", "void tlb_protect_code_(", 1))
     with pytest.raises(VerificationError, match="cputlb.c"):
-        patch(qemu)
+        patch(tree)
 
 
 def test_the_rebuilt_library_is_taken_only_when_its_stamp_fits(tmp_path, monkeypatch):
