@@ -26,3 +26,27 @@ def test_debian_kernel_boots_paravirtualized_with_two_vcpus(linux_image):
     lines = [line.strip() for line in out.splitlines()]
     # /init prints the command's output on its own lines, after the kernel's log.
     assert lines.index("xen") < lines.index("2"), out[-2000:]
+
+
+@pytest.mark.slow
+def test_shell_on_hvc0_answers_what_is_typed(linux_image):
+    """No command on the kernel command line: /init starts a shell on hvc0, the PV console. What is
+    typed on hvm's console (COM1's backend) reaches it through the console ring; its answers come
+    back the same way, and `exit` powers the guest off."""
+    from hvm.config import MachineConfig
+    from hvm.machine import Machine
+
+    config = MachineConfig(machine="xenpv", accel="unicorn", memory="256M", kernel=str(linux_image / "vmlinux"),
+                           initrd=str(linux_image / "initramfs.cpio"), append="console=hvc0")
+    with Machine(config) as machine:
+        machine.start()
+        assert machine.serial.wait_for("/ # ", timeout=600), machine.serial.text[-3000:]
+        machine.serial.send("cat /sys/hypervisor/type; echo typed-$((6 * 7))\n")
+        assert machine.serial.wait_for("typed-42", timeout=60), machine.serial.text[-2000:]
+        machine.serial.send("exit\n")
+        outcome = machine.wait(120)
+        text = machine.serial.text
+    after = text[text.index("typed-$((6 * 7))") if "typed-$((6 * 7))" in text else 0:]
+    lines = [line.strip() for line in after.splitlines()]
+    assert "xen" in lines and "typed-42" in lines, after[-2000:]
+    assert outcome.end.value == "poweroff", (outcome, text[-2000:])
