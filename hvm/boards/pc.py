@@ -45,12 +45,6 @@ BIOS_NAME = "bios-256k.bin"
 VGA_BIOS_NAME = "vgabios-stdvga.bin"
 VGA_SLOT = devfn(2)
 IDE_SLOT = devfn(1, 1)
-
-
-def ide_boot_path(place: int) -> str:
-    """The firmware path of IDE place 0-3 (primary master, slave, secondary master, slave) as
-    QEMU writes it in "bootorder" and SeaBIOS matches it (``/pci@i0cf8/*@1,1/drive@CH/disk@UNIT``)."""
-    return f"/pci@i0cf8/ide@1,1/drive@{place // 2:x}/disk@{place % 2:x}"
 BOOT_CODES = {"a": 1, "c": 2, "d": 3, "n": 4}
 CMOS_BOOT_FLAG1, CMOS_BOOT_FLAG2 = 0x38, 0x3D
 SEABIOS_LOG_PORT = 0x402   # where SeaBIOS built for QEMU writes its debug log
@@ -80,6 +74,12 @@ def read_bios(path: str) -> bytes:
     if not data or len(data) % 0x10000 or len(data) > 16 << 20:
         raise ImageError(path, f"is {len(data)} bytes; a BIOS image is a multiple of 64 KiB, at most 16 MiB")
     return data
+
+
+def ide_boot_path(place: int) -> str:
+    """The firmware path of IDE place 0-3 (primary master, slave, secondary master, slave) as
+    QEMU writes it in "bootorder" and SeaBIOS matches it (``/pci@i0cf8/*@1,1/drive@CH/disk@UNIT``)."""
+    return f"/pci@i0cf8/ide@1,1/drive@{place // 2:x}/disk@{place % 2:x}"
 
 
 class PcBoard(Board):

@@ -13,11 +13,12 @@ EFLAGS.IF, ``window`` asks it to stop at the first block entered with IF set. ST
 end a translation block, so that is the block right after IF changed (KVM's "interrupt window"
 exit, which hardware gives KVM and unicorn has no hook for). After STI the next block holds the
 one instruction in its interrupt shadow (QEMU translates it alone); ``window_skip`` lets that
-block run before the window counts. IF is read where the CPU stores it when hvm's rebuilt library
-says where (``uc_lib.EFLAGS_EXPORT``): ``uc_reg_read`` computes the arithmetic flags first, which
-made each block ~12 ns dearer while an interrupt waited (GRUB and the kernel's decompressor run
-with interrupts off and the BIOS's timer ticking, for tens of seconds). ``any_block`` stops at the next block whatever IF says: an
+block run before the window counts. ``any_block`` stops at the next block whatever IF says: an
 NMI waiting for the IRET that ends its predecessor's handler (IRET ends a block) is let in there.
+IF is read where the CPU stores it when hvm's rebuilt library says where (``uc_lib.EFLAGS_EXPORT``):
+``uc_reg_read`` computes the arithmetic flags first, which made each block ~12 ns dearer while an
+interrupt waited (GRUB and the kernel's decompressor run with interrupts off and the BIOS's timer
+ticking, for tens of seconds).
 """
 from __future__ import annotations
 

@@ -1,25 +1,26 @@
 """Which libunicorn the software engine runs on: PyPI's, or the same release rebuilt by the
-``unicorn`` image recipe (``python3 -m images unicorn``) with hvm's store-path change below.
+``unicorn`` image recipe (``python3 -m images unicorn``) with the edits below.
 
-Why a rebuilt library: unicorn 2.1.4 keeps every executable RAM page on QEMU's slow store path
-for good. QEMU marks a page "notdirty" only while translated code is recorded for it (its
-DIRTY_MEMORY_CODE bitmap) and lets stores go straight to memory otherwise; unicorn has no such
+Why a rebuilt library. (1) Stores: unicorn 2.1.4 keeps every executable RAM page on QEMU's slow
+store path for good. QEMU marks a page "notdirty" only while translated code is recorded for it
+(its DIRTY_MEMORY_CODE bitmap) and lets stores go straight to memory otherwise; unicorn has no such
 bitmap (``cpu_physical_memory_is_clean`` is always true), so ``notdirty_write`` declines to clear
 the mark on any page the TLB entry can execute (``addr_code != -1``), which without NX is every
-page. Measured on this project's machine: a guest store costs ~60 ns with PyPI's library and
-~5 ns with the rebuilt one; loads ~5-10 ns either way. Firmware, boot loaders and the kernel's
-own decompressor (no NX in their page tables) spend most of their time in stores.
+page: a guest store costs ~60 ns with PyPI's library and ~5 ns rebuilt (measured here). Its
+shortcut for NX entries is also wrong: code stored through an NX alias of a page and run through
+another mapping runs stale (tests/guests/smc64.S; Xen's I/O emulation stubs). The edit:
+``notdirty_write`` clears the mark once no translated code is recorded for the page
+(``tb_page_has_code``), and ``tlb_protect_code``, called when a page gets its first translated
+block, puts the mark back on every TLB entry that stores into the page, by host address as QEMU's
+``tlb_reset_dirty_range_all`` does. (2) EFLAGS: an export of where the CPU keeps EFLAGS, for the
+block hook's IF check. (3) Events: the CPU delivers the exceptions and software interrupts hvm
+asks for with QEMU's own ``do_interrupt`` instead of handing each to ``UC_HOOK_INTR`` (~0.8 us
+against ~250 us in Python). (4) QEMU 5's error code for a bad 64-bit IDT entry, corrected.
 
-The change, in QEMU's terms: ``notdirty_write`` clears the mark once no translated code is
-recorded for the page (``tb_page_has_code``, a lookup of the page descriptor unicorn keeps), and
-``tlb_protect_code``, called when a page gets its first translated block, puts the mark back on
-every TLB entry that stores into the page, by host address as QEMU's ``tlb_reset_dirty_range_all``
-does, so a later store into new code still invalidates it (self-modifying code stays exact).
-
-The rebuilt library is used when it was built for the installed unicorn release and this patch
-text; otherwise PyPI's is, with the same behaviour and slower stores. It has to be chosen before
-the first ``import unicorn`` in the process (the binding loads its library then), which
-``hvm.engine`` does on import through ``LIBUNICORN_PATH``.
+The rebuilt library is used when it was built for the installed unicorn release and these edits;
+otherwise PyPI's is (slower, and with (1)'s stale-code case). It has to be chosen before the first
+``import unicorn`` in the process (the binding loads its library then), which ``hvm.engine`` does
+on import through ``LIBUNICORN_PATH``.
 """
 from __future__ import annotations
 
@@ -273,5 +274,5 @@ def describe() -> str:
         return f"libunicorn {installed_release()} rebuilt with hvm's store-path change ({directory})"
     if chosen:
         return f"libunicorn from LIBUNICORN_PATH={chosen}"
-    return (f"libunicorn {installed_release()} from PyPI (stores ~10x slower: "
-            f"`python3 -m images unicorn` builds the faster one)")
+    return (f"libunicorn {installed_release()} from PyPI (stores ~10x slower, exceptions delivered in "
+            f"Python; `python3 -m images unicorn` builds hvm's)")
