@@ -179,7 +179,9 @@ def interrupts(bench: Bench) -> Row:
     # delivers each one in Python, ~1000 times slower, so its run is that much shorter.
     from hvm.engine import uc_lib
 
-    n = 3_000_000 if uc_lib.patched_dir() is not None and not os.environ.get("HVM_STOCK_UNICORN") else 2_000
+    native = uc_lib.patched_dir() is not None and not any(
+        os.environ.get(v) for v in ("HVM_STOCK_UNICORN", "HVM_UNICORN_PY_EVENTS"))
+    n = 3_000_000 if native else 2_000
     return bench.row("(3) int $0x30 + iretq", "int", "i", {"hvm": n, "qemu": 3_000_000})
 
 

@@ -8,7 +8,6 @@ runs on PyPI's library, correctly and more slowly.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
