@@ -160,8 +160,7 @@ EDITS += (
 # QEMU 5's 64-bit delivery puts vector * 16 + 2 in the error code of the #GP/#NP a bad IDT entry
 # raises; the SDM (vol. 3A, 6.13) has the vector in the selector-index field: vector * 8 + 2,
 # as the legacy-mode path already does (kvm-unit-tests and events64 check it).
-EDITS += (
-    ("qemu/target/i386/seg_helper.c",
+_IDT64_CHECKS = (
      "    dt = &env->idt;\n"
      "    if (intno * 16 + 15 > dt->limit) {\n"
      "        raise_exception_err(env, EXCP0D_GPF, intno * 16 + 2);\n"
@@ -189,35 +188,9 @@ EDITS += (
      "    /* check valid bit */\n"
      "    if (!(e2 & DESC_P_MASK)) {\n"
      "        raise_exception_err(env, EXCP0B_NOSEG, intno * 16 + 2);\n"
-     "    }\n",
-     "    dt = &env->idt;\n"
-     "    if (intno * 16 + 15 > dt->limit) {\n"
-     "        raise_exception_err(env, EXCP0D_GPF, intno * 8 + 2);\n"
-     "    }\n"
-     "    ptr = dt->base + intno * 16;\n"
-     "    e1 = cpu_ldl_kernel(env, ptr);\n"
-     "    e2 = cpu_ldl_kernel(env, ptr + 4);\n"
-     "    e3 = cpu_ldl_kernel(env, ptr + 8);\n"
-     "    /* check gate type */\n"
-     "    type = (e2 >> DESC_TYPE_SHIFT) & 0x1f;\n"
-     "    switch (type) {\n"
-     "    case 14: /* 386 interrupt gate */\n"
-     "    case 15: /* 386 trap gate */\n"
-     "        break;\n"
-     "    default:\n"
-     "        raise_exception_err(env, EXCP0D_GPF, intno * 8 + 2);\n"
-     "        break;\n"
-     "    }\n"
-     "    dpl = (e2 >> DESC_DPL_SHIFT) & 3;\n"
-     "    cpl = env->hflags & HF_CPL_MASK;\n"
-     "    /* check privilege if software int */\n"
-     "    if (is_int && dpl < cpl) {\n"
-     "        raise_exception_err(env, EXCP0D_GPF, intno * 8 + 2);\n"
-     "    }\n"
-     "    /* check valid bit */\n"
-     "    if (!(e2 & DESC_P_MASK)) {\n"
-     "        raise_exception_err(env, EXCP0B_NOSEG, intno * 8 + 2);\n"
-     "    }\n"),
+     "    }\n")
+EDITS += (
+    ("qemu/target/i386/seg_helper.c", _IDT64_CHECKS, _IDT64_CHECKS.replace("intno * 16 + 2", "intno * 8 + 2")),
 )
 
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
