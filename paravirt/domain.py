@@ -16,17 +16,19 @@ from kvmffi import exits as kx
 
 from hvm.engine.base import EngineCrash
 from hvm.engine.state import Regs
+from hvm.memory import GuestMemoryError
 from hvm.outcome import End, Outcome
+from hvm.paging import PageFault, translate
 
 from . import abi as x
 from . import emulate, hypercalls
-from .events import EventChannels, UpcallController
-from .hvarea import HypervisorArea
+from .events import PORTS, EventChannels, UpcallController
+from .hvarea import LDT_PAGES, HypervisorArea
 from .ioemul import PvIoPorts
 from .ptwr import PageTableWrites
 from .pvclock import PvClock, PvTimer
-from .pvcpu import (IF as RFLAGS_IF, IOPL as IOPL_BITS, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE,
-                    DomainCrash, PvVcpu, Trap, canonical, ring3_segment)
+from .pvcpu import (AC, IF as RFLAGS_IF, IOPL as IOPL_BITS, MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, NT,
+                    RF, TF, VM, DomainCrash, PvVcpu, SegmentFault, Trap, canonical, ring3_segment)
 from .vcpu_context import (VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_IN_KERNEL, VGCF_SYSCALL_DISABLES_EVENTS,
                            VcpuGuestContext)
 
@@ -80,7 +82,7 @@ class PvDomain:
         # The ring-3 start-of-day segment state of vCPU n on L4 frame l4 (the board's layout).
         self.vcpu_sregs: Callable[[int, int], object] = lambda index, l4: None
         self.channels = EventChannels(memory, area.shared_info_maddr, lambda i: self.vcpus[i].vcpu_info_maddr,
-                                      self.kick, vcpus)
+                                      self.kick, vcpus, on_pending=self._polled)
         self.timers = [PvTimer(self.clock, lambda i=i: self._timer_fired(i)) for i in range(vcpus)]
         self.engines: list = []
         self.clock.write_wallclock(memory, area.shared_info_maddr)
@@ -97,8 +99,16 @@ class PvDomain:
         for index, engine in enumerate(engines):
             engine.pv = self
             vcpu = self.vcpus[index]
-            engine.attach_platform(UpcallController(self.channels, index, lambda v=vcpu: v.upcall_mask),
+            engine.attach_platform(UpcallController(self.channels, index, lambda v=vcpu: v.upcall_mask,
+                                                    lambda v=vcpu: self._needs_vcpu(v)),
                                    [self.timers[index]])
+
+    def _needs_vcpu(self, vcpu: PvVcpu) -> bool:
+        """The domain has business with the vCPU whatever its event mask: a VCPUOP_down of it
+        from another vCPU, or the end of its SCHEDOP_poll."""
+        if vcpu.down:
+            return not vcpu.parked and vcpu.initialised
+        return vcpu.poll is not None and self._poll_over(vcpu)
 
     def kick(self, index: int) -> None:
         if index < len(self.engines):
@@ -183,7 +193,12 @@ class PvDomain:
         if cmd == x.MMUEXT_SET_LDT:
             if arg2 > 8192 or arg1 % 4096 or arg1 >= x.HYPERVISOR_VIRT_START and arg1 < x.HYPERVISOR_VIRT_END:
                 return -x.EINVAL
-            vcpu.ldt = (arg1, arg2)
+            if vcpu.ldt != (arg1, arg2):
+                sregs = call.engine.get_sregs()
+                self._load_ldt(vcpu, arg1, arg2, sregs)
+                self.flush_tlb(call.engine)
+                call.engine.set_sregs(sregs)
+                call.sregs = sregs
             return 0
         if cmd in (x.MMUEXT_CLEAR_PAGE, x.MMUEXT_COPY_PAGE):
             return mm.clear_page(arg1) if cmd == x.MMUEXT_CLEAR_PAGE else mm.copy_page(arg1, arg2)
@@ -246,7 +261,6 @@ class PvDomain:
             return -x.EINVAL
         target.kernel_l4, target.user_l4 = kernel_l4, user_l4
         target.traps = {t.vector: Trap(t.address, t.flags) for t in ctx.trap_ctxt if t.address}
-        target.ldt = (ctx.ldt_base, ctx.ldt_ents)
         target.kernel_ss, target.kernel_sp = ctx.kernel_ss & 0xFFFF, ctx.kernel_sp
         events_off = x.CALLBACKF_MASK_EVENTS
         target.callbacks = {
@@ -262,11 +276,22 @@ class PvDomain:
         # IOPL 0 (arch_set_info_guest); selectors get RPL 3, as the kernel runs in ring 3.
         target.iopl = regs.rflags >> 12 & 3
         sregs = self.vcpu_sregs(index, kernel_l4 if target.kernel_mode else user_l4 or kernel_l4)
+        self._load_ldt(target, ctx.ldt_base, ctx.ldt_ents, sregs)
         try:
             sregs.cs, sregs.ss = (target.segment(sregs, sel | 3, code) if sel & ~3 not in _FLAT
                                   else ring3_segment(sel | 3, code) for sel, code in ((regs.cs, True), (regs.ss, False)))
         except DomainCrash:
             return -x.EINVAL                    # no usable code or stack segment in its GDT
+        # DS, ES, FS and GS are loaded when the vCPU first runs (Xen's load_segments): one that
+        # does not load is left NUL and the vCPU starts in its failsafe callback instead.
+        selectors = (regs.ds & 0xFFFF, regs.es & 0xFFFF, regs.fs & 0xFFFF, regs.gs & 0xFFFF)
+        target.failsafe_selectors = None
+        for name, selector in zip(("ds", "es", "fs", "gs"), selectors):
+            try:
+                setattr(sregs, name, target.data_segment(sregs, selector))
+            except SegmentFault:
+                setattr(sregs, name, target.data_segment(sregs, 0))
+                target.failsafe_selectors = selectors
         names = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13",
                  "r14", "r15", "rip")
         start = Regs(**{n: getattr(regs, n) for n in names}, rflags=(regs.rflags & ~IOPL_BITS) | RFLAGS_IF | 2)
@@ -282,14 +307,135 @@ class PvDomain:
         return 0
 
     def up(self, target: PvVcpu) -> int:
-        """VCPUOP_up: an initialised vCPU starts running (again)."""
+        """VCPUOP_up: an initialised vCPU starts running, or goes on where VCPUOP_down stopped
+        it (a vCPU that is up already is left alone)."""
         if not target.initialised:
             return -x.EINVAL
         target.down = False
         state, target.start_state = target.start_state, None
+        engine = self.engines[target.index]
         if state is not None:
-            self.engines[target.index].start_pv(*state)
+            if target.failsafe_selectors is not None:
+                state = self._failsafe(target, *state)
+            engine.start_pv(*state)
+        elif target.parked:
+            target.parked = False
+            engine.resume()
         return 0
+
+    def _failsafe(self, vcpu: PvVcpu, regs: Regs, sregs, msrs: dict[int, int]) -> tuple:
+        """The start state ``regs`` turned into an entry to the failsafe callback, with the
+        frame Xen's load_segments writes (lowest first: RCX, R11, DS, ES, FS, GS, RIP, CS with
+        the event mask in bits 32-39, RFLAGS, RSP, SS) on the guest kernel's stack."""
+        ds, es, fs, gs = vcpu.failsafe_selectors
+        vcpu.failsafe_selectors = None
+        interrupted_cs = sregs.cs.selector
+        if vcpu.kernel_mode:
+            rsp = regs.rsp
+            interrupted_cs &= ~3
+        else:
+            vcpu.kernel_mode = True           # toggle_guest_mode, on the state not yet loaded
+            sregs.cr3 = vcpu.kernel_l4 * 4096
+            msrs[MSR_KERNEL_GS_BASE], sregs.gs = sregs.gs.base, replace(sregs.gs, base=msrs[MSR_KERNEL_GS_BASE])
+            rsp = vcpu.kernel_sp
+        mask = vcpu.upcall_mask
+        flags = regs.rflags & ~(RFLAGS_IF | IOPL_BITS) | (0 if mask else RFLAGS_IF) | vcpu.iopl << 12
+        frame = [regs.rcx, regs.r11, ds, es, fs, gs, regs.rip, interrupted_cs | mask << 32, flags, regs.rsp,
+                 sregs.ss.selector]
+        rsp = (rsp & ~0xF) - 8 * len(frame)
+        try:
+            vcpu.write(sregs, rsp, struct.pack(f"<{len(frame)}Q", *frame))
+        except (PageFault, GuestMemoryError):
+            raise DomainCrash(f"vCPU {vcpu.index}: cannot write its failsafe callback frame at {rsp:#x}") from None
+        address, flags_cb = vcpu.callbacks.get(x.CALLBACKTYPE_FAILSAFE, (0, 0))
+        if flags_cb & x.CALLBACKF_MASK_EVENTS:
+            vcpu.upcall_mask = 1
+        regs.rip, regs.rsp = address, rsp
+        regs.rflags &= ~(AC | VM | RF | NT | IOPL_BITS | TF)
+        sregs.cs, sregs.ss = ring3_segment(x.FLAT_KERNEL_CS, True), ring3_segment(x.FLAT_KERNEL_SS, False)
+        self.bounced["failsafe callback"] += 1
+        return regs, sregs, msrs
+
+    def down(self, target: PvVcpu, caller: PvVcpu, engine) -> int:
+        """VCPUOP_down (xen/common/domain.c do_vcpu_op): ``target`` stops until VCPUOP_up;
+        taking the last vCPU that is up down shuts the domain down with poweroff."""
+        if not any(not v.down for v in self.vcpus if v is not target):
+            self.shutdown(caller, x.SHUTDOWN_POWEROFF, engine)
+            return 0
+        if target.down:
+            return 0
+        target.down = True
+        if target is caller:
+            self._park(caller, engine)
+        else:
+            self.kick(target.index)        # its engine parks it next (``_needs_vcpu``)
+        return 0
+
+    def _park(self, vcpu: PvVcpu, engine) -> None:
+        """VCPUOP_down takes effect: the vCPU's engine holds it, its state kept, until
+        ``up`` (on its own thread: inside its hypercall, or as it takes its next upcall)."""
+        vcpu.parked = True
+        engine.park()
+
+    # -- SCHEDOP_poll ---------------------------------------------------------------------------
+    def poll(self, vcpu: PvVcpu, engine, ports: tuple[int, ...], timeout: int) -> int:
+        """SCHEDOP_poll (xen/common/sched/core.c do_poll): sleep until one of ``ports`` is
+        pending (masked or not), an event is flagged for the vCPU, or system time passes
+        ``timeout`` (0: no timeout); 0 at once if one of them holds already."""
+        if any(port >= PORTS for port in ports):
+            return -x.EINVAL                  # evtchn_port_poll: not a valid port
+        vcpu.poll = frozenset(ports)
+        if timeout:
+            self.timers[vcpu.index].poll_deadline = timeout
+        if self._poll_over(vcpu):
+            self._end_poll(vcpu)
+            return 0
+        engine.halt()
+        return 0
+
+    def _poll_over(self, vcpu: PvVcpu) -> bool:
+        deadline = self.timers[vcpu.index].poll_deadline
+        if deadline is not None and self.clock.system_time() >= deadline:
+            return True
+        if self.channels.upcall_pending(vcpu.index):
+            return True
+        return any(self.channels.is_pending(port) for port in vcpu.poll)
+
+    def _end_poll(self, vcpu: PvVcpu) -> None:
+        vcpu.poll = None
+        self.timers[vcpu.index].poll_deadline = None
+
+    def _polled(self, port: int) -> None:
+        """A port became pending: vCPUs polling it wake (Xen's evtchn_check_pollers)."""
+        for vcpu in self.vcpus:
+            if vcpu.poll is not None and port in vcpu.poll:
+                self.kick(vcpu.index)
+
+    def _load_ldt(self, vcpu: PvVcpu, base: int, entries: int, sregs) -> None:
+        """Make the ``entries`` descriptors at guest linear ``base`` the vCPU's LDT. As Xen does
+        (pv_map_ldt_shadow_page, arch/x86/pv/descriptor-tables.c), each of its pages is taken
+        as a descriptor page (validated; never writable while so) and mapped read-only in the
+        vCPU's LDT window in hvm's area, which LDTR points at. Xen maps a page when the CPU
+        first reads it; hvm maps what is mapped at the call, and a page that is not, or does
+        not validate, reads as zeros there (its selectors fault with #GP, as Xen's would)."""
+        mm = self.mm
+        for old in vcpu.ldt_frames:
+            mm.put_seg_desc(old)
+        vcpu.ldt, vcpu.ldt_frames = (base, entries), []
+        window = self.area.ldt_base(vcpu.index)
+        for page in range(LDT_PAGES):
+            frame = self.area.zero_page
+            if page * 4096 < entries * 8:
+                try:
+                    maddr = translate(self.memory, vcpu.mode(sregs), base + page * 4096)
+                except PageFault:
+                    maddr = None
+                if maddr is not None and not mm.get_seg_desc(maddr >> 12):
+                    frame = maddr >> 12
+                    vcpu.ldt_frames.append(frame)
+            self.memory.write(self._leaf(sregs.cr3, window + page * 4096),
+                              struct.pack("<Q", frame << 12 | x.PTE_P | x.PTE_NX | x.PTE_A))
+        sregs.ldt = self.area.ldt_segment(vcpu.index, entries)
 
     def _leaf(self, cr3: int, va: int) -> int:
         """The machine address of the L1 entry mapping ``va`` in hvm's own tables (present)."""
@@ -332,22 +478,6 @@ class PvDomain:
             crash = self._crash_report(engine.index, f"guest shut down with SCHEDOP_shutdown {name}")
             self._finish(Outcome(End.CRASH, crash=crash))
 
-    def vcpu_down(self, vcpu: PvVcpu, engine) -> None:
-        """VCPUOP_down on the caller. With every vCPU down nothing can run again (Xen would leave
-        the domain so for ever): what Linux does after a panic, reported as a crash."""
-        if all(v.down or not v.initialised for v in self.vcpus):
-            self._ended = True
-            crash = self._crash_report(engine.index, "the guest took its last vCPU down (VCPUOP_down), "
-                                                     "as Linux does after a panic")
-            self._finish(Outcome(End.CRASH, crash=crash))
-            return
-        # It stays down (its engine waits) until VCPUOP_up, with the state it had: Xen pauses it.
-        target_regs, target_sregs = engine.get_regs(), engine.get_sregs()
-        target_regs.rax = 0                     # what VCPUOP_down returns when it runs again
-        names = (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE)
-        vcpu.start_state = (target_regs, target_sregs, engine.get_msrs(list(names)))
-        engine.park()
-
     def _crash(self, engine, reason: str) -> kx.VcpuExit:
         self._ended = True
         return EngineCrash(f"Xen PV domain crash: {reason}")
@@ -376,18 +506,27 @@ class PvDomain:
             if not vcpu.kernel_mode and (trap is None or trap.flags & x.TI_DPL_MASK < 3):
                 regs.rip -= event.insn_length or 2
                 engine.set_regs(regs)
-                return self._bounce_trap(vcpu, engine, 13, vector << 3 | 2)
-            return self._bounce_trap(vcpu, engine, vector, None)
+                return self.bounce_trap(vcpu, engine, 13, vector << 3 | 2)
+            return self.bounce_trap(vcpu, engine, vector, None)
         if vector == 14:
             cr2 = engine.get_sregs().cr2
             if self.ptwr.handles(self, vcpu, event.error_code) and self.ptwr.emulate(self, vcpu, engine, regs, cr2):
                 self.bounced["page-table store emulated"] += 1
                 return None
             vcpu.set_cr2(cr2)
-        return self._bounce_trap(vcpu, engine, vector, event.error_code)
+        return self.bounce_trap(vcpu, engine, vector, event.error_code)
 
     def _upcall(self, vcpu: PvVcpu, engine) -> None:
-        """Enter the guest's event callback with events masked (Xen's test_guest_events)."""
+        """The vCPU's controller asked for it (``_needs_vcpu``): a poll ends, a VCPUOP_down of it
+        takes effect, or it enters the guest's event callback with events masked (Xen's
+        test_guest_events)."""
+        if vcpu.poll is not None:
+            self._end_poll(vcpu)
+        if vcpu.down and not vcpu.parked:
+            self._park(vcpu, engine)
+            return None
+        if not self.channels.upcall_pending(vcpu.index) or vcpu.upcall_mask:
+            return None                     # woken from SCHEDOP_poll only
         address, _flags = vcpu.callbacks.get(x.CALLBACKTYPE_EVENT, (0, 0))
         if not address:
             raise DomainCrash("an event upcall with no event callback registered")
@@ -395,13 +534,17 @@ class PvDomain:
         self.bounced["event upcall"] += 1
         vcpu.bounce(engine, address, mask_events=True)
 
-    def _bounce_trap(self, vcpu: PvVcpu, engine, vector: int, error_code: int | None) -> None:
+    def bounce_trap(self, vcpu: PvVcpu, engine, vector: int, error_code: int | None, *, regs=None,
+                    sregs=None) -> None:
+        """The guest's handler for ``vector`` from its trap table, entered from where the vCPU
+        stands (or from ``regs``/``sregs``)."""
         trap = vcpu.traps.get(vector)
         name = VECTOR_NAMES[vector] if vector < len(VECTOR_NAMES) else f"vector {vector:#x}"
         if trap is None or not trap.address:
             raise DomainCrash(f"{name} with no handler in the guest's trap table")
         self.bounced[name] += 1
-        vcpu.bounce(engine, trap.address, error_code=error_code, mask_events=bool(trap.flags & x.TI_MASK_EVENTS))
+        vcpu.bounce(engine, trap.address, error_code=error_code, mask_events=bool(trap.flags & x.TI_MASK_EVENTS),
+                    regs=regs, sregs=sregs)
         return None
 
     def _privileged(self, vcpu: PvVcpu, engine, regs) -> bool:
@@ -435,7 +578,7 @@ class PvDomain:
         if not address:
             regs.rip -= 2
             engine.set_regs(regs)
-            return self._bounce_trap(vcpu, engine, 6, None)
+            return self.bounce_trap(vcpu, engine, 6, None)
         engine.set_regs(regs)
         self.bounced["syscall"] += 1
         vcpu.bounce(engine, address, mask_events=bool(flags & x.CALLBACKF_MASK_EVENTS), regs=regs)

@@ -45,9 +45,10 @@ class EventChannels:
     when the guest sends on the port bound to it."""
 
     def __init__(self, memory, shared_info: int, vcpu_info: Callable[[int], int], kick: Callable[[int], None],
-                 vcpus: int):
+                 vcpus: int, on_pending: Callable[[int], None] = lambda port: None):
         self.memory, self.shared_info = memory, shared_info
         self._vcpu_info, self._kick, self.vcpus = vcpu_info, kick, vcpus
+        self._on_pending = on_pending      # told of every port newly pending, masked or not
         self.ports: dict[int, Port] = {}
         self.backends: dict[int, Callable[[], None]] = {}
         self._requests: collections.deque[tuple[int, Callable[[], bool] | None]] = collections.deque()
@@ -70,9 +71,13 @@ class EventChannels:
             return
         if self._test_and_set(*self._bit(PENDING, port)):
             return
+        self._on_pending(port)
         if self._test(*self._bit(MASK, port)):
             return
         self._mark(self.ports[port].vcpu, port)
+
+    def is_pending(self, port: int) -> bool:
+        return self._test(*self._bit(PENDING, port))
 
     def _mark(self, vcpu: int, port: int) -> None:
         info = self._vcpu_info(vcpu)
@@ -193,14 +198,17 @@ class EventChannels:
 
 class UpcallController:
     """What the vCPU's engine polls between slices, as it polls a local APIC: an upcall is
-    requested while vcpu_info says one is pending and the guest's event mask allows it."""
+    requested while vcpu_info says one is pending and the guest's event mask allows it, or
+    whenever ``attention`` says the domain has business with the vCPU (its engine then calls
+    the domain as for an upcall, and the domain sees which it is)."""
 
-    def __init__(self, channels: EventChannels, vcpu: int, mask: Callable[[], int]):
-        self.channels, self.vcpu, self._mask = channels, vcpu, mask
+    def __init__(self, channels: EventChannels, vcpu: int, mask: Callable[[], int],
+                 attention: Callable[[], bool] = lambda: False):
+        self.channels, self.vcpu, self._mask, self._attention = channels, vcpu, mask, attention
 
     def intr(self) -> bool:
         self.channels.drain()
-        return self.channels.upcall_pending(self.vcpu) and not self._mask()
+        return self.channels.upcall_pending(self.vcpu) and not self._mask() or self._attention()
 
     def acknowledge(self) -> int | None:
         return UPCALL_VECTOR

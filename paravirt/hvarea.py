@@ -5,8 +5,8 @@ Machine frames [0, nr_pages) are the domain's (identity P2M: its pseudo-physical
 are machine frame numbers); the frames after them are hvm's and no guest entry may map them
 (``paravirt.mm`` refuses). In them: the shared_info page, the machine-to-phys table (one u64 per
 machine frame) that every guest L4 maps read-only at MACH2PHYS_VIRT_START, as Xen does, a GDT per
-vCPU whose last two pages carry Xen's reserved flat selectors (0xe000 up), each vCPU's ring 0
-(below), and the page tables for those mappings. ``l4_entries`` are what every validated guest L4
+vCPU whose last two pages carry Xen's reserved flat selectors (0xe000 up), a window per vCPU
+for its LDT, each vCPU's ring 0 (below), and the page tables for those mappings. ``l4_entries`` are what every validated guest L4
 gets in the reserved slots.
 
 Ring 0 is what a hardware engine (KVM) needs to take the guest's exceptions and SYSCALLs: per vCPU
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from hvm.engine.state import Segment
 
 from .abi import (FIRST_RESERVED_GDT_PAGE, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
                   MACH2PHYS_VIRT_START, PTE_A, PTE_ADDR, PTE_D, PTE_NX, PTE_P, PTE_RW, PTE_US)
@@ -44,6 +46,12 @@ MAX_PV_VCPUS = ENTRIES * ENTRIES // GDT_PAGES // 512   # what one L2 of GDT mapp
 # instead of reaching the TSS.
 RING0_VIRT_START = PRIVATE_VIRT_START + (1 << 30)
 CODE, IDT, TSS, GUARD, STACK = range(5)
+# Each vCPU's LDT window, one more L3 entry further (Xen's LDT_VIRT_START, beside its GDT): the
+# guest's LDT pages mapped read-only by MMUEXT_SET_LDT, LDTR pointing here.
+LDT_PAGES = 16                      # 8192 descriptors, the most an LDT holds
+LDT_VIRT_START = PRIVATE_VIRT_START + (2 << 30)
+LDT_STRIDE = LDT_PAGES * PAGE
+LDT_SELECTORS = 0xF800             # vCPU n's LDT descriptor at 0xf800 + 16 n (GDT page 15)
 RING0_PAGES = 5
 RING0_STRIDE = 8 * PAGE
 RING0_PORT = 0x0EF0              # the port the stubs write; nothing else on hvm's boards uses it
@@ -128,6 +136,17 @@ class HypervisorArea:
         """The linear address of vCPU ``vcpu``'s GDT (GDTR.base)."""
         return PRIVATE_VIRT_START + vcpu * GDT_STRIDE
 
+    def ldt_base(self, vcpu: int) -> int:
+        """The linear address of vCPU ``vcpu``'s LDT window (LDTR.base)."""
+        return LDT_VIRT_START + vcpu * LDT_STRIDE
+
+    def ldt_segment(self, vcpu: int, entries: int) -> Segment:
+        """LDTR for an LDT of ``entries`` descriptors in the vCPU's window (none: a NUL LDT)."""
+        if not entries:
+            return Segment(base=0, limit=0, selector=0, type=0x2, present=1, s=0)
+        return Segment(base=self.ldt_base(vcpu), limit=entries * 8 - 1, selector=LDT_SELECTORS + 16 * vcpu,
+                       type=0x2, present=1, s=0)
+
     def ring0(self, vcpu: int) -> "Ring0":
         """Where vCPU ``vcpu``'s ring 0 is."""
         return Ring0(RING0_VIRT_START + vcpu * RING0_STRIDE, self.ring0_frames[vcpu] * PAGE,
@@ -168,6 +187,10 @@ class HypervisorArea:
                 first_xen = page - FIRST_RESERVED_GDT_PAGE
                 frame = self.xen_gdt + first_xen if first_xen >= 0 else self.zero_page
                 map_page(base + page * PAGE, frame, PTE_P | PTE_NX)
+        # LDT windows: empty (the zero page) until MMUEXT_SET_LDT; supervisor, read-only.
+        for vcpu in range(self.vcpus):
+            for page in range(LDT_PAGES):
+                map_page(self.ldt_base(vcpu) + page * PAGE, self.zero_page, PTE_P | PTE_NX)
         # Ring 0: supervisor-only; the stubs executable and read-only, the stack writable, the
         # IDT and TSS read-only (a 64-bit CPU never writes either).
         flags = {CODE: PTE_P, IDT: PTE_P | PTE_NX, TSS: PTE_P | PTE_NX, STACK: PTE_P | PTE_RW | PTE_NX}
@@ -193,7 +216,10 @@ class HypervisorArea:
             ring0 = self.ring0(vcpu)
             ring0.build(memory)
             memory.write(xen_page + (ring0.tss_selector & ~7) - FIRST_RESERVED_GDT_PAGE * PAGE,
-                         struct.pack("<2Q", *_tss_descriptor(ring0.tss)))
+                         struct.pack("<2Q", *_system_descriptor(ring0.tss, TSS_SIZE - 1, 0x89)))
+            # The LDT descriptor spans the window; LDTR's cached limit is the guest's.
+            memory.write(xen_page + LDT_SELECTORS + 16 * vcpu - FIRST_RESERVED_GDT_PAGE * PAGE,
+                         struct.pack("<2Q", *_system_descriptor(self.ldt_base(vcpu), LDT_STRIDE - 1, 0x82)))
         # Identity M2P: machine frame n holds pseudo-physical frame n (hvm's frames included,
         # which no guest maps).
         count = min(self.m2p_frames * PAGE // 8, self._next)
@@ -321,10 +347,10 @@ class Ring0:
         memory.write(self.maddr + TSS * PAGE, self.tss_page())
 
 
-def _tss_descriptor(base: int) -> tuple[int, int]:
-    """A 16-byte available 64-bit TSS descriptor (SDM vol. 3A, "TSS descriptor in 64-bit
-    mode"), limit TSS_SIZE - 1."""
-    limit = TSS_SIZE - 1
-    low = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | 0x89 << 40 | (limit >> 16 & 0xF) << 48
+def _system_descriptor(base: int, limit: int, access: int) -> tuple[int, int]:
+    """A 16-byte 64-bit system descriptor (SDM vol. 3A, "TSS descriptor in 64-bit mode"; an
+    LDT's has the same form): ``access`` is present, DPL and type (0x89 available TSS, 0x82
+    LDT)."""
+    low = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | access << 40 | (limit >> 16 & 0xF) << 48
     low |= (base >> 24 & 0xFF) << 56
     return low, base >> 32

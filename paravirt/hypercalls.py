@@ -19,8 +19,8 @@ from hvm.paging import PageFault
 from . import abi as x
 from .hvarea import GRANT_FRAMES, M2P_ALIAS_VIRT_START
 from .vcpu_context import SIZE as VCPU_CONTEXT_SIZE
-from .pvcpu import (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, PENDING_SEL, UPCALL_PENDING, DomainCrash, Trap,
-                    canonical)
+from .pvcpu import (MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, PENDING_SEL, UPCALL_PENDING, DomainCrash,
+                    SegmentFault, Trap, canonical)
 
 if TYPE_CHECKING:
     from .domain import PvDomain
@@ -159,8 +159,8 @@ def _load_user_gs(c: Call, selector: int) -> None:
     selector = selector | 3 if selector > 3 else 0
     sregs = c.sregs
     try:
-        loaded = c.vcpu.segment(sregs, selector, code=False) if selector else None
-    except DomainCrash:
+        loaded = c.vcpu.data_segment(sregs, selector) if selector else None
+    except SegmentFault:
         loaded = None
     user = MSR_KERNEL_GS_BASE if c.vcpu.kernel_mode else MSR_GS_BASE
     active = c.engine.get_msrs([MSR_GS_BASE])[MSR_GS_BASE]
@@ -216,7 +216,10 @@ def get_debugreg(c: Call, reg: int, *_) -> int:
 
 @hypercall("iret")
 def iret(c: Call, *_) -> int:
-    c.vcpu.iret(c.engine)
+    try:
+        c.vcpu.iret(c.engine)
+    except SegmentFault as fault:
+        c.domain.bounce_trap(c.vcpu, c.engine, 13, fault.selector & 0xFFFC, regs=fault.regs, sregs=fault.sregs)
     return RETURNED
 
 
@@ -297,11 +300,16 @@ def sched_op(c: Call, cmd: int, arg: int, *_) -> int:
         c.domain.shutdown_code = c.u32(arg)
         return 0
     if cmd == x.SCHEDOP_POLL:
-        nr_ports = c.u32(arg + 8)
+        # sched_poll {ports handle, u32 nr_ports, (pad), u64 timeout} (public/sched.h)
+        ports, nr_ports, timeout = SCHED_POLL.unpack(c.read(arg, SCHED_POLL.size))
         if nr_ports > 128:
-            return -x.EINVAL
-        return 0                                      # spurious returns are allowed
+            return -x.EINVAL                          # Xen's "fairly arbitrary limit"
+        wanted = struct.unpack(f"<{nr_ports}I", c.read(ports, 4 * nr_ports))
+        return c.domain.poll(c.vcpu, c.engine, wanted, timeout)
     return -x.ENOSYS
+
+
+SCHED_POLL = struct.Struct("<QI4xQ")
 
 
 # -- memory (xen/common/memory.c, xen/arch/x86/mm.c) ---------------------------------------------
@@ -379,13 +387,9 @@ def vcpu_op(c: Call, cmd: int, vcpuid: int, arg: int, *_) -> int:
     if cmd == VCPUOP_UP:
         return d.up(target)
     if cmd == VCPUOP_IS_UP:
-        return 1 if target.initialised and not target.down else 0
+        return 0 if target.down else 1
     if cmd == VCPUOP_DOWN:
-        if target is not c.vcpu:
-            return -x.EINVAL                # hvm takes down only the caller (what Linux asks)
-        target.down = True
-        d.vcpu_down(c.vcpu, c.engine)
-        return 0
+        return d.down(target, c.vcpu, c.engine)
     if cmd == VCPUOP_REGISTER_VCPU_INFO:
         # vcpu_register_vcpu_info {u64 mfn, u32 offset, u32 rsvd}: a 64-byte area inside one page
         # of the guest's, 8-aligned (xen/common/domain.c map_guest_area: -ENXIO otherwise).

@@ -99,6 +99,8 @@ class PvTimer:
         self.singleshot: int | None = None      # system time
         self.period: int | None = None
         self.next_periodic: int | None = None
+        # The end of a SCHEDOP_poll (Xen's poll_timer): it wakes the vCPU, raises nothing.
+        self.poll_deadline: int | None = None
 
     def set_singleshot(self, deadline: int | None) -> None:
         self.singleshot = deadline
@@ -120,5 +122,5 @@ class PvTimer:
             self._fire()
 
     def next_deadline_ns(self) -> int | None:
-        due = [t for t in (self.singleshot, self.next_periodic) if t is not None]
+        due = [t for t in (self.singleshot, self.next_periodic, self.poll_deadline) if t is not None]
         return self.clock.deadline_monotonic(min(due)) if due else None

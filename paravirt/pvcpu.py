@@ -12,7 +12,7 @@ saved event mask), RFLAGS (IF = events were unmasked), RSP, SS. The return is do
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hvm.engine.state import Regs, Segment, SRegs
 from hvm.memory import GuestMemory, GuestMemoryError
@@ -38,6 +38,17 @@ IRET_CONTEXT = struct.Struct("<9Q")
 
 class DomainCrash(Exception):
     """The guest did what Xen answers with domain_crash(); the message says what."""
+
+
+class SegmentFault(DomainCrash):
+    """A selector the CPU would refuse to load (#GP(selector)). Where Xen loads it for the
+    guest it says what follows: the guest's own #GP, or the failsafe callback; else a crash."""
+
+    def __init__(self, selector: int, reason: str):
+        super().__init__(f"selector {selector:#x} {reason}")
+        self.selector = selector
+        self.regs: Regs | None = None        # where the guest stands when the load failed (iret)
+        self.sregs: SRegs | None = None
 
 
 def canonical(address: int) -> bool:
@@ -79,7 +90,13 @@ class PvVcpu:
     vcpu_info_maddr: int = 0
     debugregs: dict[int, int] = field(default_factory=dict)
     vcpu_info_registered: bool = False
-    down: bool = False
+    # Xen's _VPF_down: every vCPU but the first starts down, until VCPUOP_up. ``parked``: its
+    # engine holds it (VCPUOP_down took effect); VCPUOP_up lets it go on where it stopped.
+    down: bool = True
+    parked: bool = False
+    poll: frozenset[int] | None = None   # the ports of a SCHEDOP_poll in progress
+    ldt_frames: list[int] = field(default_factory=list)   # frames typed for the loaded LDT
+    failsafe_selectors: tuple[int, int, int, int] | None = None   # DS, ES, FS, GS a start failed to load
     runstate_area: int = 0
     initialised: bool = False     # has a context (vCPU 0 from the builder, others VCPUOP_initialise)
     start_state: tuple | None = None   # (Regs, SRegs, MSRs) VCPUOP_up starts it with
@@ -87,6 +104,7 @@ class PvVcpu:
     vmce: Vmce | None = None      # made at the first machine-check MSR access (needs the vendor)
 
     def __post_init__(self) -> None:
+        self.down = self.index != 0
         if not self.vcpu_info_maddr:
             self.vcpu_info_maddr = self.shared_info_maddr + self.index * VCPU_INFO_SIZE
 
@@ -116,27 +134,52 @@ class PvVcpu:
     def write(self, sregs: SRegs, va: int, data: bytes) -> None:
         write_virtual(self.memory, self.mode(sregs), va, data)
 
-    def segment(self, sregs: SRegs, selector: int, code: bool) -> Segment:
-        """The segment cache ``selector`` loads from the GDT (or LDT) the vCPU uses now: a
-        present ring-3 code (``code``) or writable data descriptor, else DomainCrash (Xen
-        would enter the failsafe callback; hvm does not yet)."""
+    def _descriptor(self, sregs: SRegs, selector: int) -> tuple[int, int]:
+        """The 8-byte descriptor ``selector`` names in the GDT (or LDT) the vCPU uses now."""
         index = selector & ~7
-        base, limit = (self.ldt[0], self.ldt[1] * 8 - 1) if selector & 4 else (sregs.gdt.base, sregs.gdt.limit)
+        base, limit = (sregs.ldt.base, sregs.ldt.limit) if selector & 4 else (sregs.gdt.base, sregs.gdt.limit)
+        if selector & 4 and (not sregs.ldt.present or sregs.ldt.unusable):
+            limit = -1
         if not index and not selector & 4 or index + 7 > limit:
-            raise DomainCrash(f"selector {selector:#x} is outside the descriptor table")
+            raise SegmentFault(selector, "is outside the descriptor table")
         try:
             lo, hi = struct.unpack("<II", self.read(sregs, base + index, 8))
         except (PageFault, GuestMemoryError):
-            raise DomainCrash(f"selector {selector:#x}: its descriptor cannot be read") from None
-        kind, dpl, present = hi >> 8 & 0xF, hi >> 13 & 3, hi >> 15 & 1
-        usable = kind & 0x8 if code else not kind & 0x8 and kind & 0x2
-        if not (present and hi >> 12 & 1 and dpl == 3 and usable):
-            raise DomainCrash(f"selector {selector:#x} is not a ring-3 {'code' if code else 'data'} segment")
+            raise SegmentFault(selector, "names a descriptor that cannot be read") from None
+        return lo, hi
+
+    @staticmethod
+    def _cache(selector: int, lo: int, hi: int) -> Segment:
         limit = (lo & 0xFFFF) | (hi & 0xF0000)
         if hi >> 23 & 1:
             limit = limit << 12 | 0xFFF
         return Segment(base=(lo >> 16) | (hi & 0xFF) << 16 | (hi & 0xFF000000), limit=limit, selector=selector,
-                       type=kind | 1, present=1, dpl=3, db=hi >> 22 & 1, s=1, l=hi >> 21 & 1, g=hi >> 23 & 1)
+                       type=hi >> 8 & 0xF | 1, present=1, dpl=hi >> 13 & 3, db=hi >> 22 & 1, s=1,
+                       l=hi >> 21 & 1, g=hi >> 23 & 1)
+
+    def segment(self, sregs: SRegs, selector: int, code: bool) -> Segment:
+        """The segment cache ``selector`` loads from the GDT (or LDT) the vCPU uses now into CS
+        (``code``) or SS: a present ring-3 code or writable data descriptor, else SegmentFault."""
+        lo, hi = self._descriptor(sregs, selector)
+        kind, dpl, present = hi >> 8 & 0xF, hi >> 13 & 3, hi >> 15 & 1
+        usable = kind & 0x8 if code else not kind & 0x8 and kind & 0x2
+        if not (present and hi >> 12 & 1 and dpl == 3 and usable):
+            raise SegmentFault(selector, f"is not a ring-3 {'code' if code else 'data'} segment")
+        return self._cache(selector, lo, hi)
+
+    def data_segment(self, sregs: SRegs, selector: int) -> Segment:
+        """What ``mov selector, %ds`` (ES, FS, GS) in ring 3 loads (SDM vol. 3A 5.7): a null
+        selector loads an unusable segment; else a present data or readable code segment that
+        ring 3 may use (DPL 3 unless conforming code), or SegmentFault."""
+        if not selector & ~3:
+            return Segment(base=0, limit=0, selector=selector, type=0, present=0, dpl=3, s=1, unusable=1)
+        lo, hi = self._descriptor(sregs, selector)
+        kind, dpl, present = hi >> 8 & 0xF, hi >> 13 & 3, hi >> 15 & 1
+        readable = not kind & 0x8 or kind & 0x2
+        conforming = kind & 0xC == 0xC
+        if not (present and hi >> 12 & 1 and readable and (dpl == 3 or conforming)):
+            raise SegmentFault(selector, "is not a data segment ring 3 may load")
+        return self._cache(selector, lo, hi)
 
     # -- mode switches ------------------------------------------------------------------------
     def toggle_mode(self, engine, sregs: SRegs) -> None:
@@ -206,7 +249,15 @@ class PvVcpu:
         if not flags & VGCF_IN_SYSCALL:
             regs.r11, regs.rcx = r11, rcx
         regs.rax = rax
-        sregs.cs, sregs.ss = self.segment(sregs, cs | 3, code=True), self.segment(sregs, ss | 3, code=False)
         self.upcall_mask = 0 if rflags & IF else 1
+        try:
+            sregs.cs, sregs.ss = self.segment(sregs, cs | 3, code=True), self.segment(sregs, ss | 3, code=False)
+        except SegmentFault as fault:
+            # Xen's own IRETQ to the guest faults with #GP(selector), and its exception entry
+            # makes that the guest's #GP at the place it was returning to (x86_64/entry.S,
+            # exception_with_ints_disabled): the caller bounces it from these registers.
+            sregs.cs, sregs.ss = replace(sregs.cs, selector=cs | 3), replace(sregs.ss, selector=ss | 3)
+            fault.regs, fault.sregs = regs, sregs
+            raise
         engine.set_sregs(sregs)
         engine.set_regs(regs)

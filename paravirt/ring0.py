@@ -232,15 +232,28 @@ class Ring0Vcpu:
         self._in_exit = True
         try:
             self._exit()
-            if self._parked:
-                self._parked = False
-                self._entry = None
-                if not self._wait_for_start():
-                    return
-                self._enter(*self._entry)
+            if not self._hold_while_parked():
+                return
         finally:
             self._in_exit = False
         self._upcall_now()
+
+    def _hold_while_parked(self) -> bool:
+        """After VCPUOP_down took effect: wait here until VCPUOP_up, then enter the guest with
+        what ``start_pv`` gave or go on as before (``resume``). False if the machine stopped."""
+        if not self._parked:
+            return True
+        self._parked = False
+        self._entry = None
+        in_exit, self._in_exit = self._in_exit, True
+        try:
+            if not self._wait_for_start():
+                return False
+            if self._entry is not None:
+                self._enter(*self._entry)
+        finally:
+            self._in_exit = in_exit
+        return True
 
     def _exit(self) -> None:
         engine = self.engine
@@ -324,8 +337,14 @@ class Ring0Vcpu:
         self._go.set()
 
     def park(self) -> None:
-        """VCPUOP_down of itself: the vCPU stays in this exit until ``start_pv``."""
+        """VCPUOP_down took effect (on the vCPU's thread, in an exit or an upcall): the vCPU
+        stays there until ``start_pv`` or ``resume``."""
         self._parked = True
+
+    def resume(self) -> None:
+        """VCPUOP_up of a parked vCPU (any thread): it goes on with the state it had."""
+        self._entry, self._entry_msrs = None, {}
+        self._go.set()
 
     def _wait_for_start(self) -> bool:
         while not self._stopping():
@@ -512,6 +531,7 @@ class Ring0Vcpu:
             return
         self.upcalls += 1
         self._finish(self.domain.exception(self, Event(vector, external=True)))
+        self._hold_while_parked()
 
 
 class _Alarm:

@@ -53,6 +53,7 @@ RECIPES = {
     "pvecho64": GuestRecipe("pvecho64.S", 64),
     "pvlinux64": GuestRecipe("pvlinux64.S", 64),
     "pvsmp64": GuestRecipe("pvsmp64.S", 64),
+    "pvabi64": GuestRecipe("pvabi64.S", 64),
     "stringio16": GuestRecipe("stringio16.S", 16, 0x7C00),
     "stringio32": GuestRecipe("stringio32.S", 32, 0x100000),
     "stringio64": GuestRecipe("stringio64.S", 64, 0x100000),

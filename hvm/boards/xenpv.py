@@ -276,7 +276,7 @@ def _pv_sregs(area, vcpu: int, l4_mfn: int) -> SRegs:
     sregs.gdt = DTable(area.gdt_base(vcpu), 16 * PAGE - 1)
     sregs.idt = DTable(ring0.idt, 256 * 16 - 1)
     sregs.tr = Segment(base=ring0.tss, limit=TSS_SIZE - 1, selector=ring0.tss_selector, type=0xB, present=1, s=0)
-    sregs.ldt = Segment(base=0, limit=0, selector=0, type=0x2, present=1, s=0)
+    sregs.ldt = area.ldt_segment(vcpu, 0)
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
     sregs.cr3 = l4_mfn * PAGE
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT

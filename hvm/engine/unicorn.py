@@ -66,6 +66,7 @@ _HLT = 0xF4
 _WINDOW = object()  # an interrupt waits for EFLAGS.IF
 _SHADOW = object()  # an interrupt waits for the instruction after STI / MOV SS to execute
 _IO_DENIED = object()  # an IN/OUT/INS/OUTS the I/O permission check refuses: #GP(0)
+_RESUME = object()  # a parked PV vCPU goes on with the state it has
 _SYSCALL = object()  # the event a SYSCALL hook records
 _SYSENTER = object()
 SYSENTER_CS, SYSENTER_ESP, SYSENTER_EIP = 0x174, 0x175, 0x176
@@ -227,8 +228,14 @@ class UnicornEngine(Engine):
         self.poke()
 
     def park(self) -> None:
-        """Stop running until ``start_pv`` (a PV vCPU's VCPUOP_down of itself)."""
+        """Stop running until ``start_pv`` or ``resume`` (a PV vCPU's VCPUOP_down; on the vCPU's
+        own thread)."""
         self._started = False
+
+    def resume(self) -> None:
+        """Go on from where ``park`` stopped, with the state kept (VCPUOP_up; any thread)."""
+        self._pv_start = _RESUME
+        self.poke()
 
     def poke(self) -> None:
         """An interrupt may be pending (any thread): end the current slice or idle wait now.
@@ -586,15 +593,19 @@ class UnicornEngine(Engine):
             if not self._started:
                 if self._pv_start is None:
                     return None
-                (regs, sregs, msrs), self._pv_start = self._pv_start, None
-                core.load_reset_state()
-                self.set_sregs(sregs)
-                self.set_regs(regs)
-                self.set_msrs(msrs)
+                start, self._pv_start = self._pv_start, None
+                if start is not _RESUME:
+                    regs, sregs, msrs = start
+                    core.load_reset_state()
+                    self.set_sregs(sregs)
+                    self.set_regs(regs)
+                    self.set_msrs(msrs)
                 self._started, self._halted = True, False
             waiting = self._deliver_pending()
             if isinstance(waiting, kx.VcpuExit):
                 return waiting
+            if not self._started:
+                continue        # the PV domain parked it (a VCPUOP_down from another vCPU)
             if self._halted:
                 if self._controller is None:
                     self._halted = False

@@ -139,7 +139,9 @@ def test_pv_kernel_gets_what_linux_relies_on(guests, accel):
 @pytest.mark.parametrize("accel", ["unicorn", "kvm"])
 def test_second_vcpu_started_with_vcpuop_initialise_and_up(guests, accel):
     # tests/guests/pvsmp64.S: the answers it checks are Xen's (xen/common/domain.c do_vcpu_op:
-    # a second VCPUOP_initialise is -EEXIST; VCPUOP_is_up 0 until VCPUOP_up).
+    # a second VCPUOP_initialise is -EEXIST; VCPUOP_is_up 0 until VCPUOP_up and while down; a
+    # vCPU taken down by another stops and goes on where it was after VCPUOP_up), and so is
+    # the failsafe callback's frame (xen/arch/x86/domain.c load_segments).
     config = MachineConfig(machine="xenpv", accel=accel, memory="64M", cpus=2, kernel=str(guests("pvsmp64")))
     with Machine(config) as machine:
         outcome = machine.run(timeout=60)
@@ -147,11 +149,51 @@ def test_second_vcpu_started_with_vcpuop_initialise_and_up(guests, accel):
         domain = machine.board.domain
         ipi = [n for n, port in domain.channels.ports.items() if port.kind == "ipi"]
         pending = machine.memory.read_u64(domain.area.shared_info_maddr + 2048)   # evtchn_pending[0]
-    assert "pvsmp64: vCPU 1 running" in text and "pvsmp64: vCPU 1 takes itself down" in text, text
-    assert "pvsmp64: vCPU 1 went down, vCPU 0 powers off" in text and "FAILED" not in text, text
+    expected = ["started in its failsafe callback ok", "running", "took vCPU 1 down, its count stopped",
+                "up again, counting on", "takes itself down", "went down, vCPU 0 powers off"]
+    lines = [line for line in text.splitlines() if line.startswith("pvsmp64: ")]
+    assert [line for line in expected if not any(line in seen for seen in lines)] == [], text
+    assert "FAILED" not in text and lines.count("pvsmp64: vCPU 1 running") == 1, text
     assert outcome.end.value == "poweroff" and outcome.exit_code == 0, outcome
+    assert domain.bounced["failsafe callback"] == 1, domain.bounced
     # vCPU 1's EVTCHNOP_send on the IPI port bound to vCPU 0 left it pending.
     assert len(ipi) == 1 and pending >> ipi[0] & 1, (ipi, hex(pending))
+
+
+@pytest.mark.parametrize("accel", ["unicorn", "kvm"])
+def test_last_vcpu_down_powers_the_domain_off(guests, accel):
+    # Xen's do_vcpu_op: VCPUOP_down of the last vCPU that is up is domain_shutdown(poweroff).
+    r = hvmrun("-M", "xenpv", "--accel", accel, "-m", "64M", "-c", "2",
+               "--kernel", str(guests("pvsmp64", LAST_DOWN=1)), "--timeout", "60")
+    assert b"pvsmp64: vCPU 1 went down, vCPU 0 goes down last" in r.stdout, r.stdout
+    assert r.returncode == 0 and b"FAILED" not in r.stdout, (r.returncode, r.stderr.decode(errors="replace"))
+
+
+ABI_EXPECTED = [
+    "pvabi64: FS loaded from the LDT reads through its base ok",
+    "pvabi64: the LDT page cannot be mapped writable -16",      # EBUSY, as for any typed frame
+    "pvabi64: an empty LDT slot is #GP 0x14",
+    "pvabi64: iret to a data selector as CS is #GP 0xc at its target",
+    "pvabi64: poll refuses bad arguments -22 -22 -14",
+    "pvabi64: poll slept until its timeout ok",
+    "pvabi64: poll woken by its masked timer port ok",
+    "pvabi64: poll on a pending port returns at once",
+]
+
+
+@pytest.mark.parametrize("accel", ["unicorn", "kvm"])
+def test_ldt_bad_iret_and_poll_as_xen_does(guests, accel):
+    # tests/guests/pvabi64.S checks each answer itself (Xen's, named there) and the times it
+    # slept by its own reading of the PV clock.
+    config = MachineConfig(machine="xenpv", accel=accel, memory="64M", kernel=str(guests("pvabi64")))
+    with Machine(config) as machine:
+        outcome = machine.run(timeout=60)
+        text = machine.serial.text
+        domain = machine.board.domain
+        types = domain.mm.type_counts()
+    assert [line for line in ABI_EXPECTED if line not in text] == [], text
+    assert outcome.end.value == "poweroff" and outcome.exit_code == 0, (outcome, text)
+    assert domain.bounced["#GP"] == 2 and types.get("SEG_DESC") == 1, (domain.bounced, types)
 
 
 def test_graceful_stop_asks_the_guest_through_xenstore(guests):
