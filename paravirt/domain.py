@@ -508,6 +508,8 @@ class PvDomain:
                 engine.set_regs(regs)
                 return self.bounce_trap(vcpu, engine, 13, vector << 3 | 2)
             return self.bounce_trap(vcpu, engine, vector, None)
+        if vector == 1:
+            vcpu.debugregs.took_debug_trap(engine)
         if vector == 14:
             cr2 = engine.get_sregs().cr2
             if self.ptwr.handles(self, vcpu, event.error_code) and self.ptwr.emulate(self, vcpu, engine, regs, cr2):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .debugregs import CR4_DE
 from .pvcpu import MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, canonical
 from .vmce import Vmce
 
@@ -30,9 +31,10 @@ EFER_VISIBLE = 1 << 0 | 1 << 8 | 1 << 10 | 1 << 11     # SCE, LME, LMA, NX
 CR0_TS = 1 << 3
 # CR4 as a PV guest sees it (xen/arch/x86/pv/domain.c, PV_CR4_GUEST_MASK and _VISIBLE_MASK):
 # TSD and DE are the guest's to choose (hvm keeps them virtual: its user-mode RDTSC does not
-# fault, debug-register I/O breakpoints do not exist); FSGSBASE and OSXSAVE are too on Xen,
-# but hvm's PV CPUID offers neither feature. PAE, MCE, OSFXSR and OSXMMEXCPT read as set.
-CR4_TSD, CR4_DE = 1 << 2, 1 << 3
+# fault; DE only decides what set_debugreg accepts, paravirt.debugregs); FSGSBASE and OSXSAVE
+# are too on Xen, but hvm's PV CPUID offers neither feature. PAE, MCE, OSFXSR and OSXMMEXCPT
+# read as set.
+CR4_TSD = 1 << 2
 CR4_GUEST_CONTROLLED = CR4_TSD | CR4_DE
 CR4_XEN_VISIBLE = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10
 GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",

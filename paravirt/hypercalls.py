@@ -198,20 +198,12 @@ def fpu_taskswitch(c: Call, set_ts: int, *_) -> int:
 
 @hypercall("set_debugreg")
 def set_debugreg(c: Call, reg: int, value: int, *_) -> int:
-    if reg not in (0, 1, 2, 3, 6, 7):
-        return -x.EINVAL
-    if reg < 4 and x.HYPERVISOR_VIRT_START <= value < x.HYPERVISOR_VIRT_END:
-        return -x.EPERM                              # a breakpoint on the hypervisor (Xen's access_ok)
-    # Kept for get_debugreg; the CPU's breakpoints are not armed with them (yet).
-    c.vcpu.debugregs[reg] = value
-    return 0
+    return c.vcpu.debugregs.set(reg, value, c.vcpu.cr4, c.engine)
 
 
 @hypercall("get_debugreg")
 def get_debugreg(c: Call, reg: int, *_) -> int:
-    if reg not in (0, 1, 2, 3, 6, 7):
-        return -x.EINVAL
-    return c.vcpu.debugregs.get(reg, 0xFFFF0FF0 if reg == 6 else 0x400 if reg == 7 else 0)
+    return c.vcpu.debugregs.get(reg, c.vcpu.cr4)
 
 
 @hypercall("iret")

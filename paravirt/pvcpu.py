@@ -18,6 +18,7 @@ from hvm.engine.state import Regs, Segment, SRegs
 from hvm.memory import GuestMemory, GuestMemoryError
 from hvm.paging import PageFault, PagingMode, read_virtual, write_virtual
 
+from .debugregs import DebugRegisters
 from .vmce import Vmce
 from .abi import (FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START,
                   VGCF_IN_SYSCALL)
@@ -88,7 +89,7 @@ class PvVcpu:
     gdt_entries: int = 0
     ldt: tuple[int, int] = (0, 0)   # (linear base, entries)
     vcpu_info_maddr: int = 0
-    debugregs: dict[int, int] = field(default_factory=dict)
+    debugregs: DebugRegisters = field(default_factory=DebugRegisters)
     vcpu_info_registered: bool = False
     # Xen's _VPF_down: every vCPU but the first starts down, until VCPUOP_up. ``parked``: its
     # engine holds it (VCPUOP_down took effect); VCPUOP_up lets it go on where it stopped.

@@ -438,6 +438,7 @@ class UnicornCore:
         self.uc = uc
         self.strings = StringIo(self)
         self._tlb_flush = (unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+        self._dr7 = x86.UC_X86_REG_DR7
         self._reset = uc.context_save()
         self.current = engine
         for e in self.engines:
@@ -525,6 +526,7 @@ class UnicornCore:
             self.current = engine
             return
         uc = self.uc
+        armed = uc.reg_read(self._dr7) & 0xFF      # breakpoints the outgoing vCPU has enabled
         if current is not None:
             if current.context is None:
                 current.context = uc.context_save()
@@ -532,6 +534,11 @@ class UnicornCore:
                 uc.context_update(current.context)
         uc.context_restore(engine.context if engine.context is not None else self._reset)
         uc.ctl(*self._tlb_flush)
+        # Breakpoints belong to the CPU, not to a saved context: rebuilt from the incoming
+        # vCPU's DR7 when either vCPU has any (uc_lib edit 5; a no-op on PyPI's library).
+        dr7 = uc.reg_read(self._dr7)
+        if armed or dr7 & 0xFF:
+            uc.reg_write(self._dr7, dr7)
         self.current = engine
         self.switches += 1
 

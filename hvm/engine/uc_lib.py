@@ -16,6 +16,7 @@ block, puts the mark back on every TLB entry that stores into the page, by host 
 block hook's IF check. (3) Events: the CPU delivers the exceptions and software interrupts hvm
 asks for with QEMU's own ``do_interrupt`` instead of handing each to ``UC_HOOK_INTR`` (~0.8 us
 against ~250 us in Python). (4) QEMU 5's error code for a bad 64-bit IDT entry, corrected.
+(5) Writing DR0-DR7 arms QEMU's instruction breakpoints, as MOV to DR7 does.
 
 The rebuilt library is used when it was built for the installed unicorn release and these edits;
 otherwise PyPI's is (slower, and with (1)'s stale-code case). It has to be chosen before the first
@@ -191,6 +192,30 @@ _IDT64_CHECKS = (
      "    }\n")
 EDITS += (
     ("qemu/target/i386/seg_helper.c", _IDT64_CHECKS, _IDT64_CHECKS.replace("intno * 16 + 2", "intno * 8 + 2")),
+)
+
+# (5) Debug registers: uc_reg_write of DR0-DR7 only stored the value; QEMU arms its breakpoints
+# when the guest executes MOV to DR7 (bpt_helper.c cpu_x86_update_dr7). The write now does the
+# same, from scratch: the breakpoints are rebuilt from the registers, never from the references in
+# env, which a restored context of another vCPU may have left pointing at freed ones. (Data
+# breakpoints stay inert: unicorn compiles QEMU's watchpoints out, exec.c.)
+_DR_WRITE64 = ("            CHECK_REG_TYPE(uint64_t);\n"
+               "            env->dr[regid - UC_X86_REG_DR0] = *(uint64_t *)value;\n")
+EDITS += (
+    ("qemu/target/i386/unicorn.c", _DR_WRITE64,
+     "            CHECK_REG_TYPE(uint64_t);\n"
+     "            {\n"
+     "                uint64_t v = *(uint64_t *)value;\n"
+     "                target_ulong dr7 = regid == UC_X86_REG_DR7 ? v : env->dr[7];\n"
+     "                int i;\n"
+     "                cpu_breakpoint_remove_all(env_cpu(env), BP_CPU);\n"
+     "                for (i = 0; i < DR7_MAX_BP; i++) {\n"
+     "                    env->cpu_breakpoint[i] = NULL;\n"
+     "                }\n"
+     "                env->dr[regid - UC_X86_REG_DR0] = v;\n"
+     "                env->dr[7] = DR7_FIXED_1;\n"
+     "                cpu_x86_update_dr7(env, dr7);\n"
+     "            }\n"),
 )
 
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)

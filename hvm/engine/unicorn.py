@@ -866,6 +866,21 @@ class UnicornEngine(Engine):
         for index, value in values.items():
             self.uc.reg_write(self._x86.UC_X86_REG_MSR, (index, value))
 
+    @_on_cpu
+    def set_debugregs(self, breakpoints: list[int], dr6: int, dr7: int) -> None:
+        """DR0-DR3, DR6, DR7 (the rebuilt library arms instruction breakpoints on the write)."""
+        uc, x86 = self.uc, self._x86
+        for n, address in enumerate(breakpoints):
+            uc.reg_write(getattr(x86, f"UC_X86_REG_DR{n}"), address)
+        uc.reg_write(x86.UC_X86_REG_DR6, dr6)
+        uc.reg_write(x86.UC_X86_REG_DR7, dr7)
+
+    @_on_cpu
+    def get_debugregs(self) -> tuple[list[int], int, int]:
+        uc, x86 = self.uc, self._x86
+        return ([uc.reg_read(getattr(x86, f"UC_X86_REG_DR{n}")) for n in range(4)],
+                uc.reg_read(x86.UC_X86_REG_DR6), uc.reg_read(x86.UC_X86_REG_DR7))
+
     def edit_cpuid(self, edit) -> None:
         """Let ``edit`` change this vCPU's CPUID table in place (a board's own policy)."""
         edit(self._cpuid_table)

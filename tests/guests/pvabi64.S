@@ -11,11 +11,17 @@
  *     sleeps until system time passes the timeout; woken by its VIRQ_TIMER port while that port
  *     is masked (no upcall: no event callback is registered, one would crash the domain);
  *     returns at once while a polled port is pending.
+ *   - HYPERVISOR_set_debugreg (xen/arch/x86/pv/misc-hypercalls.c): an instruction breakpoint in
+ *     DR0 enabled in DR7 is a #DB at that instruction, through the trap table, and
+ *     get_debugreg(6) then has B0 set; what Xen refuses it refuses with Xen's errno. (NO_BREAKPOINT:
+ *     armed and read back only, for hosts whose KVM cannot run ring 3 with debug registers.)
  * System time is the guest's own reading of vcpu_time_info (xen.h: system_time +
  * ((rdtsc - tsc_timestamp) << tsc_shift) * tsc_to_system_mul >> 32). */
         .code64
         .set HYPERVISOR_set_trap_table, 0
         .set HYPERVISOR_stack_switch, 3
+        .set HYPERVISOR_set_debugreg, 8
+        .set HYPERVISOR_get_debugreg, 9
         .set HYPERVISOR_update_va_mapping, 14
         .set HYPERVISOR_set_timer_op, 15
         .set HYPERVISOR_console_io, 18
@@ -64,6 +70,7 @@ _start:
         call ldt
         call bad_iret
         call poll
+        call breakpoint
         movl $0, reason(%rip)                           /* SHUTDOWN_poweroff */
         mov $2, %edi
         lea reason(%rip), %rsi
@@ -223,6 +230,64 @@ poll:
         SAY "pvabi64: poll on a pending port returns at once\n"
         ret
 
+/* -- debug registers ------------------------------------------------------------------------- */
+        .macro SETDR reg, value
+        mov $\reg, %edi
+        movabs $\value, %rsi
+        HCALL HYPERVISOR_set_debugreg
+        .endm
+
+breakpoint:
+        SETDR 0, 0xffff800000000000                     /* Xen's own area */
+        EXPECT -1
+        SETDR 7, 0x2401                                 /* GD */
+        EXPECT -1
+        SETDR 7, 0x100000001                            /* upper half reserved */
+        EXPECT -22
+        SETDR 8, 0
+        EXPECT -19
+        SETDR 7, 0x20001                                /* an I/O breakpoint, CR4.DE clear */
+        EXPECT -1
+        SAY "pvabi64: set_debugreg refuses -1 -1 -22 -19 -1\n"
+
+        mov $0, %edi
+        lea bp_target(%rip), %rsi
+        HCALL HYPERVISOR_set_debugreg
+        EXPECT 0
+        SETDR 7, 0x1                                    /* L0: execute, 1 byte */
+        EXPECT 0
+        mov $7, %edi
+        HCALL HYPERVISOR_get_debugreg
+        EXPECT 0x401                                    /* with DR7's always-one bit */
+        .ifdef NO_BREAKPOINT                            /* a host that cannot fire it: off again */
+        SETDR 7, 0
+        EXPECT 0
+        ret
+        .endif
+bp_target:
+        nop                                             /* #DB here, before it runs */
+        lea bp_target(%rip), %rax
+        cmp %rax, db_rip(%rip)
+        jne fail
+        testq $1, db_dr6(%rip)                          /* B0 */
+        jz fail
+        SAY "pvabi64: DR0 breakpoint is #DB at its address, DR6.B0 set ok\n"
+        ret
+
+db_handler:                                             /* rcx, r11, rip, cs, rflags, rsp, ss */
+        mov 16(%rsp), %rax
+        mov %rax, db_rip(%rip)
+        mov $6, %edi
+        HCALL HYPERVISOR_get_debugreg
+        mov %rax, db_dr6(%rip)
+        mov $7, %edi                                    /* off, or it fires again at the iret */
+        mov $0, %esi
+        HCALL HYPERVISOR_set_debugreg
+        pop %rcx
+        pop %r11
+        pushq $0
+        jmp hypercall_page + HYPERVISOR_iret * 32
+
 do_poll:
         mov $SCHEDOP_poll, %edi
         lea poll_args(%rip), %rsi
@@ -269,6 +334,10 @@ gp_handler:                                             /* rcx, r11, error, rip,
         .section .rodata
         .p2align 4
 trap_table:                                             /* trap_info: vector, flags, cs, address */
+        .byte 1, 0
+        .word FLAT_KERNEL_CS
+        .long 0
+        .quad db_handler
         .byte 13, 0
         .word FLAT_KERNEL_CS
         .long 0
@@ -287,6 +356,8 @@ gp_rsp: .quad 0
 gp_error: .quad 0
 gp_rip: .quad 0
 deadline: .quad 0
+db_rip: .quad 0
+db_dr6: .quad 0
 poll_args: .quad 0                                      /* sched_poll: ports, nr_ports, timeout */
         .long 0, 0
         .quad 0

@@ -13,7 +13,9 @@ import pytest
 
 from conftest import hvmrun
 from hvm.config import MachineConfig
+from hvm.host import host_info
 from hvm.machine import Machine
+from paravirt.ring0 import DEBUGREG_LIMIT
 
 EXPECTED = [
     "pv64: console_io works",
@@ -178,22 +180,33 @@ ABI_EXPECTED = [
     "pvabi64: poll slept until its timeout ok",
     "pvabi64: poll woken by its masked timer port ok",
     "pvabi64: poll on a pending port returns at once",
+    "pvabi64: set_debugreg refuses -1 -1 -22 -19 -1",         # EPERM EPERM EINVAL ENODEV EPERM
 ]
+BREAKPOINT = "pvabi64: DR0 breakpoint is #DB at its address, DR6.B0 set ok"
 
 
 @pytest.mark.parametrize("accel", ["unicorn", "kvm"])
 def test_ldt_bad_iret_and_poll_as_xen_does(guests, accel):
     # tests/guests/pvabi64.S checks each answer itself (Xen's, named there) and the times it
     # slept by its own reading of the PV clock.
-    config = MachineConfig(machine="xenpv", accel=accel, memory="64M", kernel=str(guests("pvabi64")))
+    # On a host whose KVM runs ring 3 without debug registers (kvm_pvm: measured, see
+    # paravirt/ring0.py DEBUGREG_LIMIT) the breakpoint is armed and read back but not run into;
+    # hvm says so instead.
+    no_breakpoint = accel == "kvm" and host_info().emulation_only
+    kernel = guests("pvabi64", **({"NO_BREAKPOINT": 1} if no_breakpoint else {}))
+    config = MachineConfig(machine="xenpv", accel=accel, memory="64M", kernel=str(kernel))
     with Machine(config) as machine:
         outcome = machine.run(timeout=60)
         text = machine.serial.text
         domain = machine.board.domain
         types = domain.mm.type_counts()
-    assert [line for line in ABI_EXPECTED if line not in text] == [], text
+        notes = machine.board.ring0.notes if machine.board.ring0 else []
+    expected = ABI_EXPECTED + ([] if no_breakpoint else [BREAKPOINT])
+    assert [line for line in expected if line not in text] == [], text
     assert outcome.end.value == "poweroff" and outcome.exit_code == 0, (outcome, text)
     assert domain.bounced["#GP"] == 2 and types.get("SEG_DESC") == 1, (domain.bounced, types)
+    assert domain.bounced["#DB"] == (0 if no_breakpoint else 1), domain.bounced
+    assert notes == ([DEBUGREG_LIMIT] if no_breakpoint else []), notes
 
 
 def test_graceful_stop_asks_the_guest_through_xenstore(guests):
