@@ -326,7 +326,9 @@ class Ring0Vcpu:
         # wait here for VCPUOP_up) in ring 3.
         ring0 = self.ring0
         self.engine.set_msrs({MSR_STAR: STAR, MSR_LSTAR: ring0.lstar, MSR_CSTAR: ring0.cstar, MSR_SFMASK: SFMASK})
-        if self._entry is None and not self._wait_for_start():
+        # A started vCPU's entry comes with _go set (start_pv): taken here, so that a later
+        # park does not find it still set and go on at once.
+        if (self._entry is None or self._go.is_set()) and not self._wait_for_start():
             return
         self._enter(*self._entry)
 

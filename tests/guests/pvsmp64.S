@@ -116,8 +116,18 @@ _start:
         VCPUOP VCPUOP_is_up, 1, 0
         test %rax, %rax
         jnz fail
-        call settle                                     /* it may finish the step it was in */
-        mov ap_count(%rip), %r12
+        /* It stops when it next looks at its events (Xen's vcpu_sleep_nosync: not at once), so
+         * wait for the count to hold still over a settle, then for as long again. A vCPU still
+         * running counts on every yield of its own and never holds still. */
+        mov $50, %r13d
+4:      mov ap_count(%rip), %r12
+        call settle
+        cmp ap_count(%rip), %r12
+        je 5f
+        dec %r13d
+        jnz 4b
+        jmp fail
+5:      call settle
         call settle
         cmp ap_count(%rip), %r12                        /* held: it counts no more */
         jne fail
@@ -151,9 +161,9 @@ _start:
         HCALL HYPERVISOR_sched_op
         jmp fail
 
-settle:                                                 /* 50 yields */
+settle:                                                 /* 100 yields */
         push %rbx
-        mov $50, %ebx
+        mov $100, %ebx
 1:      mov $0, %edi
         xor %esi, %esi
         HCALL HYPERVISOR_sched_op
