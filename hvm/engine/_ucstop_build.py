@@ -1,4 +1,5 @@
-"""cffi builder of ``hvm.engine._ucstop``: the unicorn block hook through which time slices end.
+"""cffi builder of ``hvm.engine._ucstop``: the unicorn block hook through which time slices end
+on PyPI's library (hvm's rebuilt one ends them itself: ``uc_lib`` edit 5, ``uc_core._NativeSlices``).
 
 Why C: unicorn 2.1.4 checks for a stop request after every guest load and store as well as at
 each translation block's start, and when the request is seen after a store it restarts the
@@ -15,10 +16,6 @@ exit, which hardware gives KVM and unicorn has no hook for). After STI the next 
 one instruction in its interrupt shadow (QEMU translates it alone); ``window_skip`` lets that
 block run before the window counts. ``any_block`` stops at the next block whatever IF says: an
 NMI waiting for the IRET that ends its predecessor's handler (IRET ends a block) is let in there.
-IF is read where the CPU stores it when hvm's rebuilt library says where (``uc_lib.EFLAGS_EXPORT``):
-``uc_reg_read`` computes the arithmetic flags first, which made each block ~12 ns dearer while an
-interrupt waited (GRUB and the kernel's decompressor run with interrupts off and the BIOS's timer
-ticking, for tens of seconds).
 """
 from __future__ import annotations
 
@@ -29,7 +26,7 @@ ffibuilder.cdef("""
 typedef struct {
     int wanted; void *stop; unsigned long long stops;
     int window; int eflags_id; void *reg_read; unsigned long long window_stops;
-    int window_skip; int any_block; void *eflags;
+    int window_skip; int any_block;
 } hvm_stop_t;
 void *hvm_block_hook_address(void);
 """)
@@ -46,7 +43,6 @@ typedef struct {
     unsigned long long window_stops;
     int window_skip;          /* block entries to let pass before watching for the window */
     int any_block;            /* the window is any block entry, IF or not */
-    void *eflags;             /* where the CPU stores EFLAGS, if the library says (uc_lib) */
 } hvm_stop_t;
 
 /* uc_cb_hookcode_t: (uc_engine *uc, uint64_t address, uint32_t size, void *user_data) */
@@ -63,10 +59,7 @@ static void hvm_block_hook(void *uc, uint64_t address, uint32_t size, void *user
         s->window_skip--;
     } else if (s->window) {
         uint64_t flags = 0;
-        if (s->eflags)
-            flags = *(volatile uint64_t *)s->eflags;
-        else
-            ((int (*)(void *, int, void *))s->reg_read)(uc, s->eflags_id, &flags);
+        ((int (*)(void *, int, void *))s->reg_read)(uc, s->eflags_id, &flags);
         if (s->any_block || (flags & 0x200)) {
             s->window = 0;
             s->window_stops++;

@@ -47,6 +47,71 @@ def _uc():
     return unicorn, x86_const
 
 
+class _HookSlices:
+    """Slices ended through hvm's C block hook (``_ucstop_build``), on a library without
+    hvm's native slices: a block hook call per translated block."""
+
+    def __init__(self, uc):
+        self._state = _stop_hook(uc)
+
+    def request(self) -> None:
+        self._state.wanted = 1
+
+    def drop(self) -> None:
+        self._state.wanted = 0
+
+    def watch(self, interrupt: bool, shadow: bool, nmi: bool) -> None:
+        state = self._state
+        state.window_skip = int(shadow or nmi)
+        state.any_block = int(nmi)
+        state.window = int(interrupt or nmi)
+
+    @property
+    def window_stops(self) -> int:
+        return self._state.window_stops
+
+
+class _NativeSlices:
+    """Slices ended by hvm's rebuilt library itself (``uc_lib`` edit 5): a stop taken at the
+    next block boundary, and the windows where the CPU would take an interrupt or an NMI found
+    as QEMU finds them (STI and MOV SS shadows, NMI blocking until IRET included)."""
+
+    REQUEST, DROP, WATCH = 1, 2, 3
+
+    def __init__(self, uc, address: int):
+        self._call = ffi.cast("uint64_t *(*)(void *, int, int)", address)
+        self._uc = ffi.cast("void *", uc._uch.value)
+        self._stops = self._call(self._uc, 0, 0)    # the library's count of window stops
+        self._window = 0
+
+    def request(self) -> None:
+        self._call(self._uc, self.REQUEST, 0)
+
+    def drop(self) -> None:
+        self._call(self._uc, self.DROP, 0)
+
+    def watch(self, interrupt: bool, shadow: bool, nmi: bool) -> None:
+        window = (1 if interrupt or shadow else 0) | (2 if nmi else 0)
+        if window or self._window:
+            self._call(self._uc, self.WATCH, window)
+        self._window = window
+
+    @property
+    def window_stops(self) -> int:
+        return self._stops[0]
+
+
+def _slices(uc):
+    """How this library's slices end: natively when it is hvm's rebuilt one, else through the
+    block hook."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    native = getattr(uclib, uc_lib.SLICE_EXPORT, None)
+    if native is None or os.environ.get("HVM_UNICORN_BLOCK_HOOK"):
+        return _HookSlices(uc)
+    return _NativeSlices(uc, ctypes.cast(native, ctypes.c_void_p).value)
+
+
 def _stop_hook(uc):
     """Install the C block hook through which every slice ends (see ``_ucstop_build``: a stop
     requested any other way can make unicorn run a storing instruction twice); returns the
@@ -63,10 +128,6 @@ def _stop_hook(uc):
     state.stop = ffi.cast("void *", ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
     state.reg_read = ffi.cast("void *", ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value)
     state.eflags_id = x86_const.UC_X86_REG_EFLAGS
-    where = getattr(uclib, uc_lib.EFLAGS_EXPORT, None)
-    if where is not None:
-        where.restype, where.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
-        state.eflags = ffi.cast("void *", where(uc._uch))
     handle = ctypes.c_size_t()
     status = uclib.uc_hook_add(
         uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
@@ -429,7 +490,7 @@ class UnicornCore:
         # Unicorn turns SYSENTER into a no-op that calls this hook; SYSEXIT it runs itself.
         uc.hook_add(unicorn.UC_HOOK_INSN, self._sysenter, None, 1, 0, x86.UC_X86_INS_SYSENTER)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
-        self._stop = _stop_hook(uc)
+        self._stop = _slices(uc)
         self._native = _native_events(uc)
         try:
             self.fields = uc_context.ContextFields(uc, uc_context.layout())
@@ -535,7 +596,7 @@ class UnicornCore:
         uc.context_restore(engine.context if engine.context is not None else self._reset)
         uc.ctl(*self._tlb_flush)
         # Breakpoints belong to the CPU, not to a saved context: rebuilt from the incoming
-        # vCPU's DR7 when either vCPU has any (uc_lib edit 5; a no-op on PyPI's library).
+        # vCPU's DR7 when either vCPU has any (uc_lib edit 4; a no-op on PyPI's library).
         dr7 = uc.reg_read(self._dr7)
         if armed or dr7 & 0xFF:
             uc.reg_write(self._dr7, dr7)
@@ -568,18 +629,17 @@ class UnicornCore:
 
     def request_stop(self) -> None:
         """Make emulation stop at the next translation block entry (any thread, any time)."""
-        self._stop.wanted = 1
+        self._stop.request()
 
     def drop_stop(self) -> None:
         """Forget a stop requested for a slice that has ended (before the next one begins)."""
-        self._stop.wanted = 0
+        self._stop.drop()
 
-    def watch_window(self, on: bool, skip: int = 0, any_block: bool = False) -> None:
-        """Stop at the next block entered with EFLAGS.IF set (an interrupt is waiting for it),
-        or at the next block at all with ``any_block``, after letting ``skip`` entries pass."""
-        self._stop.window_skip = skip
-        self._stop.any_block = int(any_block)
-        self._stop.window = int(on)
+    def watch_window(self, interrupt: bool = False, shadow: bool = False, nmi: bool = False) -> None:
+        """Stop where the CPU could take an interrupt (EFLAGS.IF set; ``shadow``: not before
+        the instruction in an STI or MOV SS shadow has run) or, with ``nmi``, an NMI (once the
+        IRET ending the last NMI's handler has run)."""
+        self._stop.watch(interrupt, shadow, nmi)
 
     @property
     def window_stops(self) -> int:

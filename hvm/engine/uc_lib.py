@@ -12,11 +12,13 @@ another mapping runs stale (tests/guests/smc64.S; Xen's I/O emulation stubs). Th
 ``notdirty_write`` clears the mark once no translated code is recorded for the page
 (``tb_page_has_code``), and ``tlb_protect_code``, called when a page gets its first translated
 block, puts the mark back on every TLB entry that stores into the page, by host address as QEMU's
-``tlb_reset_dirty_range_all`` does. (2) EFLAGS: an export of where the CPU keeps EFLAGS, for the
-block hook's IF check. (3) Events: the CPU delivers the exceptions and software interrupts hvm
-asks for with QEMU's own ``do_interrupt`` instead of handing each to ``UC_HOOK_INTR`` (~0.8 us
-against ~250 us in Python). (4) QEMU 5's error code for a bad 64-bit IDT entry, corrected.
-(5) Writing DR0-DR7 arms QEMU's instruction breakpoints, as MOV to DR7 does.
+``tlb_reset_dirty_range_all`` does. (2) Events: the CPU delivers the exceptions and software
+interrupts hvm asks for with QEMU's own ``do_interrupt`` instead of handing each to
+``UC_HOOK_INTR`` (~0.8 us against ~250 us in Python). (3) QEMU 5's error code for a bad 64-bit
+IDT entry, corrected. (4) Writing DR0-DR7 arms QEMU's instruction breakpoints, as MOV to DR7
+does. (5) Slices end without a block hook: QEMU's inline stop check at each block's start, a stop
+hvm asks for taken there, the interrupt window found where QEMU would take an interrupt, and no
+stop checks after guest loads and stores (below).
 
 The rebuilt library is used when it was built for the installed unicorn release and these edits;
 otherwise PyPI's is (slower, and with (1)'s stale-code case). It has to be chosen before the first
@@ -81,24 +83,6 @@ EDITS: tuple[tuple[str, str, str], ...] = (
      "            !tb_page_has_code(cpu->uc, ram_addr & TARGET_PAGE_MASK) &&\n"),
 )
 
-# Where the CPU keeps EFLAGS as stored: hvm's block hook reads IF there at each block while an
-# interrupt waits for it, instead of through uc_reg_read, which first computes the arithmetic
-# flags (~12 ns a block; see _ucstop_build).
-EFLAGS_EXPORT = "hvm_uc_x86_eflags"
-EDITS += (
-    ("qemu/target/i386/unicorn.c",
-     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n",
-     "/* hvm: the address of EFLAGS as the CPU stores it (IF, TF, DF... exact; the arithmetic flags\n"
-     "   are computed lazily and are not there). */\n"
-     "DEFAULT_VISIBILITY\n"
-     "target_ulong *hvm_uc_x86_eflags(struct uc_struct *uc)\n"
-     "{\n"
-     "    return &((CPUX86State *)uc->cpu->env_ptr)->eflags;\n"
-     "}\n"
-     "\n"
-     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n"),
-)
-
 # Exceptions and software interrupts delivered by the CPU itself (QEMU's do_interrupt, as under
 # QEMU's TCG) instead of by hvm in Python through UC_HOOK_INTR: an `int $0x30` + `iretq` round
 # trip costs ~0.8 us so against ~250-470 us. hvm chooses the vectors (see uc_core.native_events).
@@ -142,7 +126,7 @@ EDITS += (
      "        }\n"
      "        if (env->exception_is_int) {\n"),
     ("qemu/target/i386/unicorn.c",
-     "/* hvm: the address of EFLAGS",
+     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n",
      "/* hvm: which events the CPU delivers itself (see uc_priv.h); returns the per-vector counts of\n"
      "   those it delivered. */\n"
      "DEFAULT_VISIBILITY\n"
@@ -155,7 +139,7 @@ EDITS += (
      "    return uc->hvm_native_counts;\n"
      "}\n"
      "\n"
-     "/* hvm: the address of EFLAGS"),
+     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n"),
 )
 
 # QEMU 5's 64-bit delivery puts vector * 16 + 2 in the error code of the #GP/#NP a bad IDT entry
@@ -194,7 +178,7 @@ EDITS += (
     ("qemu/target/i386/seg_helper.c", _IDT64_CHECKS, _IDT64_CHECKS.replace("intno * 16 + 2", "intno * 8 + 2")),
 )
 
-# (5) Debug registers: uc_reg_write of DR0-DR7 only stored the value; QEMU arms its breakpoints
+# (4) Debug registers: uc_reg_write of DR0-DR7 only stored the value; QEMU arms its breakpoints
 # when the guest executes MOV to DR7 (bpt_helper.c cpu_x86_update_dr7). The write now does the
 # same, from scratch: the breakpoints are rebuilt from the registers, never from the references in
 # env, which a restored context of another vCPU may have left pointing at freed ones. (Data
@@ -216,6 +200,141 @@ EDITS += (
      "                env->dr[7] = DR7_FIXED_1;\n"
      "                cpu_x86_update_dr7(env, dr7);\n"
      "            }\n"),
+)
+
+# (5) Slices ended without a block hook. Unicorn checks for a stop at every translation block's
+# start with a helper call (QEMU inlines a load and a branch there), and hvm's C block hook, which
+# ended slices and watched for the interrupt window, was a second call per block: together ~half
+# the time of a tight guest loop (measured here: ~4.9 -> ~8.5 ns per 4-instruction iteration).
+# The rebuilt CPU checks QEMU's way (x86 has no delay slots, which are why unicorn moved the
+# check into a helper), takes a stop hvm asks for at the next block boundary (cpu_exit, as
+# QEMU's own kick), and stops when an interrupt or NMI hvm is holding could be taken: QEMU's
+# CPU_INTERRUPT_HARD/NMI are raised for it, and the point where QEMU would deliver one (EFLAGS.IF
+# set, no STI/MOV SS shadow; NMIs unblocked by IRET) ends the slice instead. Unicorn also checks
+# for a stop after every guest load and store (a helper call each) and on seeing one restarts
+# the instruction, whose store has happened: a device's MMIO write asking for a stop (a LAPIC
+# INIT IPI, measured) ran again and again. Those checks are not generated: every stop lands at a
+# block boundary (the one after a code hook stays: emu_start's instruction count needs it).
+SLICE_EXPORT = "hvm_uc_slice_stop"
+EDITS += (
+    ("include/uc_priv.h",
+     "    uint64_t hvm_native_counts[256];\n",
+     "    uint64_t hvm_native_counts[256];\n"
+     "    // hvm: a stop asked for from any thread (hvm_uc_slice_stop), taken at a block boundary;\n"
+     "    // the interrupt window (1) and NMI window (2) hvm waits for, and how often one ended a run.\n"
+     "    volatile int hvm_stop_wanted;\n"
+     "    int hvm_window;\n"
+     "    uint64_t hvm_window_stops;\n"
+     "    // hvm: no stop checks after guest loads and stores (tcg-op.c check_exit_request)\n"
+     "    bool hvm_mem_checks_off;\n"),
+    ("qemu/tcg/tcg-op.c",
+     "    if (tcg_ctx->uc->no_exit_request) {\n",
+     "    if (tcg_ctx->uc->no_exit_request || tcg_ctx->uc->hvm_mem_checks_off) {\n"),
+    ("qemu/target/i386/translate.c",
+     "        check_exit_request(tcg_ctx);\n",
+     "        /* hvm: after a code hook the check stays (emu_start's instruction count stops here) */\n"
+     "        {\n"
+     "            bool off = tcg_ctx->uc->hvm_mem_checks_off;\n"
+     "            tcg_ctx->uc->hvm_mem_checks_off = false;\n"
+     "            check_exit_request(tcg_ctx);\n"
+     "            tcg_ctx->uc->hvm_mem_checks_off = off;\n"
+     "        }\n"),
+    ("qemu/include/tcg/tcg.h",
+     "    TCGv_i32 delay_slot_flag;\n",
+     "    TCGv_i32 delay_slot_flag;\n"
+     "    TCGLabel *hvm_exitreq_label;  // hvm: the block-start exit check's target (gen-icount.h)\n"),
+    ("qemu/include/exec/gen-icount.h",
+     "static inline void gen_tb_start(TCGContext *tcg_ctx, TranslationBlock *tb)\n{\n",
+     "static inline void gen_tb_start(TCGContext *tcg_ctx, TranslationBlock *tb)\n{\n"
+     "    /* hvm: QEMU's inline check of icount_decr where no delay slot needs unicorn's helper */\n"
+     "    if (tcg_ctx->delay_slot_flag == NULL) {\n"
+     "        TCGv_i32 count = tcg_temp_new_i32(tcg_ctx);\n"
+     "        tcg_ctx->hvm_exitreq_label = gen_new_label(tcg_ctx);\n"
+     "        tcg_gen_ld_i32(tcg_ctx, count, tcg_ctx->cpu_env,\n"
+     "                       offsetof(ArchCPU, neg.icount_decr.u32) - offsetof(ArchCPU, env));\n"
+     "        tcg_gen_brcondi_i32(tcg_ctx, TCG_COND_LT, count, 0, tcg_ctx->hvm_exitreq_label);\n"
+     "        tcg_temp_free_i32(tcg_ctx, count);\n"
+     "        return;\n"
+     "    }\n"),
+    ("qemu/include/exec/gen-icount.h",
+     "    tcg_gen_exit_tb(tcg_ctx, tb, TB_EXIT_REQUESTED);\n}\n",
+     "    if (tcg_ctx->hvm_exitreq_label != NULL) {\n"
+     "        gen_set_label(tcg_ctx, tcg_ctx->hvm_exitreq_label);\n"
+     "        tcg_ctx->hvm_exitreq_label = NULL;\n"
+     "    }\n"
+     "    tcg_gen_exit_tb(tcg_ctx, tb, TB_EXIT_REQUESTED);\n}\n"),
+    ("qemu/accel/tcg/cpu-exec.c",
+     "    /* Finally, check if we need to exit to the main loop.  */\n"
+     "    if (unlikely(cpu->exit_request)) {\n",
+     "    /* Finally, check if we need to exit to the main loop.  */\n"
+     "    /* hvm: and whenever a stop is wanted (uc_emu_start clears exit_request, a request that\n"
+     "       came just before would be lost) */\n"
+     "    if (unlikely(cpu->exit_request) || cpu->uc->hvm_stop_wanted) {\n"),
+    ("qemu/softmmu/cpus.c",
+     "            r = cpu_exec(uc, cpu);\n",
+     "            r = cpu_exec(uc, cpu);\n"
+     "\n"
+     "            // hvm: the stop hvm_uc_slice_stop asked for (or a window it watched) came\n"
+     "            if (uc->hvm_stop_wanted) {\n"
+     "                uc->hvm_stop_wanted = 0;\n"
+     "                finish = true;\n"
+     "                break;\n"
+     "            }\n"),
+    ("qemu/target/i386/seg_helper.c",
+     "    case CPU_INTERRUPT_NMI:\n"
+     "        cpu_svm_check_intercept_param(env, SVM_EXIT_NMI, 0, 0);\n",
+     "    case CPU_INTERRUPT_NMI:\n"
+     "        if (env->uc->hvm_window & 2) {\n"
+     "            goto hvm_window;\n"
+     "        }\n"
+     "        cpu_svm_check_intercept_param(env, SVM_EXIT_NMI, 0, 0);\n"),
+    ("qemu/target/i386/seg_helper.c",
+     "    case CPU_INTERRUPT_HARD:\n"
+     "        cpu_svm_check_intercept_param(env, SVM_EXIT_INTR, 0, 0);\n",
+     "    case CPU_INTERRUPT_HARD:\n"
+     "        if (env->uc->hvm_window & 1) {\n"
+     "        hvm_window:\n"
+     "            /* hvm: the CPU could take the interrupt (or NMI) hvm holds: end the run, hvm\n"
+     "               delivers it */\n"
+     "            cs->interrupt_request &= ~(CPU_INTERRUPT_HARD | CPU_INTERRUPT_NMI);\n"
+     "            env->uc->hvm_window = 0;\n"
+     "            env->uc->hvm_window_stops++;\n"
+     "            env->uc->hvm_stop_wanted = 1;\n"
+     "            cpu_exit(cs);\n"
+     "            break;\n"
+     "        }\n"
+     "        cpu_svm_check_intercept_param(env, SVM_EXIT_INTR, 0, 0);\n"),
+    ("qemu/target/i386/unicorn.c",
+     "/* hvm: which events the CPU delivers itself",
+     "/* hvm: slices (see uc_priv.h). what: 0 take stops at block boundaries only (before the first\n"
+     "   translation); 1 stop at the next block boundary (any thread); 2 forget\n"
+     "   a stop asked for too late for the run it was meant for (between runs); 3 watch for the\n"
+     "   windows in ``window`` (1 interrupt, 2 NMI; 0 none; between runs). Returns how many runs\n"
+     "   a window ended (where the count is kept). */\n"
+     "DEFAULT_VISIBILITY\n"
+     "uint64_t *hvm_uc_slice_stop(struct uc_struct *uc, int what, int window)\n"
+     "{\n"
+     "    CPUState *cs = uc->cpu;\n"
+     "    if (what == 0) {\n"
+     "        uc->hvm_mem_checks_off = true;\n"
+     "    } else if (what == 1) {\n"
+     "        uc->hvm_stop_wanted = 1;\n"
+     "        cpu_exit(cs);\n"
+     "    } else if (what == 2) {\n"
+     "        uc->hvm_stop_wanted = 0;\n"
+     "        cs->exit_request = 0;\n"
+     "        cs->icount_decr_ptr->u16.high = 0;\n"
+     "    } else if (what == 3) {\n"
+     "        uc->hvm_window = window;\n"
+     "        cs->interrupt_request &= ~(CPU_INTERRUPT_HARD | CPU_INTERRUPT_NMI);\n"
+     "        if (window) {\n"
+     "            cpu_interrupt(cs, (window & 1 ? CPU_INTERRUPT_HARD : 0) | (window & 2 ? CPU_INTERRUPT_NMI : 0));\n"
+     "        }\n"
+     "    }\n"
+     "    return &uc->hvm_window_stops;\n"
+     "}\n"
+     "\n"
+     "/* hvm: which events the CPU delivers itself"),
 )
 
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)

@@ -621,11 +621,9 @@ class UnicornEngine(Engine):
             slicer.begin(self._slice_deadline(quantum_end if turns.wanted else None))
             if self._poked or self._kicked.is_set():
                 slicer.cut()  # it came after the checks above, when there was no slice to end
-            # In STI's shadow the next block is that one instruction alone (QEMU translates it
-            # so): let it run, and stop at the block after it if IF is still set.
-            # An NMI held until IRET: stop after every block (IRET ends one) to let it in there.
-            core.watch_window(waiting is _WINDOW or waiting is _SHADOW or self._nmi_waiting,
-                              skip=int(waiting is _SHADOW or self._nmi_waiting), any_block=self._nmi_waiting)
+            # Stop where an interrupt waiting for IF could be taken (after the instruction in an
+            # STI shadow), or where an NMI held until IRET could be.
+            core.watch_window(interrupt=waiting is _WINDOW, shadow=waiting is _SHADOW, nmi=self._nmi_waiting)
             windows = core.window_stops
             try:
                 uc.emu_start(uc.reg_read(self._ip_id), 0)
