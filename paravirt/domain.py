@@ -414,8 +414,8 @@ class PvDomain:
     def _load_ldt(self, vcpu: PvVcpu, base: int, entries: int, sregs) -> None:
         """Make the ``entries`` descriptors at guest linear ``base`` the vCPU's LDT. As Xen does
         (pv_map_ldt_shadow_page, arch/x86/pv/descriptor-tables.c), each of its pages is taken
-        as a descriptor page (validated; never writable while so) and mapped read-only in the
-        vCPU's LDT window in hvm's area, which LDTR points at. Xen maps a page when the CPU
+        as a descriptor page (validated; never writable to the guest while so) and mapped in
+        the vCPU's LDT window in hvm's area, which LDTR points at. Xen maps a page when the CPU
         first reads it; hvm maps what is mapped at the call, and a page that is not, or does
         not validate, reads as zeros there (its selectors fault with #GP, as Xen's would)."""
         mm = self.mm
@@ -433,8 +433,13 @@ class PvDomain:
                 if maddr is not None and not mm.get_seg_desc(maddr >> 12):
                     frame = maddr >> 12
                     vcpu.ldt_frames.append(frame)
-            self.memory.write(self._leaf(sregs.cr3, window + page * 4096),
-                              struct.pack("<Q", frame << 12 | x.PTE_P | x.PTE_NX | x.PTE_A))
+            # Supervisor-only, as the GDT's: writable for the CPU's own accessed-bit updates
+            # (the guest's ring 3 cannot reach it, and the frame is typed, so never writable
+            # to the guest); the zero page read-only (no valid descriptor there to update).
+            flags = x.PTE_P | x.PTE_NX | x.PTE_A
+            if frame != self.area.zero_page:
+                flags |= x.PTE_RW | x.PTE_D
+            self.memory.write(self._leaf(sregs.cr3, window + page * 4096), struct.pack("<Q", frame << 12 | flags))
         sregs.ldt = self.area.ldt_segment(vcpu.index, entries)
 
     def _leaf(self, cr3: int, va: int) -> int:

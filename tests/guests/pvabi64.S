@@ -80,7 +80,8 @@ _start:
 /* -- the LDT ---------------------------------------------------------------------------------- */
 ldt:
         /* Entry 1: a ring-3 read/write data segment whose base is ldt_target (below 4 GiB:
-         * VIRT_BASE 0). Access byte 0xf3 (P, DPL 3, S, type 3), flags 0xc (G, D/B), limit 0xfffff. */
+         * VIRT_BASE 0). Access byte 0xf2 (P, DPL 3, S, type 2: not yet accessed), flags 0xc
+         * (G, D/B), limit 0xfffff. */
         lea ldt_target(%rip), %rax
         mov %eax, %edx
         shl $16, %edx
@@ -89,7 +90,7 @@ ldt:
         mov %eax, %edx
         shr $16, %edx
         and $0xff, %edx                                 /* base 23:16 */
-        or $0x00cff300, %edx
+        or $0x00cff200, %edx
         mov %eax, %ecx
         and $0xff000000, %ecx                           /* base 31:24 */
         or %ecx, %edx
@@ -117,6 +118,8 @@ ldt:
         jne fail
         xor %eax, %eax
         mov %eax, %fs
+        testl $0x100, ldt_page+12(%rip)                 /* the CPU set the accessed bit */
+        jz fail
         SAY "pvabi64: FS loaded from the LDT reads through its base ok\n"
 
         lea ldt_page(%rip), %rdi                        /* a writable mapping of it now */
