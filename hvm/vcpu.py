@@ -217,7 +217,8 @@ class Vcpu:
         return self.engine.get_regs().rip
 
     def _code_bits(self) -> int:
-        return self.engine.get_sregs().code_bits
+        fast = getattr(self.engine, "code_bits", None)   # without building SRegs (KVM: ~25 us)
+        return fast() if fast is not None else self.engine.get_sregs().code_bits
 
     def paging_mode(self) -> PagingMode:
         """The vCPU's current paging configuration."""

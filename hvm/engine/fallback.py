@@ -77,7 +77,7 @@ class FallbackExecutor:
         self._pio = (pio_read, pio_write)
         self._say = say
         self._stepper: UnicornEngine | None = None
-        self._loaded: object = None  # the SRegs last loaded into it
+        self._loaded: bytes | None = None  # KVM's segment/control registers last loaded into it
         self.by_mnemonic: dict[str, int] = {}
         self.seconds = 0.0
         self.crash: EngineCrash | None = None  # why the last instruction could not be executed
@@ -115,7 +115,7 @@ class FallbackExecutor:
         elif name == "rdtscp":
             handled = self._rdtscp(event.vcpu, regs, decoded.size)
         else:
-            handled = self._step(engine, regs, _touches_fpu(decoded))
+            handled = self._step(engine, regs, _touches_fpu(decoded), decoded.raw)
         if handled:
             self.by_mnemonic[name] = self.by_mnemonic.get(name, 0) + 1
         self.seconds += time.perf_counter() - t0
@@ -148,22 +148,22 @@ class FallbackExecutor:
         vcpu.engine.set_regs(regs)
         return True
 
-    def _step(self, engine, regs: Regs, with_fpu: bool) -> bool:
+    def _step(self, engine, regs: Regs, with_fpu: bool, code: bytes) -> bool:
         # Each state move costs tens of µs through unicorn's binding: the SSE registers move only
         # for instructions that name them, and the system registers only when they changed
         # (then the TLB is flushed on its own, as guest page tables may have changed).
-        sregs = engine.get_sregs()
+        key = engine.sregs_key()
         stepper = self._unicorn()
-        if sregs != self._loaded:
-            stepper.set_sregs(sregs)
-            self._loaded = sregs
+        if key != self._loaded:
+            stepper.set_sregs(engine.get_sregs())
+            self._loaded = key
         else:
             stepper.flush_tlb()
         stepper.set_regs(regs)
         fpu = engine.get_fpu() if with_fpu else None
         if fpu is not None:
             stepper.set_fpu(fpu)
-        raised = stepper.step()
+        raised = stepper.step(code)
         if isinstance(raised, EngineCrash):
             self.crash = raised
             return False
@@ -174,8 +174,10 @@ class FallbackExecutor:
                 engine.set_fpu(new_fpu)
         if raised is not None:  # an events.Event: what the instruction raised
             if raised.vector == _VEC_PF:
+                sregs = engine.get_sregs()
                 sregs.cr2 = stepper.get_sregs().cr2
                 engine.set_sregs(sregs)
+                self._loaded = None
             engine.inject_exception(raised.vector, raised.error_code)
         return True
 

@@ -12,7 +12,7 @@ from kvmffi import ffi
 
 from ..bus import string_io
 from .base import EmulationFailure, Engine, EngineCrash
-from .state import DTable, Fpu, Regs, Segment, SRegs, GPRS
+from .state import DTable, Fpu, Regs, Segment, SRegs, GPRS, code_bits
 
 # A real-time signal nobody else uses: its (empty) handler only makes KVM_RUN return EINTR.
 KICK_SIGNAL = signal.SIGRTMIN + 2
@@ -174,6 +174,16 @@ class KvmEngine(Engine):
         for cr in ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "apic_base"):
             setattr(out, cr, getattr(s, cr))
         return out
+
+    def code_bits(self) -> int:
+        """SRegs.code_bits, read from KVM's struct directly."""
+        s = self.vcpu.get_sregs()
+        return code_bits(s.efer, s.cr0, s.cs.l, s.cs.db)
+
+    def sregs_key(self) -> bytes:
+        """KVM's segment and control registers as raw bytes: equal bytes, equal SRegs, without
+        building them (~25 us in Python)."""
+        return bytes(ffi.buffer(self.vcpu.get_sregs()))
 
     def set_sregs(self, sregs: SRegs) -> None:
         """KVM_SET_SREGS from SRegs (keeps KVM's pending-interrupt bitmap)."""

@@ -92,11 +92,16 @@ class SRegs:
     @property
     def code_bits(self) -> int:
         """Width of the code being executed: 16, 32 or 64."""
-        if self.efer & 0x400 and self.cs.l:
-            return 64
-        if self.cr0 & 1 and self.cs.db:
-            return 32
-        return 16
+        return code_bits(self.efer, self.cr0, self.cs.l, self.cs.db)
+
+
+def code_bits(efer: int, cr0: int, cs_l: int, cs_db: int) -> int:
+    """16, 32 or 64: long mode with CS.L, else protected mode with CS.D, else 16-bit code."""
+    if efer & 0x400 and cs_l:
+        return 64
+    if cr0 & 1 and cs_db:
+        return 32
+    return 16
 
 
 @dataclass

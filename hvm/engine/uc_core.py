@@ -160,7 +160,7 @@ def _native_events(uc):
     return lambda vectors, software: switch(handle, vectors, software, 1)
 
 
-class _Registers:
+class Registers:
     """A fixed list of registers read or written in one call into libunicorn
     (``uc_reg_read_batch``/``uc_reg_write_batch`` through cffi): the binding's ``reg_read``
     costs ~3 µs a register, this ~0.5 µs for the list (measured with 2.1.4). Each value is a
@@ -232,11 +232,11 @@ class StringIo:
         _, x86 = _uc()
         uc = core.uc
         self.core, self.uc = core, uc
-        self._where = _Registers(uc, [x86.UC_X86_REG_CS, x86.UC_X86_REG_RIP, x86.UC_X86_REG_CR0])
-        self._counters = _Registers(uc, [x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI,
+        self._where = Registers(uc, [x86.UC_X86_REG_CS, x86.UC_X86_REG_RIP, x86.UC_X86_REG_CR0])
+        self._counters = Registers(uc, [x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDI, x86.UC_X86_REG_RSI,
                                          x86.UC_X86_REG_RFLAGS])
-        self._step_in = _Registers(uc, [x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDI])
-        self._step_out = _Registers(uc, [x86.UC_X86_REG_RCX, x86.UC_X86_REG_RSI])
+        self._step_in = Registers(uc, [x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDI])
+        self._step_out = Registers(uc, [x86.UC_X86_REG_RCX, x86.UC_X86_REG_RSI])
         self._state = uc.context_save()   # scratch copy of the CPU: hflags and segment caches
         self._layout = core.fields.layout
         self._sites: dict[tuple[int, int], int] = {}
@@ -602,6 +602,10 @@ class UnicornCore:
             uc.reg_write(self._dr7, dr7)
         self.current = engine
         self.switches += 1
+
+    def flush_tlb(self) -> None:
+        """Forget the current vCPU's cached translations (its page tables may have changed)."""
+        self.uc.ctl(*self._tlb_flush)
 
     def load_reset_state(self) -> None:
         """Give the current vCPU a fresh CPU's state (the caller then sets what it needs)."""
