@@ -176,7 +176,7 @@ class EventChannels:
             return -x.EINVAL
         address, bit = self._bit(MASK, port)
         self.memory.fetch_and(address, ~bit & MASK64)
-        if self._test(*self._bit(PENDING, port)):
+        if self.is_pending(port):
             self._mark(self.ports[port].vcpu, port)
         return 0
 

@@ -5,9 +5,9 @@ measured here, an ``emu_start`` with a timeout costs ~125 µs against ~1.3 µs w
 engine calls it again after every exception, interrupt and SYSCALL. This slicer is one thread per
 unicorn instance, sleeping until the current slice's deadline and then requesting the stop.
 
-``stop`` only requests it: the request stays until the engine's block hook turns it into a stop
-at the next translation block entry (``_ucstop_build`` says why), and ``drop`` withdraws one
-that the slice did not live to see. ``begin``/``end`` and the request happen under one lock, so
+``stop`` only requests it: the request stays until it becomes a stop at the next translation
+block entry (``UnicornCore.request_stop``; a stop elsewhere can make unicorn redo a store), and
+``drop`` withdraws one that the slice did not live to see. ``begin``/``end`` and the request happen under one lock, so
 a late request never ends the next slice, and ``end`` tells the engine whether this slice was
 ended, at its deadline or early by ``cut`` (else emu_start returned for a reason of its own,
 such as HLT).

@@ -263,7 +263,8 @@ class UnicornEngine(Engine):
     # stop arriving then can leave RIP at a block start after that block's stores already ran
     # (measured with 2.1.4: a #PF handler's pushes executed twice). These hooks run where no
     # store of the current instruction is pending, so they may call emu_stop themselves; every
-    # other stop goes through the core's block hook (``_ucstop_build`` says why).
+    # other stop goes through the core's slices (``UnicornCore.request_stop``: taken at a block
+    # boundary, by hvm's rebuilt library itself or by the block hook on PyPI's).
     def on_interrupt(self, vector: int) -> None:
         if self._event is _IO_DENIED:
             # An instruction after a refused IN/OUT, run before the stop took effect: the

@@ -18,8 +18,6 @@
  * System time is the guest's own reading of vcpu_time_info (xen.h: system_time +
  * ((rdtsc - tsc_timestamp) << tsc_shift) * tsc_to_system_mul >> 32). */
         .code64
-        .set HYPERVISOR_set_trap_table, 0
-        .set HYPERVISOR_stack_switch, 3
         .set HYPERVISOR_set_debugreg, 8
         .set HYPERVISOR_get_debugreg, 9
         .set HYPERVISOR_update_va_mapping, 14
@@ -31,7 +29,6 @@
         .set HYPERVISOR_event_channel_op, 32
         .set FLAT_KERNEL_CS, 0xe033
         .set FLAT_KERNEL_SS, 0xe02b
-        .set SI_SHARED_INFO, 40
         .set MMUEXT_SET_LDT, 13
         .set SCHEDOP_poll, 3
         .set LDT_DATA_SEL, 0x0f                         /* LDT entry 1, RPL 3 */
@@ -51,21 +48,7 @@
         .text
         .globl _start
 _start:
-        mov %rsi, start_info(%rip)
-        lea trap_table(%rip), %rdi
-        HCALL HYPERVISOR_set_trap_table
-        EXPECT 0
-        mov $FLAT_KERNEL_SS, %edi
-        lea stack_top(%rip), %rsi
-        HCALL HYPERVISOR_stack_switch
-
-        lea shinfo_page(%rip), %rdi                     /* shared_info over shinfo_page */
-        mov start_info(%rip), %rax
-        mov SI_SHARED_INFO(%rax), %rsi
-        or $0x7, %rsi
-        mov $2, %edx                                    /* UVMF_INVLPG */
-        HCALL HYPERVISOR_update_va_mapping
-        EXPECT 0
+        pv_boot trap_table, stack_top
 
         call ldt
         call bad_iret
@@ -194,33 +177,25 @@ poll:
         mov %rax, poll_args(%rip)
 
         /* Nothing pending: it sleeps until the timeout. */
-        call now
-        add $POLL_NS, %rax
-        mov %rax, deadline(%rip)
+        call set_deadline
         mov %rax, poll_args+16(%rip)
         call do_poll
         EXPECT 0
-        call now
-        cmp deadline(%rip), %rax
-        jb fail
+        call deadline_passed
         mov ports(%rip), %eax
         bt %rax, shinfo_page+2048(%rip)                 /* evtchn_pending: still clear */
         jc fail
         SAY "pvabi64: poll slept until its timeout ok\n"
 
         /* No timeout: the masked timer port wakes it. */
-        call now
-        add $POLL_NS, %rax
-        mov %rax, deadline(%rip)
+        call set_deadline
         mov %rax, %rdi
         HCALL HYPERVISOR_set_timer_op
         EXPECT 0
         movq $0, poll_args+16(%rip)
         call do_poll
         EXPECT 0
-        call now
-        cmp deadline(%rip), %rax
-        jb fail
+        call deadline_passed
         mov ports(%rip), %eax
         bt %rax, shinfo_page+2048(%rip)
         jnc fail
@@ -295,6 +270,18 @@ do_poll:
         mov $SCHEDOP_poll, %edi
         lea poll_args(%rip), %rsi
         HCALL HYPERVISOR_sched_op
+        ret
+
+set_deadline:                                           /* deadline = rax = now + POLL_NS */
+        call now
+        add $POLL_NS, %rax
+        mov %rax, deadline(%rip)
+        ret
+
+deadline_passed:                                        /* fails unless system time is past it */
+        call now
+        cmp deadline(%rip), %rax
+        jb fail
         ret
 
 now:                                                    /* rax = system time (ns), vCPU 0 */

@@ -9,8 +9,6 @@
  *   (cpu/mcheck/vmce.c); SEGBASE_GS_USER_SEL never failing. Then SCHEDOP_shutdown poweroff.
  * VIRT_BASE 0 and an identity P2M: a virtual address in the boot mapping is the machine address. */
         .code64
-        .set HYPERVISOR_set_trap_table, 0
-        .set HYPERVISOR_stack_switch, 3
         .set HYPERVISOR_update_va_mapping, 14
         .set HYPERVISOR_xen_version, 17
         .set HYPERVISOR_console_io, 18
@@ -20,7 +18,6 @@
         .set HYPERVISOR_set_segment_base, 25
         .set HYPERVISOR_sched_op, 29
         .set HYPERVISOR_physdev_op, 33
-        .set FLAT_KERNEL_SS, 0xe02b
         .set FLAT_USER_CS, 0xe033
         .set SI_SHARED_INFO, 40
         .set SI_PT_BASE, 88
@@ -42,22 +39,7 @@
         .text
         .globl _start
 _start:
-        mov %rsi, start_info(%rip)
-        lea trap_table(%rip), %rdi
-        HCALL HYPERVISOR_set_trap_table
-        test %rax, %rax
-        jnz fail
-        mov $FLAT_KERNEL_SS, %edi
-        lea kernel_stack_top(%rip), %rsi
-        HCALL HYPERVISOR_stack_switch
-        lea shinfo_page(%rip), %rdi                     /* shared_info, for vcpu_info */
-        mov start_info(%rip), %rbx
-        mov SI_SHARED_INFO(%rbx), %rsi
-        or $0x7, %rsi
-        mov $2, %edx                                    /* UVMF_INVLPG */
-        HCALL HYPERVISOR_update_va_mapping
-        test %rax, %rax
-        jnz fail
+        pv_boot trap_table, kernel_stack_top             /* shared_info too, for vcpu_info */
 
         /* Xen's leaves at 0x40000000: "XenVMMXenVMM", at least two more leaves, version 4.17. */
         XEN_CPUID 0x40000000
