@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""hvm and QEMU side by side: port-I/O exit cost, time to the first serial byte, peak RSS.
+"""hvm and QEMU side by side: port-I/O exit costs, time to the first serial byte, peak RSS.
 
-Both VMMs boot the same multiboot guest (tests/guests/outloop.S): it writes '<' to COM1, executes
-COUNT `out` instructions to port 0x510, writes '>' and powers off through ACPI PM1a_CNT (0x604).
+Both VMMs boot the same multiboot guest (tests/guests/outloop.S): it writes '<' to COM1, makes
+COUNT accesses to one port (`out` to the POST port 0x80, `out` to fw_cfg's selector 0x510, `in`
+from COM1's line status 0x3FD), writes '>' and powers off through ACPI PM1a_CNT (0x604).
 The parent timestamps the '<' and '>' bytes as they arrive on the VMM's stdout pipe, so startup,
 firmware and teardown costs drop out of the exit measurement. See benchmarks/README.md.
 
@@ -84,15 +85,40 @@ class Metric:
 
 # -- guests ------------------------------------------------------------------------------------
 
-def build_outloop(count: int, outdir: Path) -> Path:
-    """Assemble and link the outloop guest with COUNT=count as a 32-bit multiboot ELF."""
+def build_outloop(count: int, outdir: Path, port: int = 0x510, read: bool = False) -> Path:
+    """Assemble and link the outloop guest (COUNT accesses to ``port``) as a 32-bit multiboot ELF."""
     # ELF32 on purpose: QEMU's -kernel refuses ELF64 multiboot images.
-    obj, elf = outdir / f"outloop-{count}.o", outdir / f"outloop-{count}.elf"
-    subprocess.run(["as", "--32", "--defsym", f"COUNT={count}", "-I", str(GUESTS), "-o", str(obj),
+    stem = outdir / f"outloop-{count}-{port:x}-{'in' if read else 'out'}"
+    obj, elf = stem.with_suffix(".o"), stem.with_suffix(".elf")
+    subprocess.run(["as", "--32", "--defsym", f"COUNT={count}", "--defsym", f"PORT={port}",
+                    "--defsym", f"READ={int(read)}", "-I", str(GUESTS), "-o", str(obj),
                     str(GUESTS / "outloop.S")], check=True)
     subprocess.run(["ld", "-m", "elf_i386", "--no-warn-rwx-segments", "-T", str(GUESTS / "multiboot.ld"),
                     "-o", str(elf), str(obj)], check=True)
     return elf
+
+
+@dataclass(frozen=True)
+class Loop:
+    """One port-access loop measured per access: the guest's port and direction, the device
+    hvm's --stats must show with COUNT accesses (plus ``extra``), and the ratio's target."""
+
+    key: str
+    port: int
+    read: bool
+    device: str
+    target: float
+    extra: int = 0
+
+
+LOOPS = (
+    # POST codes: a write nobody waits on; hvm has KVM queue them (coalesced I/O), QEMU exits.
+    Loop("(a) port-I/O write, POST port 0x80", 0x80, False, "post", 0.90),
+    # fw_cfg's selector: a write every VMM must see at once, so both take the full exit.
+    Loop("(a2) port-I/O write exit, fw_cfg 0x510", 0x510, False, "fw_cfg", 1.10),
+    # COM1's line status, which a guest polls before each byte it prints: a reply each time.
+    Loop("(d) port-I/O read, COM1 LSR 0x3fd", 0x3FD, True, "com1", 1.00, extra=2),
+)
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -213,9 +239,9 @@ def qemu_runner(qemu: str, timeout: float) -> Callable[[Path], Run]:
     return run
 
 
-def hvm_unclaimed(stats: str) -> int | None:
-    """The 'unclaimed accesses' count from hvm's --stats output (one per `out` to 0x510)."""
-    m = re.search(r"unclaimed accesses\s+(\d+)", stats)
+def hvm_accesses(stats: str, device: str) -> int | None:
+    """``device``'s count under 'port I/O by device' in hvm's --stats output."""
+    m = re.search(rf"^\s+{re.escape(device)}\s+(\d+)$", stats, re.MULTILINE)
     return int(m.group(1)) if m else None
 
 
@@ -227,58 +253,68 @@ def _say(msg: str) -> None:
 
 
 def measure(count: int, repeat: int, qemu: str, workdir: Path) -> tuple[list[Metric], dict]:
-    """Run both guests under both VMMs ``repeat`` times, alternating, and reduce to the three metrics."""
-    empty, loop = build_outloop(0, workdir), build_outloop(count, workdir)
+    """Run every loop's guests under both VMMs ``repeat`` times, alternating, and reduce to metrics."""
+    kernels = {loop.key: (build_outloop(0, workdir, loop.port, loop.read),
+                          build_outloop(count, workdir, loop.port, loop.read)) for loop in LOOPS}
     timeout = 120 + count * 200e-6  # generous: ~10 µs per exit on a nested host, 20x headroom
     vmms = {"hvm": hvm_runner(timeout), "qemu": qemu_runner(qemu, timeout)}
-    runs: dict[str, dict[str, list[Run]]] = {v: {"0": [], "N": []} for v in vmms}
-    notes: dict = {"qemu_killed": 0, "hvm_unclaimed_mismatch": []}
+    runs: dict[str, dict[str, dict[str, list[Run]]]] = {
+        v: {loop.key: {"0": [], "N": []} for loop in LOOPS} for v in vmms}
+    notes: dict = {"qemu_killed": 0, "hvm_count_mismatch": []}
 
     # One untimed run each: page cache, dynamic linker and Python bytecode caches warm for both.
     for name, run in vmms.items():
         _say(f"warm-up: {name}")
-        run(empty)
+        run(kernels[LOOPS[0].key][0])
 
     for i in range(repeat):
         # Alternate who goes first, so slow drift on the host (thermal, other tenants) hits both.
         order = list(vmms) if i % 2 == 0 else list(reversed(vmms))
         for name in order:
-            for tag, kernel in (("N", loop), ("0", empty)):
-                _say(f"repeat {i + 1}/{repeat}: {name} COUNT={count if tag == 'N' else 0}")
-                r = vmms[name](kernel)
-                runs[name][tag].append(r)
-                notes["qemu_killed"] += name == "qemu" and r.killed
-                if name == "hvm":
-                    # Each `out` to 0x510 must have reached hvm's bus, else we timed something else.
-                    want = count if tag == "N" else 0
-                    got = hvm_unclaimed(r.stderr)
-                    if got != want:
-                        notes["hvm_unclaimed_mismatch"].append((want, got))
+            for loop in LOOPS:
+                for tag, kernel in zip(("0", "N"), kernels[loop.key]):
+                    n = count if tag == "N" else 0
+                    _say(f"repeat {i + 1}/{repeat}: {name} {loop.key} COUNT={n}")
+                    r = vmms[name](kernel)
+                    runs[name][loop.key][tag].append(r)
+                    notes["qemu_killed"] += name == "qemu" and r.killed
+                    if name == "hvm":
+                        # Each access must have reached hvm's device, else we timed something else.
+                        got = hvm_accesses(r.stderr, loop.device) or 0
+                        if got != n + loop.extra:
+                            notes["hvm_count_mismatch"].append((loop.device, n + loop.extra, got))
 
-    def per_exit(name: str) -> list[float]:
+    def per_access(name: str, key: str) -> list[float]:
         # Pair each COUNT=N run with the COUNT=0 run of the same repeat: adjacent in time.
-        return [(n.start_to_end - z.start_to_end) / count * 1e6
-                for n, z in zip(runs[name]["N"], runs[name]["0"])]
+        rs = runs[name][key]
+        return [(n.start_to_end - z.start_to_end) / count * 1e6 for n, z in zip(rs["N"], rs["0"])]
+
+    def every(name: str) -> list[Run]:
+        return [r for loop in LOOPS for tag in ("0", "N") for r in runs[name][loop.key][tag]]
 
     def to_start(name: str) -> list[float]:
-        return [r.to_start for r in runs[name]["0"]]
+        return [r.to_start for loop in LOOPS for r in runs[name][loop.key]["0"]]
 
     def rss(name: str) -> list[float]:
-        return [r.peak_rss / 2**20 for r in runs[name]["0"] + runs[name]["N"]]
+        return [r.peak_rss / 2**20 for r in every(name)]
 
     metrics = []
-    for key, unit, fn, target in (("(a) port-I/O exit round trip", "us", per_exit, 1.10),
-                                  ("(b) start to first serial byte", "s", to_start, 0.5),
+    for loop in LOOPS:
+        h, q = per_access("hvm", loop.key), per_access("qemu", loop.key)
+        metrics.append(Metric(loop.key, "us", statistics.median(h), statistics.median(q), loop.target, h, q))
+    for key, unit, fn, target in (("(b) start to first serial byte", "s", to_start, 0.5),
                                   ("(c) peak VMM RSS, 64 MiB guest", "MiB", rss, 0.5)):
         h, q = fn("hvm"), fn("qemu")
         metrics.append(Metric(key, unit, statistics.median(h), statistics.median(q), target, h, q))
 
     notes["hwm_at_end_mib"] = {
-        name: [None if r.hwm_at_end is None else round(r.hwm_at_end / 2**20, 1)
-               for r in runs[name]["0"] + runs[name]["N"]] for name in vmms}
-    notes["start_to_end_s"] = {name: {tag: [round(r.start_to_end, 6) for r in rs]
-                                      for tag, rs in runs[name].items()} for name in vmms}
-    notes["hvm_stats_last"] = runs["hvm"]["N"][-1].stderr.strip().splitlines()
+        name: [None if r.hwm_at_end is None else round(r.hwm_at_end / 2**20, 1) for r in every(name)]
+        for name in vmms}
+    notes["start_to_end_s"] = {name: {key: {tag: [round(r.start_to_end, 6) for r in rs]
+                                            for tag, rs in by_tag.items()}
+                                      for key, by_tag in by_loop.items()}
+                               for name, by_loop in runs.items()}
+    notes["hvm_stats_last"] = runs["hvm"][LOOPS[-1].key]["N"][-1].stderr.strip().splitlines()
     return metrics, notes
 
 
@@ -308,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status described in the module docstring."""
     p = argparse.ArgumentParser(description="hvm vs qemu-system-x86_64 (KVM): exit cost, startup, RSS.")
     p.add_argument("--count", type=int, default=100_000, metavar="N",
-                   help="`out` instructions in the loop guest (default 100000)")
+                   help="port accesses in each loop guest (default 100000)")
     p.add_argument("--repeat", type=int, default=5, metavar="R", help="runs per measurement (default 5)")
     p.add_argument("--json", action="store_true",
                    help="print JSON results on stdout (the table then goes to stderr)")
@@ -338,14 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     text = [table(metrics), "",
             f"COUNT={args.count}, {args.repeat} repeats (medians), {_qemu_version(qemu)}, "
             f"{elapsed:.0f} s in all",
-            f"per-exit samples, µs: hvm {[round(x, 2) for x in metrics[0].hvm_samples]}, "
-            f"qemu {[round(x, 2) for x in metrics[0].qemu_samples]}"]
+            *(f"{m.name.split(')')[0]}) samples, µs: hvm {[round(x, 2) for x in m.hvm_samples]}, "
+              f"qemu {[round(x, 2) for x in m.qemu_samples]}" for m in metrics if m.unit == "us")]
     if notes["qemu_killed"]:
         text.append(f"note: QEMU did not exit on the 0x604 power-off {notes['qemu_killed']} time(s); "
                     f"killed after '>' (timestamps unaffected)")
-    if notes["hvm_unclaimed_mismatch"]:
-        text.append(f"warning: hvm's unclaimed-port count differed from COUNT (want, got): "
-                    f"{notes['hvm_unclaimed_mismatch']}")
+    if notes["hvm_count_mismatch"]:
+        text.append(f"warning: hvm's --stats access counts differed from the guest's (device, want, got): "
+                    f"{notes['hvm_count_mismatch']}")
     out = sys.stderr if args.json else sys.stdout
     print("\n".join(text), file=out, flush=True)
     if args.json:

@@ -3,7 +3,7 @@
 
 Per engine (unicorn; KVM when /dev/kvm is usable), one run each of:
   (1) a port-I/O exit: tests/guests/outloop.S (as bench_vs_qemu.py boots it) with N `out`s to
-      an unclaimed port and with none, timed from '<' to '>' on COM1;
+      fw_cfg's selector port (0x510) and with none, timed from '<' to '>' on COM1;
   (2) a hypercall round trip: tests/guests/pvbench64.S making N xen_version(XENVER_version)
       calls, and none, timed from '<' to '>' on the PV console (console_io);
   (3) page-table updates: pvbench64.S making B mmu_update calls of E entries each (every one a

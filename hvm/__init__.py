@@ -10,11 +10,11 @@ The embedding API::
 __version__ = "0.1.0"
 
 # Before anything else: construct and dataclasses import these eagerly but need them only on rare
-# paths (construct's debugger, checksums and pickling; dataclasses' docstring for an undocumented
-# class), and loading them would cost every hvm process several MiB of resident memory.
+# paths (construct's debugger and its tracebacks, checksums and pickling; dataclasses' docstring
+# for an undocumented class), and loading them would cost every hvm process several MiB of resident memory.
 from .deferred import defer  # noqa: E402
 
-defer("pdb", "pickle", "hashlib", "inspect")
+defer("pdb", "pickle", "hashlib", "inspect", "traceback")
 
 from .config import DiskSpec, FwCfgFile, MachineConfig, ModuleSpec  # noqa: E402
 from .devices.base import Device  # noqa: E402

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .devices.base import Device
+from .published import PublishedTable
 
 
 class BusError(ValueError):
@@ -58,7 +59,15 @@ class Bus:
     @property
     def accesses(self) -> Counter[str]:
         """Accesses so far by device name (for --stats)."""
-        return Counter({m.name: m.hits[0] for m in self._maps if m.hits[0]})
+        counts: Counter[str] = Counter()
+        for m in self._maps:
+            n = m.hits[0] + self._served_elsewhere(m)
+            if n:
+                counts[m.name] += n
+        return counts
+
+    def _served_elsewhere(self, m: Mapping) -> int:
+        return 0
 
     def register(self, base: int, length: int, device: Device, name: str | None = None) -> Mapping:
         """Claim ``[base, base+length)`` for ``device``; raises BusError on any overlap."""
@@ -77,7 +86,14 @@ class Bus:
             self._bases.insert(i, base)
             self._maps.insert(i, m)
             self._cache = {}
-            return m
+        self._attached(m)
+        return m
+
+    def _attached(self, m: Mapping) -> None:
+        pass
+
+    def _detached(self, m: Mapping) -> None:
+        pass
 
     def unregister(self, base: int) -> None:
         """Release the range that starts at ``base``."""
@@ -86,8 +102,9 @@ class Bus:
             if i == len(self._bases) or self._bases[i] != base:
                 raise BusError(f"{self.kind}: nothing registered at {base:#x}")
             del self._bases[i]
-            del self._maps[i]
+            m = self._maps.pop(i)
             self._cache = {}
+        self._detached(m)
 
     def lookup(self, addr: int) -> Mapping | None:
         """The mapping containing ``addr``, or None."""
@@ -172,10 +189,38 @@ class Bus:
 
 
 class PortIOBus(Bus):
-    """The 64 KiB x86 I/O port space."""
+    """The 64 KiB x86 I/O port space, with the table of registers its devices publish."""
 
     kind = "pio"
     limit = 1 << 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published = PublishedTable()
+        # Set by an engine platform that can buffer writes (KVM's coalesced I/O):
+        # ``coalesce(base, length, on)`` for each range of a device with ``coalesced_writes``.
+        self.coalesce: Callable[[int, int, bool], None] | None = None
+
+    def _attached(self, m: Mapping) -> None:
+        # getattr: a bus also takes duck-typed devices (read/write only), which do neither.
+        if getattr(m.device, "coalesced_writes", False) and self.coalesce is not None:
+            self.coalesce(m.base, m.length, True)
+        for offset in getattr(m.device, "published_offsets", ()):
+            entry = self.published.publish(m.base + offset)
+            if entry is not None:
+                m.device.attach_published(offset, entry)
+
+    def _detached(self, m: Mapping) -> None:
+        if getattr(m.device, "coalesced_writes", False) and self.coalesce is not None:
+            self.coalesce(m.base, m.length, False)
+        for entry in self.published.entries:
+            if m.base <= entry.port < m.end:
+                entry.hide()
+        for offset in getattr(m.device, "published_offsets", ()):
+            m.device.attach_published(offset, None)
+
+    def _served_elsewhere(self, m: Mapping) -> int:
+        return self.published.hits(m.base, m.length)
 
 
 class MmioBus(Bus):

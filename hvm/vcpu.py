@@ -61,7 +61,7 @@ class Vcpu:
         self._tid: int | None = None
         pio, mmio = machine.pio, machine.mmio
         self._pio_read, self._pio_write = pio.read, pio.write
-        engine.serve_port_io(pio.read, pio.write)
+        engine.serve_port_io(pio.read, pio.write, pio.published)
         self._mmio_read, self._mmio_write = mmio.read, mmio.write
         self._handlers: dict[type, Callable] = {
             ex.IoOut: self._io_out,

@@ -22,6 +22,7 @@ IOCTLS = [
     "KVM_GET_CPUID2", "KVM_GET_LAPIC", "KVM_SET_LAPIC", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE",
     "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS",
     "KVM_SET_GUEST_DEBUG", "KVM_TRANSLATE", "KVM_INTERRUPT",
+    "KVM_REGISTER_COALESCED_MMIO", "KVM_UNREGISTER_COALESCED_MMIO",
 ]
 
 CONSTANTS = [
@@ -55,6 +56,7 @@ CONSTANTS = [
     "KVM_CAP_VCPU_EVENTS", "KVM_CAP_MP_STATE", "KVM_CAP_SET_GUEST_DEBUG", "KVM_CAP_XEN_HVM",
     "KVM_CAP_HYPERV", "KVM_CAP_GUEST_DEBUG_HW_BPS", "KVM_CAP_ADJUST_CLOCK", "KVM_CAP_SYNC_MMU",
     "KVM_CAP_IRQ_ROUTING", "KVM_CAP_TSC_CONTROL", "KVM_CAP_X86_DISABLE_EXITS", "KVM_CAP_READONLY_MEM",
+    "KVM_CAP_COALESCED_MMIO", "KVM_CAP_COALESCED_PIO", "KVM_COALESCED_MMIO_PAGE_OFFSET",
 ]
 
 CDEF = """
@@ -125,7 +127,15 @@ typedef struct { uint32_t exception; uint32_t pad; uint64_t pc; uint64_t dr6; ui
 
 static const int HVM_RUN_EXIT_UNION_OFFSET;
 
+struct kvm_coalesced_mmio_zone { uint64_t addr; uint32_t size; ...; };
+typedef struct { uint64_t addr; uint32_t len; uint32_t pio; uint8_t data[8]; } hvm_coalesced;
+typedef struct { uint16_t port; uint16_t state; uint32_t pad; uint64_t hits; } hvm_published;
+static const int HVM_PUBLISHED_SLOTS;
+
 int hvm_ioctl(int fd, unsigned long request, void *arg);
+int hvm_run_served(int fd, struct kvm_run *run, void *ring, hvm_published *published, uint64_t *served);
+int hvm_ring_pop(void *ring, hvm_coalesced *out);
+int hvm_zone_pio(struct kvm_coalesced_mmio_zone *zone, uint32_t pio);
 int hvm_ioctl_int(int fd, unsigned long request, unsigned long arg);
 int hvm_install_kick_handler(int signo);
 """
@@ -134,6 +144,7 @@ SOURCE = r"""
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <linux/kvm.h>
@@ -161,6 +172,74 @@ static const int HVM_ROUTE_UNION_OFFSET = offsetof(struct kvm_irq_routing_entry,
 static int hvm_ioctl(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
 static int hvm_ioctl_int(int fd, unsigned long request, unsigned long arg)
 { return ioctl(fd, request, arg); }
+
+/* Published registers (hvm/published.py): a device keeps the current value of a status register
+   whose read changes nothing in ``state`` (0x100 | value; 0 while a read would have an effect),
+   so a one-byte IN of it is answered here without a trip through Python. Same layout as the
+   Python side's struct. */
+typedef struct { uint16_t port; uint16_t state; uint32_t pad; uint64_t hits; } hvm_published;
+static const int HVM_PUBLISHED_SLOTS = 8;
+typedef struct { uint64_t addr; uint32_t len; uint32_t pio; uint8_t data[8]; } hvm_coalesced;
+
+/* The coalesced ring page is 4 KiB on x86 (KVM_COALESCED_MMIO_MAX uses the kernel's PAGE_SIZE). */
+#define HVM_RING_MAX ((4096 - sizeof(struct kvm_coalesced_mmio_ring)) / sizeof(struct kvm_coalesced_mmio))
+
+static int hvm_ring_pending(void *ring_page)
+{
+    struct kvm_coalesced_mmio_ring *ring = ring_page;
+    return ring && ring->first != __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+}
+
+/* KVM_RUN until an exit the caller must see: < 0 (errno set) when KVM_RUN failed, 1 when the
+   coalesced ring holds writes (the caller applies them before the exit, keeping the guest's
+   order), else 0. Reads of published registers are answered in between and counted in
+   ``served``. */
+static int hvm_run_served(int fd, struct kvm_run *run, void *ring, hvm_published *published, uint64_t *served)
+{
+    for (;;) {
+        int ret = ioctl(fd, KVM_RUN, 0);
+        if (ret < 0)
+            return ret;
+        if (hvm_ring_pending(ring))
+            return 1;
+        if (run->exit_reason != KVM_EXIT_IO || run->io.direction != KVM_EXIT_IO_IN ||
+            run->io.size != 1 || run->io.count != 1)
+            return 0;
+        int i;
+        uint16_t state = 0;
+        for (i = 0; i < HVM_PUBLISHED_SLOTS; i++) {
+            if (published[i].port == run->io.port) {
+                state = __atomic_load_n(&published[i].state, __ATOMIC_ACQUIRE);
+                break;
+            }
+        }
+        if (!(state & 0x100))
+            return 0;
+        ((__u8 *)run)[run->io.data_offset] = (__u8)state;
+        __atomic_fetch_add(&published[i].hits, 1, __ATOMIC_RELAXED);
+        (*served)++;
+    }
+}
+
+/* Take the oldest coalesced write off the ring (KVM API, KVM_REGISTER_COALESCED_MMIO): 1 if
+   there was one. The caller serialises consumers; KVM is the only producer. */
+static int hvm_ring_pop(void *ring_page, hvm_coalesced *out)
+{
+    struct kvm_coalesced_mmio_ring *ring = ring_page;
+    __u32 first = ring->first;
+    if (first == __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE))
+        return 0;
+    struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[first];
+    out->addr = e->phys_addr;
+    out->len = e->len;
+    out->pio = e->pio;
+    memcpy(out->data, e->data, sizeof(out->data));
+    __atomic_store_n(&ring->first, (first + 1) % HVM_RING_MAX, __ATOMIC_RELEASE);
+    return 1;
+}
+
+/* The zone's ``pio`` shares an anonymous union with ``pad``: set it from C. */
+static int hvm_zone_pio(struct kvm_coalesced_mmio_zone *zone, __u32 pio) { zone->pio = pio; return 0; }
 
 /* A handler that does nothing: its only purpose is to make a blocked KVM_RUN return EINTR.
    Installed without SA_RESTART, from C, so it works whichever thread builds the machine. */

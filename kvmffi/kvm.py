@@ -10,6 +10,7 @@ import errno as _errno
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -146,6 +147,10 @@ class Vm:
         self.kvm = kvm
         self.fd = fd
         self._filter_bitmaps: list = []  # keep MSR filter bitmaps alive while KVM may read them
+        # KVM_CAP_COALESCED_MMIO is the ring's page in each vCPU's mapping (0: no ring).
+        self.coalesced_ring_page = max(kvm.check_extension("KVM_CAP_COALESCED_MMIO"), 0)
+        self.coalesced_pio = self.coalesced_ring_page > 0 and kvm.check_extension("KVM_CAP_COALESCED_PIO") > 0
+        self.coalesced_lock = threading.Lock()  # one consumer of the shared ring at a time
 
     def check_extension(self, cap: str) -> int:
         """KVM_CHECK_EXTENSION on the VM (some capabilities are per VM)."""
@@ -178,6 +183,14 @@ class Vm:
         self.kvm.require("KVM_CAP_PIT2")
         cfg = ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY if speaker_dummy else 0})
         _ioctl(self.fd, "KVM_CREATE_PIT2", cfg)
+
+    def coalesce_pio(self, port: int, length: int, on: bool = True) -> None:
+        """KVM_(UN)REGISTER_COALESCED_MMIO for ports ``[port, port+length)``: KVM queues the
+        guest's writes there in the ring instead of exiting (reads still exit). Needs
+        ``coalesced_pio``."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *", {"addr": port, "size": length})
+        lib.hvm_zone_pio(zone, 1)
+        _ioctl(self.fd, "KVM_REGISTER_COALESCED_MMIO" if on else "KVM_UNREGISTER_COALESCED_MMIO", zone)
 
     def irq_line(self, gsi: int, level: bool) -> None:
         """KVM_IRQ_LINE: drive one input of the in-kernel irqchip."""
@@ -318,6 +331,11 @@ class Vcpu:
         self._ioctl = lib.hvm_ioctl_int
         self._head = _EXIT_HEAD.unpack_from
         self.io_exits = [0, 0]  # IN, OUT exits served by run_with_io (updated when it returns)
+        ring_at = vm.coalesced_ring_page * mmap.PAGESIZE
+        self._ring = base + ring_at if 0 < ring_at < len(self._mmap) else ffi.NULL
+        self._popped = ffi.new("hvm_coalesced *")
+        self._served = ffi.new("uint64_t *")  # published-register reads answered in C
+        self._no_table = ffi.new("hvm_published[]", lib.HVM_PUBLISHED_SLOTS)
         self._dispatch = {
             lib.KVM_EXIT_MMIO: self._exit_mmio,
             lib.KVM_EXIT_HLT: lambda: exits.Hlt(),
@@ -348,23 +366,33 @@ class Vcpu:
     def run_with_io(self, io_read: Callable[[int, int], int],
                     io_write: Callable[[int, int, int], None],
                     read_run: Callable[[int, int, int], bytes] | None = None,
-                    write_run: Callable[[int, int, bytes], None] | None = None) -> exits.VcpuExit:
+                    write_run: Callable[[int, int, bytes], None] | None = None,
+                    published=None) -> exits.VcpuExit:
         """KVM_RUN repeatedly, serving port I/O exits with ``io_read(port, size)`` and
         ``io_write(port, size, value)``; returns the first exit of any other kind. A string I/O
         exit (``count`` > 1: REP INS/OUTS) goes to ``read_run(port, size, count)`` (its
         ``size * count`` bytes) or ``write_run(port, size, data)`` at once when they are given,
         else element by element.
 
+        ``published``, a cffi ``hvm_published[]`` (hvm/published.py), holds registers whose
+        one-byte reads KVM_RUN's C loop answers itself; writes KVM coalesced (``Vm.coalesce_pio``)
+        reach ``io_write`` before the exit that follows them.
+
         Port I/O is the most frequent exit, and on a nested host every Python step after an exit
         costs several times its usual price: this loop builds no exit object for it.
         """
-        ioctl, fd, head, page = self._ioctl, self.fd, self._head, self._page
+        fd, head, page = self.fd, self._head, self._page
+        run_served, run, ring = lib.hvm_run_served, self.run_struct, self._ring
+        table, served = self._no_table if published is None else published, self._served
         unpackers = _UNPACK
         ins = outs = 0  # counted in locals (cheapest) and published when the loop returns
         try:
             while True:
-                if ioctl(fd, _KVM_RUN, 0) < 0:
-                    return self._run_failed()
+                done = run_served(fd, run, ring, table, served)
+                if done:
+                    if done < 0:
+                        return self._run_failed()
+                    self._apply_coalesced(io_write)
                 reason, direction, size, port, count, offset = head(page)
                 if reason != _EXIT_IO:
                     return self._exit(reason)
@@ -390,6 +418,19 @@ class Vcpu:
         finally:
             self.io_exits[0] += ins
             self.io_exits[1] += outs
+
+    def _apply_coalesced(self, io_write: Callable[[int, int, int], None]) -> None:
+        # Every zone hvm registers is port I/O (Vm.coalesce_pio), so each entry is an OUT.
+        pop, entry, ring = lib.hvm_ring_pop, self._popped, self._ring
+        with self.vm.coalesced_lock:
+            while pop(ring, entry):
+                n = entry.len
+                io_write(entry.addr, n, int.from_bytes(ffi.buffer(entry.data, n), "little"))
+
+    @property
+    def served_reads(self) -> int:
+        """IN exits ``run_with_io`` answered from a published-register table, in C."""
+        return self._served[0]
 
     def _run_failed(self) -> exits.VcpuExit:
         err = ffi.errno

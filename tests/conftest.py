@@ -26,6 +26,7 @@ class GuestRecipe:
 
 RECIPES = {
     "hello16": GuestRecipe("hello16.S", 16, 0x7C00),
+    "post16": GuestRecipe("post16.S", 16, 0x7C00),
     "repio": GuestRecipe("repio.S", 16, 0x7C00),
     "echo16": GuestRecipe("echo16.S", 16, 0x7C00),
     "long64": GuestRecipe("long64.S", 64, 0x100000),

@@ -6,6 +6,15 @@ class Device:
     """A device on a port or MMIO bus; offsets are relative to the base it was registered at."""
 
     name = "device"
+    # Write-only sinks nobody waits on (POST codes): an engine may buffer their writes (KVM's
+    # coalesced I/O) and deliver them, in the guest's order, before the vCPU's next exit.
+    coalesced_writes = False
+    # Offsets of byte registers the device can publish (hvm/published.py): a port bus hands it a
+    # ``Published`` for each through ``attach_published``.
+    published_offsets: tuple[int, ...] = ()
+
+    def attach_published(self, offset: int, entry) -> None:
+        """Keep ``entry`` showing the register at ``offset`` while its reads have no effect."""
 
     def read(self, offset: int, size: int) -> int:
         """Return the value the guest reads at ``offset`` (``size`` bytes, 1/2/4/8)."""

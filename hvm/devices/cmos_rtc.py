@@ -12,7 +12,6 @@ convention QEMU and SeaBIOS share: base memory, extended memory in KiB and 64 Ki
 """
 from __future__ import annotations
 
-import calendar
 import threading
 import time
 from typing import Callable
@@ -109,6 +108,8 @@ class CmosRtc(Device):
             hour = self._decode(hour_reg)
         else:
             hour = self._decode(hour_reg & 0x7F) % 12 + (12 if hour_reg & 0x80 else 0)
+        import calendar  # here: guests rarely set the clock, and datetime with it costs RSS
+
         try:
             guest = calendar.timegm((self._decode(century) * 100 + self._decode(year), self._decode(mon),
                                      self._decode(mday), hour, self._decode(minute), self._decode(sec)))

@@ -81,6 +81,10 @@ MSR_IDLE_LINES = MSR_DCD | MSR_DSR | MSR_CTS
 class Uart16550(Device):
     """A 16550A at one 8-port range; ``receive`` may be called from any thread."""
 
+    # Guests poll LSR before every byte they send: its value is published while reading it
+    # clears nothing (no latched errors), so an engine can answer the poll itself.
+    published_offsets = (LSR,)
+
     def __init__(self, irq: IrqLine, backend: "SerialBackend | None" = None, name: str = "com1"):
         self.irq = irq
         self.backend = backend
@@ -92,9 +96,16 @@ class Uart16550(Device):
         self._closed = False
         self._host_pending = bytearray()
         self._rx: collections.deque[int] = collections.deque()
+        self._lsr_published = None
         self._reset_locked()
 
     # -- public API -------------------------------------------------------------------------
+
+    def attach_published(self, offset: int, entry) -> None:
+        """Keep ``entry`` (or nothing, when None) showing LSR; see ``published_offsets``."""
+        with self._lock:
+            self._lsr_published = entry
+            self._publish_locked()
 
     def reset(self) -> None:
         """Return every register to its power-on value; host input not yet in the FIFO is kept."""
@@ -102,6 +113,7 @@ class Uart16550(Device):
             self._reset_locked()
             self._refill_locked()
             self._update_irq_locked()
+            self._publish_locked()
 
     def receive(self, data: bytes) -> None:
         """Queue host input for the guest; it enters the RX FIFO as the guest makes room.
@@ -120,6 +132,7 @@ class Uart16550(Device):
             self.rx_bytes += len(data)
             self._refill_locked()
             self._update_irq_locked()
+            self._publish_locked()
 
     def close(self) -> None:
         """The machine is going away: release senders blocked in ``receive``."""
@@ -138,7 +151,9 @@ class Uart16550(Device):
         if not 0 <= offset <= 7:
             return (1 << (size * 8)) - 1
         with self._lock:
-            return self._read_locked(offset)
+            value = self._read_locked(offset)
+            self._publish_locked()
+            return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Guest register write; wider writes act on their low byte."""
@@ -146,6 +161,7 @@ class Uart16550(Device):
             return
         with self._lock:
             self._write_locked(offset, value & 0xFF)
+            self._publish_locked()
 
     # -- register file ----------------------------------------------------------------------
 
@@ -300,6 +316,14 @@ class Uart16550(Device):
         self._lsr_errors |= LSR_OE
         if not self._fifo_enabled:
             self._rx[-1] = value
+
+    def _publish_locked(self) -> None:
+        entry = self._lsr_published
+        if entry is not None:
+            if self._lsr_errors:
+                entry.hide()  # reading LSR clears them: the device must see that read
+            else:
+                entry.show(self._lsr_locked())
 
     def _lsr_locked(self) -> int:
         value = LSR_THRE | LSR_TEMT | self._lsr_errors

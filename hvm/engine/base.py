@@ -6,12 +6,15 @@ KVM state) plus two engine-neutral failures defined here; an engine never leaks 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kvmffi.exits import (Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, RdMsr,
                           Shutdown, SystemEvent, VcpuExit, WrMsr)
 
 from .state import Fpu, Regs, SRegs
+
+if TYPE_CHECKING:
+    from ..published import PublishedTable
 
 __all__ = ["Engine", "EmulationFailure", "EngineCrash", "Debug", "Hlt", "Interrupted", "IoIn",
            "IoOut", "MmioRead", "MmioWrite", "RdMsr", "Shutdown", "SystemEvent", "VcpuExit", "WrMsr"]
@@ -48,8 +51,10 @@ class Engine(ABC):
         has no handler for through ``translate`` before acting on it.
         """
 
-    def serve_port_io(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None]) -> None:
-        """Let the engine call the port bus itself instead of returning IoIn/IoOut exits.
+    def serve_port_io(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None],
+                      published: "PublishedTable | None" = None) -> None:
+        """Let the engine call the port bus itself instead of returning IoIn/IoOut exits; an
+        engine that can answers reads of ``published``'s registers without calling ``read``.
 
         Engines that cannot (or whose caller wants every exit) simply keep returning them.
         """

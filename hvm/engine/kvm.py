@@ -80,15 +80,17 @@ class KvmEngine(Engine):
         """KVM_RUN (replaced per instance by the vCPU's own ``run``: no wrapper on the hot path)."""
         return self.vcpu.run()
 
-    def serve_port_io(self, read, write) -> None:
+    def serve_port_io(self, read, write, published=None) -> None:
         """Serve port I/O inside ``run``: KVM_RUN loops in kvmffi, with no exit objects built;
-        string I/O exits reach the bus's string methods a run at a time (``string_runs``)."""
+        string I/O exits reach the bus's string methods a run at a time (``string_runs``), and
+        reads of ``published``'s registers are answered in that loop's C part."""
+        table = None if published is None else ffi.from_buffer("hvm_published[]", published.buffer)
         self.run = functools.partial(self.vcpu.run_with_io, read, write,  # type: ignore[method-assign]
-                                     *string_runs(read, write))
+                                     *string_runs(read, write), table)
 
     def io_exit_counts(self) -> tuple[int, int]:
-        """(IN, OUT) exits served by ``run``."""
-        return self.vcpu.io_exits[0], self.vcpu.io_exits[1]
+        """(IN, OUT) exits served by ``run`` (reads answered from published registers included)."""
+        return self.vcpu.io_exits[0] + self.vcpu.served_reads, self.vcpu.io_exits[1]
 
     def translate(self, ex: kx.VcpuExit) -> kx.VcpuExit:
         """KVM-only failures become engine-neutral EmulationFailure / EngineCrash."""

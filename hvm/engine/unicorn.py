@@ -247,7 +247,7 @@ class UnicornEngine(Engine):
         self._wake.set()
         self._core.cut()
 
-    def serve_port_io(self, read, write) -> None:
+    def serve_port_io(self, read, write, published=None) -> None:
         """IN/OUT hooks call the port bus directly: port I/O never ends ``run``. A REP INS/OUTS
         reaches the bus's string methods a run at a time (``uc_core.StringIo``)."""
         self.io_read, self.io_write = read, write

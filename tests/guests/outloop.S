@@ -1,5 +1,12 @@
-/* Benchmark guest (multiboot): N `out` instructions to an unclaimed port, then poweroff.
-   Assemble with --defsym COUNT=n; COUNT=0 gives the empty guest the benchmark subtracts. */
+/* Benchmark guest (multiboot): N port accesses, then poweroff. Assemble with --defsym COUNT=n
+   (COUNT=0 gives the empty guest the benchmark subtracts); PORT (default 0x510, unclaimed)
+   names the port and READ=1 makes each access an `in` instead of an `out`. */
+        .ifndef PORT
+        .set PORT, 0x510
+        .endif
+        .ifndef READ
+        .set READ, 0
+        .endif
         .set MB_MAGIC, 0x1badb002
         .section .multiboot, "a"
         .align 4
@@ -11,9 +18,14 @@ _start: mov $0x3f8, %dx                 /* first serial byte: start of the measu
         mov $'<', %al
         out %al, %dx
         mov $COUNT, %ecx
-        mov $0x510, %dx
+        mov $PORT, %dx
         jecxz 2f
-1:      out %al, %dx
+1:
+        .if READ
+        in %dx, %al
+        .else
+        out %al, %dx
+        .endif
         dec %ecx
         jnz 1b
 2:      mov $0x3f8, %dx

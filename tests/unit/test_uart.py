@@ -418,3 +418,41 @@ def test_host_input_backpressure_blocks_then_releases():
     uart.close()                                       # the machine goes away: nobody stays blocked
     t2.join(2)
     assert not t2.is_alive()
+
+
+def _published_lsr(bus) -> int | None:
+    """What an engine answering from the bus's published table would give for a read of LSR."""
+    import struct
+
+    for slot in range(len(bus.published.entries)):
+        port, state, _, _ = struct.unpack_from("<HHIQ", bus.published.buffer, slot * 16)
+        if port == 0x3F8 + u.LSR:
+            return state & 0xFF if state & 0x100 else None
+    raise AssertionError("LSR not published")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["rx", "read_rbr", "loop_on", "loop_off", "thr", "fifo_on",
+                                 "fifo_off", "read_lsr", "reset"]), max_size=40))
+def test_published_lsr_is_what_a_read_returns_while_reads_change_nothing(ops) -> None:
+    # The KVM engine answers LSR from the published value without calling the device: it must be
+    # the value a read returns, and hidden whenever that read would clear latched errors.
+    from hvm.bus import PortIOBus
+
+    uart, _, _ = make()
+    bus = PortIOBus()
+    bus.register(0x3F8, 8, uart)
+    for op in ops:
+        {"rx": lambda: uart.receive(b"xy"), "read_rbr": lambda: uart.read(u.RBR, 1),
+         "loop_on": lambda: uart.write(u.MCR, 1, u.MCR_LOOP), "loop_off": lambda: uart.write(u.MCR, 1, 0),
+         "thr": lambda: uart.write(u.THR, 1, 0x41), "fifo_on": lambda: uart.write(u.FCR, 1, u.FCR_ENABLE),
+         "fifo_off": lambda: uart.write(u.FCR, 1, 0), "read_lsr": lambda: uart.read(u.LSR, 1),
+         "reset": uart.reset}[op]()
+        shown = _published_lsr(bus)
+        errors = uart._lsr_errors  # peeked, not read: a read would clear them
+        if errors:
+            assert shown is None
+        else:
+            assert shown is not None and shown == uart.read(u.LSR, 1)
+    bus.unregister(0x3F8)
+    assert _published_lsr(bus) is None  # a device that left the bus is never answered for
