@@ -376,4 +376,7 @@ class Uart16550(Device):
 
     def _update_irq_locked(self) -> None:
         # Called under the lock so a racing receive() cannot leave the line at a stale level.
+        # LSR is published first: the interrupt handler's first read of it may be answered from
+        # the published value, and must already see the data the interrupt announces.
+        self._publish_locked()
         self.irq.set_level(self._iir_code_locked() != IIR_NO_INT)

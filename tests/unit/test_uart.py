@@ -456,3 +456,20 @@ def test_published_lsr_is_what_a_read_returns_while_reads_change_nothing(ops) ->
             assert shown is not None and shown == uart.read(u.LSR, 1)
     bus.unregister(0x3F8)
     assert _published_lsr(bus) is None  # a device that left the bus is never answered for
+
+
+def test_published_lsr_announces_data_before_the_interrupt_does() -> None:
+    # A guest's receive ISR polls LSR first; under KVM that read may be answered from the
+    # published value while receive() still runs on the host thread, so the value must show the
+    # byte before the interrupt line rises (the other order lost input on a terminal).
+    from hvm.bus import PortIOBus
+    from hvm.irq import IrqLine
+
+    bus = PortIOBus()
+    at_rise: list[int | None] = []
+    uart = Uart16550(IrqLine(4, lambda _gsi, level: at_rise.append(_published_lsr(bus)) if level else None),
+                     BufferBackend())
+    bus.register(0x3F8, 8, uart)
+    uart.write(u.IER, 1, u.IER_ERBFI)
+    uart.receive(b"x")
+    assert at_rise and at_rise[-1] is not None and at_rise[-1] & u.LSR_DR
