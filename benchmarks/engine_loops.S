@@ -10,6 +10,7 @@
 
         .set COM1, 0x3f8
         .set POST, 0x80                 /* a cheap device in both VMMs, not an unclaimed port */
+        .set FW_CFG_SEL, 0x510          /* fw_cfg's selector: a write every VMM must see at once */
         .set DEBUG_EXIT, 0xf4
         .set VECTOR, 0x30
 
@@ -93,6 +94,8 @@ long64: mov $0x10, %eax
         je interrupts
         cmp $'p', %bl
         je popcnt_loop
+        cmp $'f', %bl
+        je fw_cfg_io
         jmp failed
 
 compute:                                /* COMPUTE_INSNS instructions per iteration */
@@ -107,6 +110,9 @@ compute:                                /* COMPUTE_INSNS instructions per iterat
 
 port_io:
         mov $POST, %dx
+        jmp 1f
+fw_cfg_io:                              /* KVM may queue POST writes (coalesced I/O): this exits */
+        mov $FW_CFG_SEL, %dx
 1:      out %al, %dx
         dec %rcx
         jnz 1b

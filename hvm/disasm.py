@@ -28,8 +28,23 @@ def _decoder(bits: int):
     return capstone.Cs(capstone.CS_ARCH_X86, mode)
 
 
+# The KVM fallback decodes the same few instructions (a loop's popcnt) over and over; capstone
+# takes ~10 us each time. Bounded: the bytes and addresses are the guest's.
+_decoded: dict[tuple[bytes, int, int], Instruction | None] = {}
+_DECODED_LIMIT = 4096
+
+
 def decode(code: bytes, bits: int, address: int = 0) -> Instruction | None:
     """Decode the first instruction of ``code`` in 16-, 32- or 64-bit mode; None if invalid."""
+    key = (code, bits, address)
+    found = _decoded.get(key, _decoded)
+    if found is not _decoded:
+        return found
+    result = None
     for insn in _decoder(bits).disasm(code, address, count=1):
-        return Instruction(insn.address, insn.size, insn.mnemonic, insn.op_str, bytes(insn.bytes))
-    return None
+        result = Instruction(insn.address, insn.size, insn.mnemonic, insn.op_str, bytes(insn.bytes))
+        break
+    if len(_decoded) >= _DECODED_LIMIT:
+        _decoded.clear()
+    _decoded[key] = result
+    return result

@@ -57,6 +57,7 @@ CONSTANTS = [
     "KVM_CAP_HYPERV", "KVM_CAP_GUEST_DEBUG_HW_BPS", "KVM_CAP_ADJUST_CLOCK", "KVM_CAP_SYNC_MMU",
     "KVM_CAP_IRQ_ROUTING", "KVM_CAP_TSC_CONTROL", "KVM_CAP_X86_DISABLE_EXITS", "KVM_CAP_READONLY_MEM",
     "KVM_CAP_COALESCED_MMIO", "KVM_CAP_COALESCED_PIO", "KVM_COALESCED_MMIO_PAGE_OFFSET",
+    "KVM_CAP_SYNC_REGS", "KVM_SYNC_X86_REGS", "KVM_SYNC_X86_SREGS",
 ]
 
 CDEF = """
@@ -111,7 +112,9 @@ static const int HVM_ROUTE_UNION_OFFSET;
 /* The vCPU's exit exchange page: fixed part, then one union member per exit reason. */
 struct kvm_run { uint8_t request_interrupt_window; uint8_t immediate_exit; uint32_t exit_reason;
     uint8_t ready_for_interrupt_injection; uint8_t if_flag; uint16_t flags; uint64_t cr8;
-    uint64_t apic_base; ...; };
+    uint64_t apic_base; uint64_t kvm_valid_regs; uint64_t kvm_dirty_regs; ...; };
+struct kvm_sync_regs { struct kvm_regs regs; struct kvm_sregs sregs; ...; };
+static const int HVM_RUN_SYNC_OFFSET;
 typedef struct { uint8_t direction; uint8_t size; uint16_t port; uint32_t count;
     uint64_t data_offset; } hvm_run_io;
 typedef struct { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; } hvm_run_mmio;
@@ -165,6 +168,7 @@ typedef struct { __u32 exception; __u32 pad; __u64 pc; __u64 dr6; __u64 dr7; } h
 _Static_assert(sizeof(hvm_run_debug) == sizeof(((struct kvm_run *)0)->debug.arch), "debug layout");
 
 static const int HVM_RUN_EXIT_UNION_OFFSET = offsetof(struct kvm_run, io);
+static const int HVM_RUN_SYNC_OFFSET = offsetof(struct kvm_run, s.regs);
 static const int HVM_ROUTE_UNION_OFFSET = offsetof(struct kvm_irq_routing_entry, u);
 
 /* One typed entry point per argument kind: cffi calls release the GIL, so KVM_RUN blocks

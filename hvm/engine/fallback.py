@@ -91,7 +91,7 @@ class FallbackExecutor:
         if self._stepper is None:
             from .unicorn import UnicornEngine  # unicorn is loaded only when first needed
 
-            self._stepper = UnicornEngine(self.memory, self.mmio, physmap=self.physmap)
+            self._stepper = UnicornEngine(self.memory, self.mmio, physmap=self.physmap, exclusive=True)
             self._stepper.serve_port_io(*self._pio)
         return self._stepper
 
@@ -109,13 +109,12 @@ class FallbackExecutor:
         if name not in self.by_mnemonic and self._say is not None:
             self._say(f"vCPU {event.vcpu.index}: KVM refused `{decoded}` at {decoded.address:#x}; "
                       f"executing it in unicorn (reported once per mnemonic)")
-        regs = engine.get_regs()
         if name in ("int3", "into", "int1", "int"):
-            handled = self._software_interrupt(engine, regs, decoded)
+            handled = self._software_interrupt(engine, engine.get_regs(), decoded)
         elif name == "rdtscp":
-            handled = self._rdtscp(event.vcpu, regs, decoded.size)
+            handled = self._rdtscp(event.vcpu, engine.get_regs(), decoded.size)
         else:
-            handled = self._step(engine, regs, _touches_fpu(decoded), decoded.raw)
+            handled = self._step(engine, _touches_fpu(decoded), decoded.raw)
         if handled:
             self.by_mnemonic[name] = self.by_mnemonic.get(name, 0) + 1
         self.seconds += time.perf_counter() - t0
@@ -148,26 +147,28 @@ class FallbackExecutor:
         vcpu.engine.set_regs(regs)
         return True
 
-    def _step(self, engine, regs: Regs, with_fpu: bool, code: bytes) -> bool:
-        # Each state move costs tens of µs through unicorn's binding: the SSE registers move only
-        # for instructions that name them, and the system registers only when they changed
-        # (then the TLB is flushed on its own, as guest page tables may have changed).
+    def _step(self, engine, with_fpu: bool, code: bytes) -> bool:
+        # Every ioctl costs ~6 us on a nested host and every call through unicorn's binding
+        # several: the registers come from the kvm_run page (KVM syncs them at exits, the
+        # segment and control registers too once the fallback is in use) and go back there
+        # for KVM to load at the next entry; unicorn is entered once. The SSE registers move
+        # only for instructions that name them, the system registers only when they changed
+        # (loading them flushes the TLB; otherwise it is flushed, as page tables may have).
+        engine.sync_sregs()
         key = engine.sregs_key()
         stepper = self._unicorn()
-        if key != self._loaded:
+        flush = key == self._loaded
+        if not flush:
             stepper.set_sregs(engine.get_sregs())
             self._loaded = key
-        else:
-            stepper.flush_tlb()
-        stepper.set_regs(regs)
         fpu = engine.get_fpu() if with_fpu else None
         if fpu is not None:
             stepper.set_fpu(fpu)
-        raised = stepper.step(code)
+        raised, values = stepper.step_values(engine.regs_values(), code, flush)
         if isinstance(raised, EngineCrash):
             self.crash = raised
             return False
-        engine.set_regs(stepper.get_regs())
+        engine.load_regs_at_entry(values)
         if fpu is not None:
             new_fpu = stepper.get_fpu()
             if new_fpu != fpu:

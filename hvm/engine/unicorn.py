@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from kvmffi import exits as kx
 
@@ -135,7 +135,7 @@ def _on_cpu(method):
     @functools.wraps(method)
     def wrapper(self, *args):
         core = self._core
-        if core.current is self and core.turns.holder == threading.get_ident():
+        if self._exclusive or core.current is self and core.turns.holder == threading.get_ident():
             return method(self, *args)
         with core.holding(self):
             return method(self, *args)
@@ -152,7 +152,10 @@ class UnicornEngine(Engine):
 
     def __init__(self, memory: GuestMemory, mmio: MmioBus, *,
                  core: UnicornCore | None = None, index: int = 0, ncpus: int = 1,
-                 started: bool = True, physmap: PhysMap | None = None):
+                 started: bool = True, physmap: PhysMap | None = None, exclusive: bool = False):
+        # ``exclusive``: a CPU of its own whose user serialises every call (the KVM fallback's
+        # stepper): no turn to take around each one (~5 us a call on a nested host).
+        self._exclusive = exclusive and core is None
         self.memory = memory
         self.mmio = mmio
         self.index = index
@@ -903,8 +906,23 @@ class UnicornEngine(Engine):
         step: translated code is dropped first, unless ``code`` (the instruction's bytes, as the
         caller read them) is what was stepped at this RIP before (translating anew costs ~40 us,
         the rest of a step a few)."""
+        return self._step(self.uc.reg_read(self._ip_id), code)
+
+    @_on_cpu
+    def step_values(self, values: Sequence[int], code: bytes, flush_tlb: bool
+                    ) -> tuple[Event | kx.VcpuExit | None, list[int]]:
+        """``step`` from general-purpose registers, RIP and RFLAGS given as ``values`` (in
+        ``get_regs``' order), the TLB flushed first if asked; returns what it raised and those
+        registers after it. One call for the fallback's whole round trip (each separate call
+        costs the CPU's turn lock again)."""
+        self._state.write(values)
+        if flush_tlb:
+            self._core.direct.flush_tlb()
+        raised = self._step(values[16], code)
+        return raised, self._state.read()
+
+    def _step(self, rip: int, code: bytes | None) -> Event | kx.VcpuExit | None:
         uc, unicorn = self.uc, self._unicorn
-        rip = uc.reg_read(self._ip_id)
         if code is None or self._stepped.get(rip) != code:
             uc.ctl_flush_tb()
             self._stepped = {} if code is None else {rip: code}
@@ -912,7 +930,7 @@ class UnicornEngine(Engine):
             self._stepped[rip] = code
         self._event = None
         try:
-            uc.emu_start(rip, 0, count=1)
+            self._core.direct.emu_start(rip, 0, count=1)
         except unicorn.UcError as exc:
             if exc.errno == unicorn.UC_ERR_INSN_INVALID:
                 return Event(_VEC_UD)
