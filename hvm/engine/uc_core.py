@@ -160,6 +160,20 @@ def _native_events(uc):
     return lambda vectors, software: switch(handle, vectors, software, 1)
 
 
+def _native_syscall(uc):
+    """The library's switch for SYSCALL carried out by the CPU (uc_lib edit 7), as a callable
+    ``(on) -> count`` (a pointer to the number it carried out), or None."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    switch = getattr(uclib, uc_lib.SYSCALL_EXPORT, None)
+    if switch is None or os.environ.get("HVM_UNICORN_PY_EVENTS"):
+        return None
+    switch.restype = ctypes.POINTER(ctypes.c_uint64)
+    switch.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    handle = uc._uch
+    return lambda on: switch(handle, on)
+
+
 class Registers:
     """A fixed list of registers read or written in one call into libunicorn
     (``uc_reg_read_batch``/``uc_reg_write_batch`` through cffi): the binding's ``reg_read``
@@ -530,6 +544,8 @@ class UnicornCore:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         self._stop = _slices(uc)
         self._native = _native_events(uc)
+        self._syscall_switch = _native_syscall(uc)
+        self._native_syscalls = None  # the library's count, once the switch was used
         try:
             self.fields = uc_context.ContextFields(uc, uc_context.layout())
         except uc_context.LayoutError as exc:
@@ -556,6 +572,18 @@ class UnicornCore:
         where the library has no such switch (PyPI's, or HVM_UNICORN_PY_EVENTS set)."""
         if self._native is not None:
             self.native_counts = self._native(NATIVE_VECTORS if on else 0, int(on))
+        self.native_syscall(on)
+
+    def native_syscall(self, on: bool) -> None:
+        """Let the CPU carry out SYSCALL itself (no slice end, no Python) or hand it to hvm's
+        hook; a no-op where the library cannot."""
+        if self._syscall_switch is not None:
+            self._native_syscalls = self._syscall_switch(int(on))
+
+    @property
+    def native_syscalls(self) -> int:
+        """SYSCALLs the CPU carried out itself so far."""
+        return 0 if self._native_syscalls is None else self._native_syscalls[0]
 
     def _guard(self, uc, window: Window) -> None:
         """Hook stores into ``window`` if it is read-only, and there only: unicorn keeps every

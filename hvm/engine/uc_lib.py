@@ -349,6 +349,65 @@ EDITS += (
      "#define CPU_TLB_DYN_MIN_BITS 10  /* hvm: 6 in QEMU 5 */\n#define CPU_TLB_DYN_DEFAULT_BITS 10\n"),
 )
 
+# (7) SYSCALL carried out by the CPU. Unicorn replaced QEMU's helper_syscall with its hook call:
+# the embedder had to do the architectural work, which in hvm meant ending the slice and a trip
+# through Python for every system call a guest's user space makes (~750 in a busybox boot). When
+# hvm switches it on (hvm_uc_x86_native_syscall; never for a Xen PV guest, whose system calls go
+# to its kernel through hvm), the helper does what the SDM (vol. 2B, SYSCALL) and the APM (vol. 3)
+# describe for IA-32e mode: RCX = next RIP, R11 = RFLAGS with RF clear, RFLAGS &= ~(SFMASK | RF),
+# CS/SS flat ring 0 from STAR[47:32] (64-bit code), RIP from LSTAR (from 64-bit code) or CSTAR
+# (from compatibility mode); #UD without EFER.SCE or outside IA-32e mode (the Intel CPU hvm models).
+SYSCALL_EXPORT = "hvm_uc_x86_native_syscall"
+EDITS += (
+    ("include/uc_priv.h",
+     "    bool hvm_mem_checks_off;\n",
+     "    bool hvm_mem_checks_off;\n"
+     "    // hvm: SYSCALL carried out by the CPU (no hook), and how many it carried out\n"
+     "    int hvm_native_syscall;\n"
+     "    uint64_t hvm_native_syscalls;\n"),
+    ("qemu/target/i386/seg_helper.c",
+     "    // Unicorn: call registered syscall hooks\n    struct hook *hook;\n    uc_engine *uc = env->uc;\n"
+     "    bool synced = false;\n\n    HOOK_FOREACH_VAR_DECLARE;\n",
+     "    // Unicorn: call registered syscall hooks\n    struct hook *hook;\n    uc_engine *uc = env->uc;\n"
+     "    bool synced = false;\n\n"
+     "    /* hvm: the instruction itself (see hvm/engine/uc_lib.py, edit 7) */\n"
+     "    if (uc->hvm_native_syscall) {\n"
+     "        int cs = (env->star >> 32) & 0xfffc;\n"
+     "        target_ulong flags;\n"
+     "        if (!(env->efer & MSR_EFER_SCE) || !(env->hflags & HF_LMA_MASK)) {\n"
+     "            raise_exception_err_ra(env, EXCP06_ILLOP, 0, GETPC());\n"
+     "        }\n"
+     "        flags = cpu_compute_eflags(env);\n"
+     "        env->regs[R_ECX] = env->eip + next_eip_addend;\n"
+     "        env->regs[11] = flags & ~RF_MASK;\n"
+     "        /* arithmetic flags and DF live outside env->eflags (CC_SRC, env->df) */\n"
+     "        cpu_load_eflags(env, flags & ~(env->fmask | RF_MASK),\n"
+     "                        ~(CC_O | CC_S | CC_Z | CC_A | CC_P | CC_C | DF_MASK));\n"
+     "        env->eip = (env->hflags & HF_CS64_MASK) ? env->lstar : env->cstar;\n"
+     "        cpu_x86_load_seg_cache(env, R_CS, cs, 0, 0xffffffff,\n"
+     "                               DESC_G_MASK | DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK |\n"
+     "                               DESC_R_MASK | DESC_A_MASK | DESC_L_MASK);\n"
+     "        cpu_x86_load_seg_cache(env, R_SS, cs + 8, 0, 0xffffffff,\n"
+     "                               DESC_G_MASK | DESC_B_MASK | DESC_P_MASK | DESC_S_MASK |\n"
+     "                               DESC_W_MASK | DESC_A_MASK);\n"
+     "        uc->hvm_native_syscalls++;\n"
+     "        return;\n"
+     "    }\n\n"
+     "    HOOK_FOREACH_VAR_DECLARE;\n"),
+    ("qemu/target/i386/unicorn.c",
+     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n",
+     "/* hvm: SYSCALL carried out by the CPU (on) or handed to the hook; returns the count of those\n"
+     "   it carried out. */\n"
+     "DEFAULT_VISIBILITY\n"
+     "uint64_t *hvm_uc_x86_native_syscall(struct uc_struct *uc, int on)\n"
+     "{\n"
+     "    uc->hvm_native_syscall = on;\n"
+     "    return &uc->hvm_native_syscalls;\n"
+     "}\n"
+     "\n"
+     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n"),
+)
+
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
 PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"

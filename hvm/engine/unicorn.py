@@ -456,12 +456,14 @@ class UnicornEngine(Engine):
         cr4 = self._x86.UC_X86_REG_CR4
         self.uc.reg_write(cr4, self.uc.reg_read(cr4) & ~CR4_SMAP)
         self._smap_suspended = True
+        self._core.native_syscall(False)  # the way back to the kernel must pass through hvm
 
     def _resume_smap(self) -> None:
         if self._smap_suspended:
             cr4 = self._x86.UC_X86_REG_CR4
             self.uc.reg_write(cr4, self.uc.reg_read(cr4) | CR4_SMAP)
             self._smap_suspended = False
+            self._core.native_syscall(self.pv is None)
 
     def _load_flat_ring0(self, cs: int, long_mode: bool) -> None:
         """CPL 0 with the flat code segment ``cs`` (64-bit in IA-32e mode) and stack ``cs + 8``,
@@ -534,6 +536,8 @@ class UnicornEngine(Engine):
                  f"{self.sysenters} SYSENTERs"]
         if self.index == 0:
             lines.append(f"unicorn: {uc_lib.describe()}")
+            if core.native_syscalls:
+                lines.append(f"unicorn: {core.native_syscalls} SYSCALLs carried out by the CPU itself")
             lines.append(f"unicorn: {core.window_stops} slices ended by the guest setting IF for a "
                          f"waiting interrupt")
             if len(core.engines) > 1:
