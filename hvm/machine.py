@@ -471,7 +471,8 @@ class Machine:
         from .engine.unicorn import UnicornEngine
 
         ncpus = self.config.cpus
-        core = UnicornCore(self.memory, self.mmio, on_failure=self.internal_error, physmap=self.physmap)
+        core = UnicornCore(self.memory, self.mmio, on_failure=self.internal_error, physmap=self.physmap,
+                           published=self.pio.published)
         self._unicorn_engines = engines = [
             UnicornEngine(self.memory, self.mmio, core=core, index=i, ncpus=ncpus, started=i == 0)
             for i in range(ncpus)]
@@ -493,6 +494,7 @@ class Machine:
         self.add_mmio_device(layout.LAPIC_BASE, layout.LAPIC_SIZE,
                              _CurrentCpuDevice(self.lapics, lambda: core.current.index), "lapic")
         self.pit = Pit8254(self.irq(0))
+        self.pit.publish_channel2(self.pio.published.timer2)
         self.add_port_device(0x40, 4, self.pit.ports, "pit")
         self.add_port_device(0x61, 1, self.pit.port61, "port61")
         engines[0].attach_platform(self.lapic, [self.pit, self.lapic])

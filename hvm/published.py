@@ -8,6 +8,8 @@ one-byte IN of that port in C and goes straight back into the guest. While a rea
 the device (clear latched errors, pop a FIFO) the device hides the value and reads go to Python.
 
 The table is one small buffer shared by every vCPU; its layout is the C side's ``hvm_published``.
+Under the unicorn engine the same table is answered by a C IN hook (``hvm.engine._ucstop``),
+which also reads channel 2 of the software PIT from ``PublishedTimer2``.
 """
 from __future__ import annotations
 
@@ -43,12 +45,44 @@ class Published:
         return _SLOT.unpack_from(self._table.buffer, self._slot * _SLOT.size)[3]
 
 
+class PublishedTimer2:
+    """Channel 2 of a software 8254 and port 0x61, for the unicorn engine's C IN hook: while
+    ``publish`` holds (mode 0, binary, LSB then MSB, nothing latched) C computes the count from the
+    monotonic clock and flips the read flip-flop and 0x61's refresh bit itself; ``reclaim`` takes
+    those two back before the Python model handles any access. Layout: ``hvm_timer2``."""
+
+    # active, read_hi, start_ns, offset, reload, port61, refresh, pad; then reads served of 0x42, 0x61
+    _LAYOUT = struct.Struct("<iiqqIBBH")
+    _HITS = struct.Struct("<QQ")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(self._LAYOUT.size + self._HITS.size)
+
+    def publish(self, read_hi: bool, start_ns: int, offset: int, reload: int, port61: int,
+                refresh: bool) -> None:
+        self._LAYOUT.pack_into(self.buffer, 0, 1, read_hi, start_ns, offset, reload, port61, refresh, 0)
+
+    def reclaim(self) -> tuple[bool, bool] | None:
+        """(read flip-flop, refresh bit) as C left them, or None if nothing was published."""
+        active, read_hi, _, _, _, _, refresh, _ = self._LAYOUT.unpack_from(self.buffer)
+        if not active:
+            return None
+        self.buffer[0:4] = bytes(4)
+        return bool(read_hi), bool(refresh)
+
+    def hits(self, base: int, length: int) -> int:
+        """Reads of ports 0x42 and 0x61 in ``[base, base+length)`` answered in C."""
+        h42, h61 = self._HITS.unpack_from(self.buffer, self._LAYOUT.size)
+        return (h42 if base <= 0x42 < base + length else 0) + (h61 if base <= 0x61 < base + length else 0)
+
+
 class PublishedTable:
-    """The port bus's published registers (at most SLOTS of them)."""
+    """The port bus's published registers (at most SLOTS of them), and the PIT's channel 2."""
 
     def __init__(self) -> None:
         self.buffer = bytearray(SLOTS * _SLOT.size)
         self.entries: list[Published] = []
+        self.timer2 = PublishedTimer2()
 
     def publish(self, port: int) -> Published | None:
         """A hidden register for ``port``; None when the table is full (reads then stay in Python)."""
@@ -64,5 +98,6 @@ class PublishedTable:
         return entry
 
     def hits(self, base: int, length: int) -> int:
-        """Reads answered from the table for ports in ``[base, base+length)``."""
-        return sum(e.hits for e in self.entries if base <= e.port < base + length)
+        """Reads answered from the table (and the PIT's channel 2) for ports in ``[base, base+length)``."""
+        return sum(e.hits for e in self.entries if base <= e.port < base + length) + \
+            self.timer2.hits(base, length)

@@ -36,6 +36,7 @@ from . import uc_context, uc_lib
 from .uc_slicer import Slicer
 
 if TYPE_CHECKING:
+    from ..published import PublishedTable
     from .unicorn import UnicornEngine
 
 CPU_MODEL = "BROADWELL"
@@ -158,6 +159,41 @@ def _native_events(uc):
     switch.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_int]
     handle = uc._uch
     return lambda vectors, software: switch(handle, vectors, software, 1)
+
+
+def _in_hook(uc, python_in, published: "PublishedTable | None"):
+    """Install hvm's C IN hook (``_ucstop_build``: published registers and the PIT's channel 2
+    answered in C, everything else passed to ``python_in``); returns its state, which holds the
+    callback and the tables alive and counts the reads C answered (``served``)."""
+    import unicorn
+    from unicorn import x86_const
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    from ..published import SLOTS
+    from ._ucstop import ffi as uffi, lib as ulib
+
+    state = uffi.new("hvm_in_t *")
+    keep = [state]
+    if published is not None:
+        table = uffi.from_buffer("hvm_published[]", published.buffer)
+        timer = uffi.cast("hvm_timer2 *", uffi.from_buffer(published.timer2.buffer))
+        keep += [table, published.timer2.buffer]
+        state.published, state.slots, state.timer2 = table, SLOTS, timer
+    state.reg_read = uffi.cast("void *", ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value)
+    state.cs_id = x86_const.UC_X86_REG_CS
+    callback = uffi.callback("uint32_t(void *, uint32_t, int, void *)",
+                             lambda _uc, port, size, _user: python_in(None, port, size, None))
+    state.python = callback
+    keep.append(callback)
+    handle = ctypes.c_size_t()
+    status = uclib.uc_hook_add(
+        uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN,
+        ctypes.c_void_p(int(uffi.cast("uintptr_t", ulib.hvm_in_hook_address()))),
+        ctypes.c_void_p(int(uffi.cast("uintptr_t", state))), ctypes.c_uint64(1), ctypes.c_uint64(0),
+        ctypes.c_int(x86_const.UC_X86_INS_IN))
+    if status != unicorn.UC_ERR_OK:
+        raise HostError(f"unicorn refused hvm's IN hook: {unicorn.UcError(status)}")
+    return state, keep
 
 
 def _native_syscall(uc):
@@ -488,8 +524,10 @@ class UnicornCore:
     thread that ends time slices, and the switching of vCPU contexts."""
 
     def __init__(self, memory: GuestMemory, mmio: MmioBus, on_failure: Failure | None = None,
-                 physmap: PhysMap | None = None):
+                 physmap: PhysMap | None = None, published: "PublishedTable | None" = None):
         self.memory, self.mmio = memory, mmio
+        self.published = published  # registers the C IN hook answers (hvm/published.py)
+        self._in_hook = None
         self.physmap = physmap if physmap is not None else PhysMap(memory)
         self._undo: list[tuple[int, bytes]] = []  # stores unicorn made into read-only windows
         self._guards: dict[tuple[int, int], int] = {}  # read-only window -> its write hook
@@ -530,7 +568,7 @@ class UnicornCore:
         for base, size in self.physmap.holes():
             uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
         self.physmap.subscribe(self._remap)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._in, None, 1, 0, x86.UC_X86_INS_IN)
+        self._in_hook = _in_hook(uc, self._in, self.published)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._out, None, 1, 0, x86.UC_X86_INS_OUT)
         # No `until` address: emu_start walks the guest's page tables for it, and when it is not
         # mapped (any sentinel is not) the failed walk overwrites CR2, which a #PF handler reads
@@ -579,6 +617,11 @@ class UnicornCore:
         hook; a no-op where the library cannot."""
         if self._syscall_switch is not None:
             self._native_syscalls = self._syscall_switch(int(on))
+
+    @property
+    def in_served(self) -> int:
+        """IN instructions the C hook answered without Python."""
+        return 0 if self._in_hook is None else self._in_hook[0].served
 
     @property
     def native_syscalls(self) -> int:

@@ -257,8 +257,10 @@ class UnicornEngine(Engine):
         self.io_read_string, self.io_write_string = string_io(read, write)
 
     def io_exit_counts(self) -> tuple[int, int]:
-        """(IN, OUT) instructions served through the hooks."""
-        return self.io_counts[0], self.io_counts[1]
+        """(IN, OUT) instructions served through the hooks (those the C hook answered for any
+        vCPU of the core are counted with vCPU 0's)."""
+        served = self._core.in_served if self.index == 0 else 0
+        return self.io_counts[0] + served, self.io_counts[1]
 
     # -- hooks (UnicornCore calls them on the vCPU thread, inside emu_start) --------------------
     # Hooks only record what happened and stop the emulation; the state changes are made between

@@ -13,10 +13,13 @@ lock here.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ...irq import IrqLine
 from ..base import Device
+
+if TYPE_CHECKING:
+    from ...published import PublishedTimer2
 
 PIT_HZ = 1_193_182
 NS_PER_S = 1_000_000_000
@@ -209,11 +212,18 @@ class _Ports(Device):
         """A byte of a counter's status, latched count or live count; the control port reads 0."""
         if offset >= CONTROL:
             return 0  # the control register is write-only; answer with a constant
-        return self._pit._counters[offset].read(self._pit._clock())
+        pit = self._pit
+        pit._reclaim()
+        value = pit._counters[offset].read(pit._clock())
+        pit._republish()
+        return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Control words (including latch and read-back commands) and count bytes."""
-        self._pit._write(offset, value & 0xFF)
+        pit = self._pit
+        pit._reclaim()
+        pit._write(offset, value & 0xFF)
+        pit._republish()
 
 
 class _Port61(Device):
@@ -226,11 +236,18 @@ class _Port61(Device):
 
     def read(self, offset: int, size: int) -> int:
         """Gate 2, speaker data, a refresh bit that flips on every read, and channel 2's OUT."""
-        return self._pit._read61()
+        pit = self._pit
+        pit._reclaim()
+        value = pit._read61()
+        pit._republish()
+        return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         """Only the gate and speaker bits are writable."""
-        self._pit._write61(value)
+        pit = self._pit
+        pit._reclaim()
+        pit._write61(value)
+        pit._republish()
 
 
 class Pit8254:
@@ -254,6 +271,31 @@ class Pit8254:
         self._last_pulse: int | None = None  # clock time of the last periodic pulse
         self.ports = _Ports(self)
         self.port61 = _Port61(self)
+        self._published: "PublishedTimer2 | None" = None
+
+    def publish_channel2(self, published: "PublishedTimer2") -> None:
+        """Let an engine's C hook answer channel 2 and port 0x61 reads from ``published`` while
+        channel 2 is in the state it can compute (Linux's TSC calibration polls them thousands of
+        times, and its quality checks fail at the cost of a trip into Python per read). Only
+        with the host's monotonic clock, which the C side reads too."""
+        if self._clock is time.monotonic_ns:
+            self._published = published
+            self._republish()
+
+    def _reclaim(self) -> None:
+        if self._published is not None:
+            taken = self._published.reclaim()
+            if taken is not None:
+                self._counters[2].read_hi, self._refresh = taken
+
+    def _republish(self) -> None:
+        published = self._published
+        if published is None:
+            return
+        c = self._counters[2]
+        if (c.mode == 0 and not c.bcd and c.access == ACCESS_LOHI and not c.latched and c.status is None
+                and c.reload is not None and c.start is not None and not c.write_hi):
+            published.publish(c.read_hi, c.start, c.offset, c.reload, c.gate | self._speaker << 1, self._refresh)
 
     def _write(self, offset: int, value: int) -> None:
         now = self._clock()
