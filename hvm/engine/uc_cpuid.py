@@ -11,6 +11,10 @@ from functools import cache
 
 APIC = 1 << 9  # leaf 1 EDX
 HYPERVISOR = 1 << 31  # leaf 1 ECX
+OSXSAVE = 1 << 27  # leaf 1 ECX: mirrors CR4.OSXSAVE (SDM vol. 2A, CPUID)
+AVX = 1 << 28  # leaf 1 ECX
+XCR0_YMM = 1 << 2  # leaf 0xD subleaf 0 EAX: the AVX state component
+LEGACY_XSAVE_AREA = 512 + 64  # the x87/SSE region and the XSAVE header
 # Leaves with subleaves (ECX matters); the others ignore ECX.
 _SUBLEAVES = {4: 8, 7: 2, 0xB: 2, 0xD: 64}
 
@@ -48,6 +52,13 @@ def policy_table(model_name: str, vcpu_id: int, ncpus: int) -> dict[tuple[int, i
     eax, ebx, ecx, edx = table[(1, 0)]
     ebx = (ebx & 0x0000FFFF) | ((vcpu_id & 0xFF) << 24) | ((max(ncpus, 1) & 0xFF) << 16)
     table[(1, 0)] = (eax, ebx, ecx | HYPERVISOR, edx)
+    if not ecx & AVX and (0xD, 0) in table:
+        # The model filters AVX out (QEMU 5's TCG cannot execute it) but still lists its state
+        # component as XCR0-settable: a guest that believes it (kvm-unit-tests' xsave) runs AVX
+        # code and takes #UD. Without AVX the only components are x87 and SSE.
+        x_eax, x_ebx, _x_ecx, x_edx = table[(0xD, 0)]
+        table[(0xD, 0)] = (x_eax & ~XCR0_YMM, min(x_ebx, LEGACY_XSAVE_AREA), LEGACY_XSAVE_AREA, x_edx)
+        table[(0xD, 2)] = (0, 0, 0, 0)
     return table
 
 

@@ -395,7 +395,7 @@ EDITS += (
      "    }\n\n"
      "    HOOK_FOREACH_VAR_DECLARE;\n"),
     ("qemu/target/i386/unicorn.c",
-     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n",
+     "/* hvm: slices (see uc_priv.h). what: 0 take stops at block boundaries only (before the first\n",
      "/* hvm: SYSCALL carried out by the CPU (on) or handed to the hook; returns the count of those\n"
      "   it carried out. */\n"
      "DEFAULT_VISIBILITY\n"
@@ -405,7 +405,36 @@ EDITS += (
      "    return &uc->hvm_native_syscalls;\n"
      "}\n"
      "\n"
-     "DEFAULT_VISIBILITY\nvoid uc_init(struct uc_struct *uc)\n"),
+     "/* hvm: slices (see uc_priv.h). what: 0 take stops at block boundaries only (before the first\n"),
+)
+
+# (8) MOV to CR4 with a reserved bit set raises #GP(0) (SDM vol. 3A, 2.5 and vol. 2B, MOV--Move
+# to/from Control Registers); QEMU 5 took any value and silently dropped a few bits (QEMU checks
+# since 6.2). Reserved here: the bits the SDM leaves undefined, and those of features this CPU
+# model does not have (kvm-unit-tests' lam checks CR4.LAM_SUP, others check LA57, PKE, SMAP ...).
+# Only the guest's MOV goes through this check; hvm's own register writes do not.
+EDITS += (
+    ("qemu/target/i386/misc_helper.c",
+     "    case 4:\n        cpu_x86_update_cr4(env, (uint32_t)t0);\n        break;\n",
+     "    case 4: {\n"
+     "        /* hvm: reserved CR4 bits #GP (see hvm/engine/uc_lib.py, edit 8) */\n"
+     "        uint64_t known = CR4_VME_MASK | CR4_PVI_MASK | CR4_TSD_MASK | CR4_DE_MASK |\n"
+     "                         CR4_PSE_MASK | CR4_PAE_MASK | CR4_MCE_MASK | CR4_PGE_MASK |\n"
+     "                         CR4_PCE_MASK | CR4_OSFXSR_MASK | CR4_OSXMMEXCPT_MASK;\n"
+     "        if (env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_UMIP) known |= 1U << 11;  /* CR4.UMIP */\n"
+     "        if (env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_LA57) known |= CR4_LA57_MASK;\n"
+     "        if (env->features[FEAT_7_0_EBX] & CPUID_7_0_EBX_FSGSBASE) known |= CR4_FSGSBASE_MASK;\n"
+     "        if (env->features[FEAT_1_ECX] & CPUID_EXT_PCID) known |= CR4_PCIDE_MASK;\n"
+     "        if (env->features[FEAT_1_ECX] & CPUID_EXT_XSAVE) known |= CR4_OSXSAVE_MASK;\n"
+     "        if (env->features[FEAT_7_0_EBX] & CPUID_7_0_EBX_SMEP) known |= CR4_SMEP_MASK;\n"
+     "        if (env->features[FEAT_7_0_EBX] & CPUID_7_0_EBX_SMAP) known |= CR4_SMAP_MASK;\n"
+     "        if (env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKU) known |= CR4_PKE_MASK;\n"
+     "        if ((uint64_t)t0 & ~known) {\n"
+     "            raise_exception_err_ra(env, EXCP0D_GPF, 0, GETPC());\n"
+     "        }\n"
+     "        cpu_x86_update_cr4(env, (uint32_t)t0);\n"
+     "        break;\n"
+     "    }\n"),
 )
 
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)

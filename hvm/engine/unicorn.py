@@ -56,6 +56,7 @@ SLICE_US = 100_000
 # flush, ~20 µs) stays under 1%.
 QUANTUM_NS = 5_000_000
 CR0_PE, CR0_PG, CR4_PAE, CR4_SMAP = 1, 1 << 31, 1 << 5, 1 << 21
+CR4_OSXSAVE = 1 << 18
 _PF_USER = 1 << 2
 _FAR_RETURNS = (0xCA, 0xCB, 0xCF)  # RET far (with and without imm16), IRET
 RESET_CR0 = 0x6000_0010  # CD, NW, ET (SDM vol. 3A table 9-1)
@@ -353,8 +354,15 @@ class UnicornEngine(Engine):
 
     def on_cpuid(self) -> int:
         uc, x86 = self.uc, self._x86
-        answer = uc_cpuid.lookup(self._cpuid_table, uc.reg_read(x86.UC_X86_REG_EAX),
-                                 uc.reg_read(x86.UC_X86_REG_ECX))
+        leaf = uc.reg_read(x86.UC_X86_REG_EAX) & 0xFFFFFFFF
+        answer = uc_cpuid.lookup(self._cpuid_table, leaf, uc.reg_read(x86.UC_X86_REG_ECX))
+        if leaf == 1:
+            # OSXSAVE is CR4.OSXSAVE as the guest set it, not the table's (SDM vol. 2A, CPUID)
+            eax, ebx, ecx, edx = answer
+            ecx &= ~uc_cpuid.OSXSAVE
+            if uc.reg_read(x86.UC_X86_REG_CR4) & CR4_OSXSAVE:
+                ecx |= uc_cpuid.OSXSAVE
+            answer = (eax, ebx, ecx, edx)
         # CPUID zeroes the upper halves in 64-bit mode: the first four state ids are RAX..RDX.
         uc.reg_write_batch(list(zip(self._gpr_ids[:4], answer)))
         return 1  # skip unicorn's own answer
