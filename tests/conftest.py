@@ -32,6 +32,7 @@ RECIPES = {
     "long64": GuestRecipe("long64.S", 64, 0x100000),
     "events64": GuestRecipe("events64.S", 64, 0x100000),
     "isa64": GuestRecipe("isa64.S", 64, 0x100000),
+    "cr4x64": GuestRecipe("cr4x64.S", 64, 0x100000),
     "sysenter32": GuestRecipe("sysenter32.S", 32, 0x100000),
     "apic64": GuestRecipe("apic64.S", 64, 0x100000),
     "multiboot": GuestRecipe("multiboot.S", 32),

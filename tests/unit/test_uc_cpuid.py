@@ -25,3 +25,14 @@ def test_lookup_follows_cpuid_rules_for_unknown_leaves_and_subleaves():
     assert uc_cpuid.lookup(table, 0x40000000, 0) == (0, 0, 0, 0)
     assert uc_cpuid.lookup(table, 1, 7) == uc_cpuid.lookup(table, 1, 0)  # ECX ignored for leaf 1
     assert uc_cpuid.lookup(table, 0x80000000, 0)[0] >= 0x80000001
+
+
+def test_xsave_leaf_lists_no_state_of_a_feature_the_model_lacks():
+    # The model filters AVX out; its XSAVE state component must go with it (kvm-unit-tests' xsave
+    # ran AVX code when leaf 0xD listed it), and the sizes shrink to the x87/SSE area.
+    table = uc_cpuid.policy_table(CPU_MODEL, 0, 1)
+    assert not uc_cpuid.lookup(table, 1, 0)[2] & uc_cpuid.AVX
+    eax, ebx, ecx, _ = uc_cpuid.lookup(table, 0xD, 0)
+    assert eax & 3 == 3 and not eax & uc_cpuid.XCR0_YMM
+    assert ebx <= uc_cpuid.LEGACY_XSAVE_AREA and ecx == uc_cpuid.LEGACY_XSAVE_AREA
+    assert uc_cpuid.lookup(table, 0xD, 2) == (0, 0, 0, 0)
