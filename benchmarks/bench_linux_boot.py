@@ -76,9 +76,15 @@ def run_to_poweroff(cmd: list[str], timeout: float, lines: list[str]) -> tuple[f
     return wall, out, err
 
 
+# The count on a line of its own, or with a kernel message printed into that line before its end.
+def count_line(cpus: int) -> str:
+    """The pattern of the line on which the guest printed its CPU count."""
+    return rf"{cpus}\r?(\[ *\d+\.\d+\] .*)?"
+
+
 def run_once(cmd: list[str], cpus: int, timeout: float) -> tuple[float, str, str]:
     """``run_to_poweroff`` of a guest that counts ``cpus`` processors."""
-    return run_to_poweroff(cmd, timeout, [rf"{cpus}\r?"])
+    return run_to_poweroff(cmd, timeout, [count_line(cpus)])
 
 
 def main(argv: list[str] | None = None) -> int:

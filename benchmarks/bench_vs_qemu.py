@@ -31,6 +31,12 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
+
+# hvm is timed as an installed Python package runs: with its bytecode cached (pip compiles it at
+# install time, an editable checkout on first run). An environment that turns the cache off
+# (PYTHONDONTWRITEBYTECODE, as some sandboxes do) would add ~0.1 s of compiling to every hvm run
+# here; every benchmark imports this module, so none of the VMMs they start inherits it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 GUESTS = REPO / "tests" / "guests"
 MEMORY = "64M"
 START_BYTE, END_BYTE = b"<", b">"

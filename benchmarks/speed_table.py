@@ -87,7 +87,7 @@ def boot(cmd: list[str], timeout: float, cpus: int) -> tuple[float, int]:
         t.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
     text = out["out"].decode(errors="replace")
-    if proc.returncode != 0 or not re.search(rf"^{cpus}\r?$", text, re.M):
+    if proc.returncode != 0 or not re.search(rf"^{linux.count_line(cpus)}$", text, re.M):
         raise base.BenchError(f"{cmd[0]} exited {proc.returncode} without printing the CPU count:\n"
                               f"{text[-1200:]}\n{out['err'].decode(errors='replace')[-1200:]}")
     return wall, usage.ru_maxrss * 1024
