@@ -3,8 +3,9 @@
 
 The clock reads the host's wall clock (UTC, as QEMU's default ``-rtc base=utc``), in BCD or binary
 and 12- or 24-hour form as register B asks; a guest that sets the time (SET bit, then the time
-registers) moves an offset, never the host's clock. UIP never reads set: every read sees a settled
-second. The status flags of register C (update-ended, periodic, alarm) are computed when it is
+registers) moves an offset, never the host's clock. Register A's UIP bit follows the datasheet's
+update cycle: set from 244 us before each second boundary until the update ends 1984 us after it
+(Xen's get_cmos_time waits for it to rise, for up to a second, before it reads the time). The status flags of register C (update-ended, periodic, alarm) are computed when it is
 read; no IRQ 8 is raised, so a guest waiting for an RTC interrupt waits in vain (Linux's rtc-cmos
 only needs the interrupt for alarms and the periodic tick). The CMOS memory bytes follow the BIOS
 convention QEMU and SeaBIOS share: base memory, extended memory in KiB and 64 KiB units, memory above
@@ -27,6 +28,9 @@ CMOS_SIZE = 128
 NMI_DISABLE = 0x80
 
 REG_A_DIVIDER_32K = 0x20     # DV2-0 = 010: the 32.768 kHz time base, clock running
+REG_A_DIVIDER_MASK = 0x70
+REG_A_UIP = 0x80
+UIP_BEFORE, UPDATE_CYCLE = 244e-6, 1984e-6   # seconds (MC146818A datasheet, 32.768 kHz time base)
 REG_A_RATE_1024HZ = 0x06
 REG_B_SET = 0x80
 REG_B_DM_BINARY = 0x04
@@ -149,7 +153,18 @@ class CmosRtc(Device):
                 value |= REG_C_UF
             self._last_read = now
             return value
+        if i == REG_A:
+            return self.ram[REG_A] | (REG_A_UIP if self._updating() else 0)
         return self.ram[i]
+
+    def _updating(self) -> bool:
+        """An update cycle is near or under way: the clock runs (32.768 kHz divider, SET clear)
+        and the guest's time is within UIP_BEFORE of a second boundary or UPDATE_CYCLE past one."""
+        if self.ram[REG_A] & REG_A_DIVIDER_MASK != REG_A_DIVIDER_32K or self.ram[REG_B] & REG_B_SET:
+            return False
+        t = self._clock() + self._offset
+        frac = t - int(t)
+        return frac >= 1 - UIP_BEFORE or frac < UPDATE_CYCLE
 
     def _write_data(self, value: int) -> None:
         i = self.index

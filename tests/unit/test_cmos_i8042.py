@@ -43,7 +43,7 @@ def test_guest_setting_the_clock_moves_an_offset_not_the_host():
 
 
 def test_status_and_memory_bytes():
-    now = [T0]
+    now = [T0 + 0.5]   # mid-second: no update cycle near
     rtc = _rtc(clock=lambda: now[0], below_4g=3 * 1024 * MiB, above_4g=2 * 1024 * MiB, cpus=4)
     assert cmos(rtc, 0x0A) & 0x80 == 0 and cmos(rtc, 0x0D) == 0x80
     now[0] += 1
@@ -249,3 +249,22 @@ def test_typed_keys_arrive_as_the_guest_expects_them():
     while kbc.key("Up", True):       # a full buffer takes no partial key
         pass
     assert kbc.room() < 2
+
+
+def test_uip_marks_the_update_cycle_around_each_second_boundary():
+    # MC146818A: UIP rises 244 us before the update and stays set through its 1984 us; Xen waits
+    # for it to rise before reading the time, for up to a second (it never rose before).
+    now = [T0 + 0.5]
+    rtc = _rtc(clock=lambda: now[0])
+    samples = {}
+    for frac in (0.5, 0.9990, 0.99980, 0.0, 0.0019, 0.0021):
+        now[0] = T0 + frac
+        samples[frac] = cmos(rtc, 0x0A) & 0x80
+    assert samples == {0.5: 0, 0.9990: 0, 0.99980: 0x80, 0.0: 0x80, 0.0019: 0x80, 0.0021: 0}
+    assert cmos(rtc, 0x0A) & 0x7F == 0x26              # the rest of register A as written
+    now[0] = T0
+    cmos(rtc, 0x0B, 0x82)                               # SET: updates stop, and UIP with them
+    assert not cmos(rtc, 0x0A) & 0x80
+    cmos(rtc, 0x0B, 0x02)
+    cmos(rtc, 0x0A, 0x06)                               # divider stopped (DV = 000)
+    assert not cmos(rtc, 0x0A) & 0x80
