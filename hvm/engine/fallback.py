@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 _VEC_DB, _VEC_BP, _VEC_OF, _VEC_PF = 1, 3, 4, 14
 _OF = 1 << 11
 _IA32_TSC, _TSC_AUX = 0x10, 0xC0000103
+UNDECODED = "(not decoded)"  # --stats' name for instructions capstone could not decode
 
 
 # x87 mnemonics all start with "f" (fwait, fxsave, fxrstor among them); these do not.
@@ -96,7 +97,7 @@ class FallbackExecutor:
         return self._stepper
 
     def __call__(self, event: "EmulationEvent") -> bool:
-        if event.decoded is None:
+        if event.decoded is None and not event.insn:
             return False
         with self._lock:
             return self._execute(event)
@@ -105,6 +106,18 @@ class FallbackExecutor:
         decoded = event.decoded
         t0 = time.perf_counter()
         engine = event.vcpu.engine
+        if decoded is None:
+            # Bytes capstone does not know (RDPRU, say): unicorn decides, and what it does not
+            # know either is #UD, as on a CPU without the instruction.
+            name = UNDECODED
+            if name not in self.by_mnemonic and self._say is not None:
+                self._say(f"vCPU {event.vcpu.index}: KVM refused bytes {event.insn.hex()} that capstone "
+                          f"cannot decode; executing them in unicorn (reported once)")
+            handled = self._step(engine, False, event.insn)
+            if handled:
+                self.by_mnemonic[name] = self.by_mnemonic.get(name, 0) + 1
+            self.seconds += time.perf_counter() - t0
+            return handled
         name = decoded.mnemonic
         if name not in self.by_mnemonic and self._say is not None:
             self._say(f"vCPU {event.vcpu.index}: KVM refused `{decoded}` at {decoded.address:#x}; "

@@ -4,9 +4,12 @@
      osxsave CPUID.1:ECX.OSXSAVE (bit 27) is CR4.OSXSAVE (bit 18) as last written, and setting
              that bit raises #GP(0) exactly when CPUID.1:ECX.XSAVE (bit 26) is clear
      ymm     CPUID.(0xD,0):EAX lists the AVX state (bit 2) only with CPUID.1:ECX.AVX (bit 28)
-   Prints "lam=ok osxsave=ok ymm=ok" (a failed check prints "bad" instead of its "ok") and exits
-   through isa-debug-exit with 0x20 (status 65). */
+     rdpru   RDPRU (0f 01 fd, bytes capstone cannot decode) raises #UD where CPUID.80000008H:EBX[4]
+             does not offer it (under KVM on a host whose emulator refuses it, the fallback decides)
+   Prints "lam=ok osxsave=ok ymm=ok rdpru=ok" (a failed check prints "bad" instead of its "ok")
+   and exits through isa-debug-exit with 0x20 (status 65). */
         .set GP_VECTOR, 13
+        .set UD_VECTOR, 6
         .code64
         .text
         .globl _start
@@ -14,6 +17,17 @@ _start: lea stack_top(%rip), %rsp
         lea gp_handler(%rip), %rax      /* IDT entry 13: a 64-bit interrupt gate, this CS */
         lea idt(%rip), %rdi
         add $GP_VECTOR * 16, %rdi
+        mov %ax, (%rdi)
+        mov %cs, %dx
+        mov %dx, 2(%rdi)
+        movw $0x8e00, 4(%rdi)
+        shr $16, %rax
+        mov %ax, 6(%rdi)
+        shr $16, %rax
+        mov %eax, 8(%rdi)
+        lea ud_handler(%rip), %rax      /* IDT entry 6 likewise */
+        lea idt(%rip), %rdi
+        add $UD_VECTOR * 16, %rdi
         mov %ax, (%rdi)
         mov %cs, %dx
         mov %dx, 2(%rdi)
@@ -109,6 +123,32 @@ _start: lea stack_top(%rip), %rsp
         lea ymm_msg(%rip), %rsi
         call verdict
 
+        /* rdpru */
+        xor %r12d, %r12d                /* offered */
+        mov $0x80000000, %eax
+        cpuid
+        cmp $0x80000008, %eax
+        jb 3f
+        mov $0x80000008, %eax
+        cpuid
+        bt $4, %ebx
+        setc %r12b
+3:      movq $0, uds(%rip)
+        xor %ecx, %ecx
+        test %r12b, %r12b
+        jnz 4f                          /* offered: nothing to check here */
+        .byte 0x0f, 0x01, 0xfd          /* rdpru: 3 bytes, the #UD handler steps over them */
+        mov uds(%rip), %rcx
+4:      movzbq %r12b, %rax
+        xor $1, %rax                    /* expected #UDs: 1 when not offered */
+        and $1, %rax
+        test %r12b, %r12b
+        jz 5f
+        xor %eax, %eax
+5:      cmp %rcx, %rax
+        lea rdpru_msg(%rip), %rsi
+        call verdict
+
         mov $'\n', %al
         call putc64
         mov $0x20, %al
@@ -142,6 +182,11 @@ verdict:
         lea bad(%rip), %rsi
 1:      jmp puts64
 
+ud_handler:                             /* frame: RIP, CS, RFLAGS, RSP, SS (no error code) */
+        incq uds(%rip)
+        addq $3, (%rsp)                 /* past the 3-byte instruction */
+        iretq
+
 gp_handler:                             /* frame: error code, RIP, CS, RFLAGS, RSP, SS */
         incq gps(%rip)
         addq $3, 8(%rsp)                /* past the 3-byte MOV to CR4 that faulted */
@@ -154,10 +199,12 @@ gp_handler:                             /* frame: error code, RIP, CS, RFLAGS, R
 lam_msg:        .asciz "lam="
 osxsave_msg:    .asciz "osxsave="
 ymm_msg:        .asciz "ymm="
+rdpru_msg:      .asciz "rdpru="
 ok:             .asciz "ok "
 bad:            .asciz "bad "
         .align 8
 gps:            .quad 0
+uds:            .quad 0
 idt_ptr:        .word 256 * 16 - 1
                 .quad idt
         .bss
