@@ -647,7 +647,7 @@ class UnicornEngine(Engine):
             core.watch_window(interrupt=waiting is _WINDOW, shadow=waiting is _SHADOW, nmi=self._nmi_waiting)
             windows = core.window_stops
             try:
-                uc.emu_start(uc.reg_read(self._ip_id), 0)
+                core.direct.emu_start(uc.reg_read(self._ip_id), 0)  # cffi: no ctypes conversions
             except unicorn.UcError as exc:
                 slicer.end()
                 self.emu_seconds += time.perf_counter() - t0
