@@ -112,8 +112,7 @@ class Uart16550(Device):
         with self._lock:
             self._reset_locked()
             self._refill_locked()
-            self._update_irq_locked()
-            self._publish_locked()
+            self._update_irq_locked()  # publishes LSR first
 
     def receive(self, data: bytes) -> None:
         """Queue host input for the guest; it enters the RX FIFO as the guest makes room.
@@ -131,8 +130,7 @@ class Uart16550(Device):
             self._host_pending += data
             self.rx_bytes += len(data)
             self._refill_locked()
-            self._update_irq_locked()
-            self._publish_locked()
+            self._update_irq_locked()  # publishes LSR first
 
     def close(self) -> None:
         """The machine is going away: release senders blocked in ``receive``."""

@@ -14,28 +14,12 @@
         .text
         .globl _start
 _start: lea stack_top(%rip), %rsp
-        lea gp_handler(%rip), %rax      /* IDT entry 13: a 64-bit interrupt gate, this CS */
-        lea idt(%rip), %rdi
-        add $GP_VECTOR * 16, %rdi
-        mov %ax, (%rdi)
-        mov %cs, %dx
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        lea ud_handler(%rip), %rax      /* IDT entry 6 likewise */
-        lea idt(%rip), %rdi
-        add $UD_VECTOR * 16, %rdi
-        mov %ax, (%rdi)
-        mov %cs, %dx
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
+        lea gp_handler(%rip), %rax
+        mov $GP_VECTOR, %edi
+        call set_gate
+        lea ud_handler(%rip), %rax
+        mov $UD_VECTOR, %edi
+        call set_gate
         lidt idt_ptr(%rip)
 
         /* lam */
@@ -156,6 +140,21 @@ _start: lea stack_top(%rip), %rsp
 2:      cli
         hlt
         jmp 2b
+
+/* IDT entry %edi: a 64-bit interrupt gate to %rax in this CS. */
+set_gate:
+        shl $4, %edi
+        lea idt(%rip), %rdx
+        add %rdx, %rdi
+        mov %ax, (%rdi)
+        mov %cs, %dx
+        mov %dx, 2(%rdi)
+        movw $0x8e00, 4(%rdi)
+        shr $16, %rax
+        mov %ax, 6(%rdi)
+        shr $16, %rax
+        mov %eax, 8(%rdi)
+        ret
 
 /* CPUID.1:ECX.OSXSAVE in %eax (0 or 1). */
 osxsave_bit:

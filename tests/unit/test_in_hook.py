@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from hvm.bus import PortIOBus
 from hvm.devices.irq.pit8254 import Pit8254
 from hvm.devices.uart16550 import Uart16550
 from hvm.irq import RecordingIrqLine
 from hvm.published import SLOTS
+from hvm.engine._ucstop import ffi, lib
 from hvm.serial import BufferBackend
-
-_ucstop = pytest.importorskip("hvm.engine._ucstop")
-ffi, lib = _ucstop.ffi, _ucstop.lib
 
 GATE2, OUT2 = 0x01, 0x20
 CH2_LOHI_MODE0 = 0xB0  # control word: counter 2, LSB then MSB, mode 0, binary
