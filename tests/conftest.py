@@ -35,6 +35,7 @@ RECIPES = {
     "cr4x64": GuestRecipe("cr4x64.S", 64, 0x100000),
     "sysenter32": GuestRecipe("sysenter32.S", 32, 0x100000),
     "apic64": GuestRecipe("apic64.S", 64, 0x100000),
+    "busytimer64": GuestRecipe("busytimer64.S", 64, 0x100000),
     "multiboot": GuestRecipe("multiboot.S", 32),
     "outloop": GuestRecipe("outloop.S", 32),
     "smp": GuestRecipe("smp.S", 32),

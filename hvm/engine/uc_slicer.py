@@ -42,6 +42,16 @@ class Slicer:
             if self._asleep_until is None or deadline < self._asleep_until:
                 self._cond.notify()
 
+    def sooner(self, deadline: int) -> None:
+        """Bring the armed slice's end forward to ``deadline`` (a timer was programmed during it);
+        a later ``deadline`` changes nothing, and nothing happens between slices."""
+        with self._cond:
+            if self._deadline is None or self._fired or deadline >= self._deadline:
+                return
+            self._deadline = deadline
+            if self._asleep_until is None or deadline < self._asleep_until:
+                self._cond.notify()
+
     def cut(self) -> None:
         """End the armed slice early (any thread); nothing happens between slices."""
         with self._cond:

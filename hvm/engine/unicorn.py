@@ -49,8 +49,11 @@ from .state import DTable, Fpu, Regs, Segment, SRegs
 
 UNICORN_VERSION = "2.1.4"  # the version these semantics were validated against (pinned in setup.py)
 
-# A run is cut into slices so a stop request never waits on a guest that spins without exiting.
-SLICE_US = 100_000
+# The longest slice, when no timer is due sooner. Stops, pokes, a vCPU waiting for its turn and a
+# timer programmed during the slice all end it earlier, so this is only a safety net; and each
+# slice end is a pause the guest can see (~0.1 ms of Python): at 100 ms one fell inside Linux's
+# 50 ms quick PIT calibration in 2 of 8 boots, which then failed and fell back to slower ones.
+SLICE_US = 1_000_000
 # How long a vCPU keeps the CPU once another one waits for it. Short enough that a vCPU spinning
 # on another's progress wastes little; long enough that switching (two context copies and a TLB
 # flush, ~20 µs) stays under 1%.
@@ -92,6 +95,10 @@ class Timer(Protocol):
 
     def next_deadline_ns(self) -> int | None:
         """Monotonic time of the next thing ``tick`` has to do, or None."""
+
+    # Optional: a device that can be reprogrammed while the guest runs (a PIT or LAPIC timer
+    # written from inside a slice) has a ``deadline_listener`` attribute; the engine sets it to a
+    # callable the device calls, outside its own locks, when its next deadline may have moved.
 
 
 _EXCEPTION_NAMES = ["#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
@@ -221,6 +228,9 @@ class UnicornEngine(Engine):
         A controller with ``take_nmi``/``take_init``/``take_sipi`` (a local APIC) also brings
         NMIs and starts or stops the vCPU."""
         self._controller, self._timers = controller, list(timers)
+        for timer in self._timers:
+            if hasattr(timer, "deadline_listener"):
+                timer.deadline_listener = self._timer_programmed
         self._signals = all(hasattr(controller, name) for name in ("take_nmi", "take_init", "take_sipi"))
 
     def halt(self) -> None:
@@ -748,6 +758,19 @@ class UnicornEngine(Engine):
     def _next_deadline(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]
         return min(deadlines) if deadlines else None
+
+    def _timer_programmed(self) -> None:
+        """A timer of this vCPU was programmed (any thread). A slice ends at the deadline its
+        timers had when it began, and an idle wait sleeps until then: without this, a timer armed
+        in the middle of a slice would first interrupt at that slice's end, up to SLICE_US later
+        (Linux's check_timer then finds no PIT ticks on the IOAPIC and calls it an MP-BIOS bug)."""
+        deadline = self._next_deadline()
+        if deadline is None:
+            return
+        core = self._core
+        if core.current is self and core.slicer is not None:
+            core.slicer.sooner(deadline)
+        self._wake.set()   # a vCPU in HLT recomputes how long to sleep
 
     def _slice_deadline(self, quantum_end: int | None) -> int:
         ends = [time.monotonic_ns() + SLICE_US * 1000, self._next_deadline(), quantum_end]

@@ -23,6 +23,8 @@ CASES = [
     ("sysenter32", ["--flat-mode", "protected", "-m", "16M"], b"sysenter=3 ucs=1b uss=23 bad=0\n", 0),
     # 10 periodic LAPIC timer interrupts, 1 one-shot, the count read back 0, 5 PIT ticks via the IOAPIC
     ("apic64", ["--flat-mode", "long", "-m", "16M"], b"periodic=a oneshot=1 count=0 ioapic=5\n", (0x20 << 1) | 1),
+    # timers programmed while the CPU spins: >= 25 of 50 PIT ticks, then the LAPIC one-shot
+    ("busytimer64", ["--flat-mode", "long", "-m", "16M"], b"pit=ok oneshot=1\n", (0x20 << 1) | 1),
     ("smp", ["-c", "2", "--append", "want=2"], b"cpus=2 sum=2000\n", 0),  # INIT/SIPI: APs start in real mode
     ("smp", ["-c", "4", "--append", "want=4"], b"cpus=4 sum=4000\n", 0),
     # code stored through an NX alias and run through an executable one (PyPI's libunicorn runs

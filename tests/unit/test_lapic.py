@@ -1022,3 +1022,20 @@ def test_lapic_timer_through_x2apic_msrs() -> None:
     system.clock.ns = T0 + 500
     apic.tick()
     assert apic.acknowledge() == 0x30
+
+
+def test_programming_the_timer_tells_the_engine_outside_the_lock() -> None:
+    # The engine's listener asks for the new deadline at once, as the unicorn engine does to end
+    # a running slice in time: called under the LAPIC's lock, that would deadlock.
+    _, apic, _ = timer_system(tsc_hz=1_000_000_000)
+    seen: list[int | None] = []
+    apic.deadline_listener = lambda: seen.append(apic.next_deadline_ns())
+    apic.write(TDCR, 4, 0xB)
+    apic.write(LVT_TIMER, 4, 0x32)
+    apic.write(TMICT, 4, 1000)
+    assert seen[-1] is not None and seen[-1] > T0
+    apic.write(LVT_TIMER, 4, TSC_DEADLINE | 0x32)
+    apic.msr_write(TSC_DEADLINE_MSR, 5000)
+    assert len(seen) == 5 and seen[-1] == T0 + 5000
+    apic.write(TPR, 4, 0)  # not a timer register: no call
+    assert len(seen) == 5

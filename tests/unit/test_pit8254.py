@@ -380,3 +380,13 @@ def test_mode0_count_and_out_follow_elapsed_clocks(count: int, clocks: int) -> N
     clock.advance_clocks(clocks)
     assert latched_count(pit, CH0) == (count - clocks) & 0xFFFF
     assert bool(status(pit, CH0) & 0x80) == (clocks >= count)
+
+
+def test_loading_channel_0_tells_the_engine_its_new_deadline() -> None:
+    pit, _, _ = make()
+    seen: list[int | None] = []
+    pit.deadline_listener = lambda: seen.append(pit.next_deadline_ns())
+    load(pit, CH2, 0xB0, 0xFFFF)  # channel 2 raises no interrupt: no call
+    assert seen == []
+    load(pit, CH0, 0x34, 1193)  # mode 2: the first period ends ~1 ms from now
+    assert seen and seen[-1] == T0 + -(-1193 * NS // PIT_HZ)

@@ -69,3 +69,24 @@ def test_cut_requests_the_stop_once_and_only_while_armed():
         assert slicer.end() is False and drops == [1, 1]
     finally:
         slicer.close()
+
+
+def test_sooner_brings_the_armed_slice_forward_and_never_back():
+    stopped = threading.Event()
+    slicer = Slicer(stopped.set, lambda: None)
+    try:
+        slicer.sooner(time.monotonic_ns())  # between slices: nothing to move
+        assert not stopped.wait(0.02)
+        slicer.begin(time.monotonic_ns() + 10_000_000_000)
+        deadline = time.monotonic() + 2
+        while slicer._asleep_until is None:  # asleep toward the far deadline
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        slicer.sooner(time.monotonic_ns() + 20_000_000_000)  # later: ignored
+        assert not stopped.wait(0.02)
+        t0 = time.monotonic()
+        slicer.sooner(time.monotonic_ns() + 5_000_000)  # a timer programmed during the slice
+        assert stopped.wait(2.0) and time.monotonic() - t0 < 1.0
+        assert slicer.end() is True
+    finally:
+        slicer.close()

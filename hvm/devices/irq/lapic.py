@@ -148,6 +148,7 @@ class LocalApic(Device):
         self._bsp = apic_id == 0 if bsp is None else bsp
         self._lock = threading.Lock()
         self._outbox: list[Callable[[], None]] = []
+        self.deadline_listener: Callable[[], None] | None = None  # the engine's (Timer protocol)
         self.reset()
 
     # -- reset states -----------------------------------------------------------------------------
@@ -597,7 +598,13 @@ class LocalApic(Device):
                 due = max(due, self._t_last_fire + MIN_PERIOD_NS)
             return due
 
+    def _timer_moved(self) -> None:
+        """The timer was programmed: the engine is told once the lock is released."""
+        if self.deadline_listener is not None:
+            self._outbox.append(self.deadline_listener)
+
     def _write_timer_lvt(self, value: int) -> None:
+        self._timer_moved()
         now = self._clock()
         self._update_timer(now)  # expiries before the write happen under the old setting
         old_mode = self._timer_mode()
@@ -617,12 +624,14 @@ class LocalApic(Device):
     def _write_tmict(self, value: int) -> None:
         if self._timer_mode() == TIMER_TSC_DEADLINE:
             return  # ignored in TSC-deadline mode (SDM 11.5.4.1)
+        self._timer_moved()
         now = self._clock()
         self._update_timer(now)
         self._tmict = value
         self._restart_timer(now, value)
 
     def _write_tdcr(self, value: int) -> None:
+        self._timer_moved()
         now = self._clock()
         self._update_timer(now)
         count = self._current_count(now)
@@ -790,6 +799,7 @@ class LocalApic(Device):
         if self._timer_mode() != TIMER_TSC_DEADLINE:
             return  # ignored in the other timer modes (SDM 11.5.4.1)
         self._tsc_deadline = value
+        self._timer_moved()
         self._update_timer(self._clock())  # a deadline already past fires at once
 
     def _write_apic_base(self, value: int) -> bool:

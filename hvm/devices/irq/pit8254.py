@@ -272,6 +272,7 @@ class Pit8254:
         self.ports = _Ports(self)
         self.port61 = _Port61(self)
         self._published: "PublishedTimer2 | None" = None
+        self.deadline_listener: Callable[[], None] | None = None  # the engine's (Timer protocol)
 
     def publish_channel2(self, published: "PublishedTimer2") -> None:
         """Let an engine's C hook answer channel 2 and port 0x61 reads from ``published`` while
@@ -321,6 +322,8 @@ class Pit8254:
             self._signalled = 0
             self._last_pulse = None  # the first period after a load is not spaced out
             self.irq0.set_level(False)
+            if self.deadline_listener is not None:
+                self.deadline_listener()
 
     def _read61(self) -> int:
         self._refresh = not self._refresh
