@@ -21,6 +21,11 @@ HIGHMEM_BASE = 4 * GiB
 
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 
+# madvise(2) advice that allocates the range's pages for writing (Linux 5.14; Python's mmap
+# module has no name for it).
+_MADV_POPULATE_WRITE = 23
+_POPULATE_FROM = 1 * MiB
+
 
 class GuestMemoryError(ValueError):
     """A guest-physical access fell outside RAM (or straddled a region boundary)."""
@@ -117,7 +122,21 @@ class GuestMemory:
     def write(self, gpa: int, data) -> None:
         """Copy ``data`` into guest RAM."""
         data = memoryview(data).cast("B")
-        self.view(gpa, len(data))[:] = data
+        view = self.view(gpa, len(data))
+        if len(data) >= _POPULATE_FROM:
+            self._populate(gpa, len(data))
+        view[:] = data
+
+    def _populate(self, gpa: int, length: int) -> None:
+        """Fault in the pages of ``[gpa, gpa+length)`` (inside one region) with one system call:
+        a kernel image copied page by page takes a fault per 4 KiB page, and each costs several
+        microseconds on a nested host (57 MB of vmlinux: 30-120 ms against 20 ms populated)."""
+        r, off = self._locate(gpa, length)
+        start = off // mmap.PAGESIZE * mmap.PAGESIZE
+        try:
+            r.mapping.madvise(_MADV_POPULATE_WRITE, start, off + length - start)
+        except OSError:
+            pass  # before Linux 5.14 (EINVAL): the copy faults the pages in as before
 
     def fetch_or(self, gpa: int, bits: int) -> int:
         """Atomically OR ``bits`` into the aligned u64 at ``gpa``; returns the old value."""
