@@ -13,6 +13,8 @@ APIC = 1 << 9  # leaf 1 EDX
 HYPERVISOR = 1 << 31  # leaf 1 ECX
 OSXSAVE = 1 << 27  # leaf 1 ECX: mirrors CR4.OSXSAVE (SDM vol. 2A, CPUID)
 AVX = 1 << 28  # leaf 1 ECX
+PKU = 1 << 3  # leaf 7 ECX
+OSPKE = 1 << 4  # leaf 7 ECX: mirrors CR4.PKE
 XCR0_YMM = 1 << 2  # leaf 0xD subleaf 0 EAX: the AVX state component
 LEGACY_XSAVE_AREA = 512 + 64  # the x87/SSE region and the XSAVE header
 # Leaves with subleaves (ECX matters); the others ignore ECX.

@@ -429,12 +429,119 @@ EDITS += (
      "        if (env->features[FEAT_7_0_EBX] & CPUID_7_0_EBX_SMEP) known |= CR4_SMEP_MASK;\n"
      "        if (env->features[FEAT_7_0_EBX] & CPUID_7_0_EBX_SMAP) known |= CR4_SMAP_MASK;\n"
      "        if (env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKU) known |= CR4_PKE_MASK;\n"
+     "        if (env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKS) known |= CR4_PKS_MASK;  /* edit 11 */\n"
      "        if ((uint64_t)t0 & ~known) {\n"
      "            raise_exception_err_ra(env, EXCP0D_GPF, 0, GETPC());\n"
      "        }\n"
      "        cpu_x86_update_cr4(env, (uint32_t)t0);\n"
      "        break;\n"
      "    }\n"),
+)
+
+# (9) Two QEMU 5 results that kvm-unit-tests' realmode checks (QEMU fixed both since): PUSHF
+# stores RFLAGS with VM and RF cleared in the image (SDM vol. 2B, PUSHF; QEMU 5 pushed RF as IRET
+# had just loaded it), and SMSW into a register stores the operand size's worth of CR0 in every
+# mode (SDM vol. 2B, SMSW: "the high-order 16 bits are undefined" only on processors before the
+# Pentium 4 and Intel Xeon); QEMU 5 stored 16 bits outside 64-bit mode.
+EDITS += (
+    ("qemu/target/i386/translate.c",
+     "            gen_helper_read_eflags(tcg_ctx, s->T0, tcg_ctx->cpu_env);\n"
+     "            gen_push_v(s, s->T0);\n",
+     "            gen_helper_read_eflags(tcg_ctx, s->T0, tcg_ctx->cpu_env);\n"
+     "            /* hvm: VM and RF read as 0 in the pushed image (uc_lib.py, edit 9) */\n"
+     "            tcg_gen_andi_tl(tcg_ctx, s->T0, s->T0, ~(target_ulong)(VM_MASK | RF_MASK));\n"
+     "            gen_push_v(s, s->T0);\n"),
+    ("qemu/target/i386/translate.c",
+     "            if (CODE64(s)) {\n                mod = (modrm >> 6) & 3;\n"
+     "                ot = (mod != 3 ? MO_16 : s->dflag);\n            } else {\n"
+     "                ot = MO_16;\n            }\n",
+     "            /* hvm: a register gets the operand size in every mode (uc_lib.py, edit 9) */\n"
+     "            mod = (modrm >> 6) & 3;\n"
+     "            ot = (mod != 3 ? MO_16 : s->dflag);\n"),
+)
+
+# (10) The Broadwell model hvm runs offers protection keys for user pages (CPUID.7.0:ECX.PKU),
+# as QEMU's TCG does with -cpu max: QEMU 5 implements RDPKRU/WRPKRU, CR4.PKE and the page-walk
+# checks, and only the model table left it out. kvm-unit-tests' pku runs on it. The model also
+# offers PKS, which edit 11 implements.
+EDITS += (
+    ("qemu/target/i386/cpu.c",
+     "            CPUID_7_0_EBX_RTM | CPUID_7_0_EBX_RDSEED | CPUID_7_0_EBX_ADX |\n"
+     "            CPUID_7_0_EBX_SMAP,\n        .features[FEAT_XSAVE] =\n            CPUID_XSAVE_XSAVEOPT,\n"
+     "        .features[FEAT_6_EAX] =\n            CPUID_6_EAX_ARAT,\n        .features[FEAT_VMX_BASIC]",
+     "            CPUID_7_0_EBX_RTM | CPUID_7_0_EBX_RDSEED | CPUID_7_0_EBX_ADX |\n"
+     "            CPUID_7_0_EBX_SMAP,\n"
+     "        /* hvm: protection keys (uc_lib.py, edits 10 and 11) */\n"
+     "        .features[FEAT_7_0_ECX] =\n            CPUID_7_0_ECX_PKU | CPUID_7_0_ECX_PKS,\n"
+     "        .features[FEAT_XSAVE] =\n            CPUID_XSAVE_XSAVEOPT,\n"
+     "        .features[FEAT_6_EAX] =\n            CPUID_6_EAX_ARAT,\n        .features[FEAT_VMX_BASIC]"),
+)
+
+# (11) Protection keys for supervisor pages (CPUID.7.0:ECX.PKS, CR4.PKS, the IA32_PKRS MSR; SDM
+# vol. 3A, 4.6.2 "Protection Keys"), which QEMU added after 5.0: in IA-32e mode with CR4.PKS set, a
+# data access to a supervisor page checks the key in PTE bits 62:59 against PKRS as user pages
+# check PKRU (access-disable: no access; write-disable: no write while CR0.WP), a refusal is a #PF
+# with the PK bit. PKRS is 32 bits (#GP for more) and, like CR4.PKE/PKS, flushes the TLB, whose
+# entries hold the permissions the keys gave. kvm-unit-tests' pks runs on it.
+EDITS += (
+    ("qemu/target/i386/cpu.h",
+     "#define CR4_PKE_MASK   (1U << 22)\n",
+     "#define CR4_PKE_MASK   (1U << 22)\n#define CR4_PKS_MASK   (1U << 24)  /* hvm: edit 11 */\n"),
+    ("qemu/target/i386/cpu.h",
+     "#define CPUID_7_0_ECX_MOVDIR64B         (1U << 28)\n",
+     "#define CPUID_7_0_ECX_MOVDIR64B         (1U << 28)\n"
+     "#define CPUID_7_0_ECX_PKS               (1U << 31)  /* hvm: edit 11 */\n"),
+    ("qemu/target/i386/cpu.h",
+     "#define MSR_IA32_TSCDEADLINE            0x6e0\n",
+     "#define MSR_IA32_TSCDEADLINE            0x6e0\n#define MSR_IA32_PKRS                   0x6e1  /* hvm */\n"),
+    ("qemu/target/i386/cpu.h",
+     "    uint32_t pkru;\n    uint32_t tsx_ctrl;\n",
+     "    uint32_t pkru;\n    uint32_t pkrs;  /* hvm: edit 11 */\n    uint32_t tsx_ctrl;\n"),
+    ("qemu/target/i386/cpu.c",
+     "#define TCG_7_0_ECX_FEATURES (CPUID_7_0_ECX_PKU | \\\n",
+     "#define TCG_7_0_ECX_FEATURES (CPUID_7_0_ECX_PKU | CPUID_7_0_ECX_PKS /* hvm */ | \\\n"),
+    ("qemu/target/i386/helper.c",
+     "         CR4_SMEP_MASK | CR4_SMAP_MASK | CR4_LA57_MASK)) {\n",
+     "         CR4_SMEP_MASK | CR4_SMAP_MASK | CR4_LA57_MASK |\n"
+     "         CR4_PKE_MASK | CR4_PKS_MASK /* hvm: edit 11 */)) {\n"),
+    ("qemu/target/i386/helper.c",
+     "    if (!(env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKU)) {\n        new_cr4 &= ~CR4_PKE_MASK;\n    }\n",
+     "    if (!(env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKU)) {\n        new_cr4 &= ~CR4_PKE_MASK;\n    }\n"
+     "    if (!(env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKS)) {  /* hvm: edit 11 */\n"
+     "        new_cr4 &= ~CR4_PKS_MASK;\n    }\n"),
+    ("qemu/target/i386/misc_helper.c",
+     "        env->msr_bndcfgs = val;\n        cpu_sync_bndcs_hflags(env);\n        break;\n",
+     "        env->msr_bndcfgs = val;\n        cpu_sync_bndcs_hflags(env);\n        break;\n"
+     "    case MSR_IA32_PKRS:  /* hvm: edit 11 */\n"
+     "        if (!(env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKS) || val >> 32) {\n"
+     "            raise_exception_err_ra(env, EXCP0D_GPF, 0, GETPC());\n"
+     "        }\n"
+     "        env->pkrs = val;\n"
+     "        tlb_flush(env_cpu(env));\n"
+     "        break;\n"),
+    ("qemu/target/i386/misc_helper.c",
+     "    case MSR_IA32_BNDCFGS:\n        val = env->msr_bndcfgs;\n        break;\n",
+     "    case MSR_IA32_BNDCFGS:\n        val = env->msr_bndcfgs;\n        break;\n"
+     "    case MSR_IA32_PKRS:  /* hvm: edit 11 */\n"
+     "        if (!(env->features[FEAT_7_0_ECX] & CPUID_7_0_ECX_PKS)) {\n"
+     "            raise_exception_err_ra(env, EXCP0D_GPF, 0, GETPC());\n"
+     "        }\n"
+     "        val = env->pkrs;\n"
+     "        break;\n"),
+    ("qemu/target/i386/excp_helper.c",
+     "    if ((env->cr[4] & CR4_PKE_MASK) && (env->hflags & HF_LMA_MASK) &&\n"
+     "        (ptep & PG_USER_MASK) && env->pkru) {\n"
+     "        uint32_t pk = (pte & PG_PKRU_MASK) >> PG_PKRU_BIT;\n"
+     "        uint32_t pkru_ad = (env->pkru >> pk * 2) & 1;\n"
+     "        uint32_t pkru_wd = (env->pkru >> pk * 2) & 2;\n",
+     "    /* hvm: PKRU for user pages, PKRS for supervisor pages (uc_lib.py, edit 11) */\n"
+     "    uint32_t pkr = !(env->hflags & HF_LMA_MASK) ? 0 :\n"
+     "        (ptep & PG_USER_MASK) ? ((env->cr[4] & CR4_PKE_MASK) ? env->pkru : 0) :\n"
+     "        ((env->cr[4] & CR4_PKS_MASK) ? env->pkrs : 0);\n"
+     "    if (pkr) {\n"
+     "        uint32_t pk = (pte & PG_PKRU_MASK) >> PG_PKRU_BIT;\n"
+     "        uint32_t pkru_ad = (pkr >> pk * 2) & 1;\n"
+     "        uint32_t pkru_wd = (pkr >> pk * 2) & 2;\n"),
 )
 
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)

@@ -60,6 +60,7 @@ SLICE_US = 1_000_000
 QUANTUM_NS = 5_000_000
 CR0_PE, CR0_PG, CR4_PAE, CR4_SMAP = 1, 1 << 31, 1 << 5, 1 << 21
 CR4_OSXSAVE = 1 << 18
+CR4_PKE = 1 << 22
 _PF_USER = 1 << 2
 _FAR_RETURNS = (0xCA, 0xCB, 0xCF)  # RET far (with and without imm16), IRET
 RESET_CR0 = 0x6000_0010  # CD, NW, ET (SDM vol. 3A table 9-1)
@@ -372,6 +373,13 @@ class UnicornEngine(Engine):
             ecx &= ~uc_cpuid.OSXSAVE
             if uc.reg_read(x86.UC_X86_REG_CR4) & CR4_OSXSAVE:
                 ecx |= uc_cpuid.OSXSAVE
+            answer = (eax, ebx, ecx, edx)
+        elif leaf == 7 and answer[2] & uc_cpuid.PKU:
+            # OSPKE likewise mirrors CR4.PKE
+            eax, ebx, ecx, edx = answer
+            ecx &= ~uc_cpuid.OSPKE
+            if uc.reg_read(x86.UC_X86_REG_CR4) & CR4_PKE:
+                ecx |= uc_cpuid.OSPKE
             answer = (eax, ebx, ecx, edx)
         # CPUID zeroes the upper halves in 64-bit mode: the first four state ids are RAX..RDX.
         uc.reg_write_batch(list(zip(self._gpr_ids[:4], answer)))

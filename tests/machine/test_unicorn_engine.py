@@ -25,6 +25,8 @@ CASES = [
     ("apic64", ["--flat-mode", "long", "-m", "16M"], b"periodic=a oneshot=1 count=0 ioapic=5\n", (0x20 << 1) | 1),
     # timers programmed while the CPU spins: >= 25 of 50 PIT ticks, then the LAPIC one-shot
     ("busytimer64", ["--flat-mode", "long", "-m", "16M"], b"pit=ok oneshot=1\n", (0x20 << 1) | 1),
+    # what kvm-unit-tests' realmode found: PUSHF clears RF in its image, SMSW r32 stores all of CR0
+    ("rmflags16", [], b"rf=ok smsw=ok\n", 0),
     ("smp", ["-c", "2", "--append", "want=2"], b"cpus=2 sum=2000\n", 0),  # INIT/SIPI: APs start in real mode
     ("smp", ["-c", "4", "--append", "want=4"], b"cpus=4 sum=4000\n", 0),
     # code stored through an NX alias and run through an executable one (PyPI's libunicorn runs
@@ -178,4 +180,15 @@ def test_cr4_reserved_bits_and_cpuid_follow_the_sdm(guests, accel):
     r = hvmrun("--accel", accel, "-m", "16M", "--flat-mode", "long", "--kernel", str(guests("cr4x64")),
                "--timeout", "60")
     assert r.stdout == b"lam=ok osxsave=ok ymm=ok rdpru=ok \n", r.stderr
+    assert r.returncode == (0x20 << 1) | 1, r.stderr
+
+
+def test_protection_keys_for_user_and_supervisor_pages(guests):
+    """What kvm-unit-tests' pku and pks check, on the CPU model the software engine offers (the
+    host's CPU does not matter): CPUID offers PKU and PKS, OSPKE follows CR4.PKE, and a key that
+    PKRU or PKRS disables turns an access into a #PF with the PK bit (SDM vol. 3A, 4.6.2 and
+    4.7), a write-disable on a supervisor page only while CR0.WP is set."""
+    r = hvmrun("--accel", "unicorn", "-m", "16M", "--flat-mode", "long", "--kernel", str(guests("pkeys64")),
+               "--timeout", "60")
+    assert r.stdout == b"cpuid=ok pku=21 pks=23 wp0=0\n", r.stderr
     assert r.returncode == (0x20 << 1) | 1, r.stderr
