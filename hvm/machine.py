@@ -471,7 +471,7 @@ class Machine:
         from .engine.unicorn import UnicornEngine
 
         ncpus = self.config.cpus
-        core = UnicornCore(self.memory, self.mmio, on_failure=self.internal_error, physmap=self.physmap,
+        core = UnicornCore(self.memory, self.mmio, physmap=self.physmap,
                            published=self.pio.published)
         self._unicorn_engines = engines = [
             UnicornEngine(self.memory, self.mmio, core=core, index=i, ncpus=ncpus, started=i == 0)

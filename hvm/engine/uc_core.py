@@ -31,9 +31,8 @@ from ..bus import MmioBus
 from ..errors import HostError
 from ..memory import GuestMemory
 from ..physmap import PhysMap, Window
-from ..threads import Failure
 from . import uc_context, uc_lib
-from .uc_slicer import Slicer
+from .uc_slicer import Slicer, StopTarget
 
 if TYPE_CHECKING:
     from ..published import PublishedTable
@@ -57,6 +56,11 @@ class _HookSlices:
 
     def request(self) -> None:
         self._state.wanted = 1
+
+    def target(self) -> StopTarget:
+        from ._ucstop import ffi as stop_ffi
+
+        return StopTarget(flag=int(stop_ffi.cast("uintptr_t", stop_ffi.addressof(self._state, "wanted"))))
 
     def drop(self) -> None:
         self._state.wanted = 0
@@ -87,6 +91,10 @@ class _NativeSlices:
 
     def request(self) -> None:
         self._call(self._uc, self.REQUEST, 0)
+
+    def target(self) -> StopTarget:
+        return StopTarget(fn=int(ffi.cast("uintptr_t", self._call)), uc=int(ffi.cast("uintptr_t", self._uc)),
+                          request=self.REQUEST, drop=self.DROP)
 
     def drop(self) -> None:
         self._call(self._uc, self.DROP, 0)
@@ -523,8 +531,8 @@ class UnicornCore:
     """The unicorn instance, its hooks (which act for the vCPU whose turn it is), the slicer
     thread that ends time slices, and the switching of vCPU contexts."""
 
-    def __init__(self, memory: GuestMemory, mmio: MmioBus, on_failure: Failure | None = None,
-                 physmap: PhysMap | None = None, published: "PublishedTable | None" = None):
+    def __init__(self, memory: GuestMemory, mmio: MmioBus, physmap: PhysMap | None = None,
+                 published: "PublishedTable | None" = None):
         self.memory, self.mmio = memory, mmio
         self.published = published  # registers the C IN hook answers (hvm/published.py)
         self._in_hook = None
@@ -533,7 +541,6 @@ class UnicornCore:
         self._guards: dict[tuple[int, int], int] = {}  # read-only window -> its write hook
         self._native = None
         self.native_counts = None  # what the CPU delivered itself, by vector (a ctypes array)
-        self.on_failure = on_failure  # for the slicer thread: its death would leave slices unended
         self.uc = None
         self.current: UnicornEngine | None = None
         self.engines: list[UnicornEngine] = []
@@ -744,9 +751,9 @@ class UnicornCore:
         """Make emulation stop at the next translation block entry (any thread, any time)."""
         self._stop.request()
 
-    def drop_stop(self) -> None:
-        """Forget a stop requested for a slice that has ended (before the next one begins)."""
-        self._stop.drop()
+    def stop_target(self) -> StopTarget:
+        """How the slicer's thread requests and drops a stop on this CPU."""
+        return self._stop.target()
 
     def watch_window(self, interrupt: bool = False, shadow: bool = False, nmi: bool = False) -> None:
         """Stop where the CPU could take an interrupt (EFLAGS.IF set; ``shadow``: not before

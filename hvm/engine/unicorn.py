@@ -27,6 +27,7 @@ than through the interrupt hook.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from typing import Callable, Protocol, Sequence
@@ -58,6 +59,8 @@ SLICE_US = 1_000_000
 # on another's progress wastes little; long enough that switching (two context copies and a TLB
 # flush, ~20 µs) stays under 1%.
 QUANTUM_NS = 5_000_000
+# How long a vCPU keeps the CPU, at least, once it has it (see _turn: a waiting vCPU's timer).
+MIN_TURN_NS = 500_000
 CR0_PE, CR0_PG, CR4_PAE, CR4_SMAP = 1, 1 << 31, 1 << 5, 1 << 21
 CR4_OSXSAVE = 1 << 18
 CR4_PKE = 1 << 22
@@ -606,7 +609,7 @@ class UnicornEngine(Engine):
             try:
                 core.switch_to(self)
                 if core.slicer is None:
-                    core.slicer = Slicer(core.request_stop, core.drop_stop, core.on_failure)
+                    core.slicer = Slicer(core.stop_target())
                 problem = self._turn()
             finally:
                 turns.release()
@@ -650,14 +653,23 @@ class UnicornEngine(Engine):
                     self._halted = False
                     return kx.Hlt()  # nothing can wake it: the run loop treats it as KVM's HLT exit
                 return None
-            quantum_end = began + QUANTUM_NS
-            if turns.wanted and time.monotonic_ns() >= quantum_end:
-                return None
+            yield_at = None
+            if turns.wanted:
+                # Another vCPU waits for the CPU: it gets it once this one has had its quantum,
+                # or sooner when one of its timers is due (but not before this one has had
+                # MIN_TURN_NS: with several vCPUs someone's timer is nearly always due, and turns
+                # given up at once would leave none of them running). Held back a whole quantum,
+                # a waiting vCPU's ticks coalesced (a periodic timer's missed periods do), and
+                # Linux's jiffies fell behind its TSC: its clocksource watchdog called the TSC
+                # unstable.
+                yield_at = min(began + QUANTUM_NS, max(began + MIN_TURN_NS, self._others_deadline()))
+                if time.monotonic_ns() >= yield_at:
+                    return None
             self._event = None
             if waiting is _SHADOW and self._hlt_in_shadow():
                 continue
             t0 = time.perf_counter()
-            slicer.begin(self._slice_deadline(quantum_end if turns.wanted else None))
+            slicer.begin(self._slice_deadline(yield_at))
             if self._poked or self._kicked.is_set():
                 slicer.cut()  # it came after the checks above, when there was no slice to end
             # Stop where an interrupt waiting for IF could be taken (after the instruction in an
@@ -766,6 +778,11 @@ class UnicornEngine(Engine):
     def _next_deadline(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self._timers) if d is not None]
         return min(deadlines) if deadlines else None
+
+    def _others_deadline(self) -> float:
+        """The earliest timer deadline of the other vCPUs sharing this CPU (inf if none)."""
+        due = [d for d in (e._next_deadline() for e in self._core.engines if e is not self) if d is not None]
+        return min(due, default=math.inf)
 
     def _timer_programmed(self) -> None:
         """A timer of this vCPU was programmed (any thread). A slice ends at the deadline its

@@ -5,7 +5,12 @@
    when every locked increment stayed atomic) and powers off. With "crash" on the command line
    the BSP says so and waits while each AP, instead of counting, enters protected mode on the
    BSP's GDT with an empty IDT and executes ud2: a triple fault on an AP, whose crash report must
-   carry that AP's registers. */
+   carry that AP's registers. With "ticks" each AP spins instead of halting once counted, and
+   the BSP, sharing the CPU with them under hvm's software engine, counts the PIT's interrupts
+   (mode 2, 4 ms as Linux's HZ=250 tick, through IOAPIC pin 2 to vector 0x30, the 8259s
+   masked) while it spins 102 ms on the ACPI PM timer: " ticks=ok" for at least 24 of the 25,
+   else the count (a busy AP must not hold the BSP's timer back: periods it misses coalesce and
+   are lost, as Linux's jiffies were). */
         .set MB_MAGIC, 0x1badb002
         .section .multiboot, "a"
         .align 4
@@ -22,6 +27,9 @@
         .set EMPTY_IDT, 0x9010              /* limit 0, base 0: every vector is beyond it */
         .set BSP_GDT, 0x9018                /* the BSP's GDTR, for an AP to enter protected mode */
         .set AP_PM_JUMP, 0x9020             /* far pointer: offset of ap_pm in the copy, BSP's CS */
+        .set TICKS, 0x9028                  /* "ticks": APs spin, the BSP counts PIT interrupts */
+        .set TICK_COUNT, 0x902c
+        .set TICK_VECTOR, 0x30
         .text
         .globl _start
 _start: mov $stack_top, %esp
@@ -56,6 +64,12 @@ _start: mov $stack_top, %esp
         mov %cs, %ax
         mov %ax, AP_PM_JUMP + 4
         print "smp: each AP will now fault\n"
+1:      movl $0, TICKS
+        mov 16(%ebx), %esi
+        mov $s_ticks, %edi
+        call strstr
+        jnz 1f
+        movl $1, TICKS
 1:        mov $ap_start, %esi             /* copy the trampoline below 1 MiB */
         mov $0x8000, %edi
         mov $(ap_end - ap_start), %ecx
@@ -82,8 +96,60 @@ _start: mov $stack_top, %esp
         print " sum="
         mov SUM, %eax
         call putdec
-        print "\n"
+        cmpl $0, TICKS
+        je 1f
+        call tick_test
+1:      print "\n"
         jmp poweroff
+
+tick_test:
+        mov $tick_isr, %eax             /* interrupt gate TICK_VECTOR -> tick_isr */
+        mov %ax, idt32 + TICK_VECTOR * 8
+        mov %cs, %dx
+        mov %dx, idt32 + TICK_VECTOR * 8 + 2
+        movw $0x8e00, idt32 + TICK_VECTOR * 8 + 4
+        shr $16, %eax
+        mov %ax, idt32 + TICK_VECTOR * 8 + 6
+        lidt idt32_ptr
+        mov $0xff, %al                  /* both 8259s masked */
+        out %al, $0x21
+        out %al, $0xa1
+        movl $0x1ff, 0xfee000f0         /* LAPIC SVR: software enable */
+        movl $0x10 + 2 * 2 + 1, 0xfec00000
+        movl $0, 0xfec00010             /* IOAPIC pin 2: physical destination APIC 0 */
+        movl $0x10 + 2 * 2, 0xfec00000
+        movl $TICK_VECTOR, 0xfec00010   /* fixed, edge, active high, unmasked */
+        movl $0, TICK_COUNT
+        mov $0x34, %al                  /* PIT channel 0: lo/hi, mode 2, 4773 = 0x12a5 */
+        out %al, $0x43
+        mov $0xa5, %al
+        out %al, $0x40
+        mov $0x12, %al
+        out %al, $0x40
+        sti
+        mov $0x608, %dx                 /* spin 102 ms on the PM timer (3.579545 MHz, 24 bits) */
+        in %dx, %eax
+        mov %eax, %esi
+2:      pause
+        in %dx, %eax
+        sub %esi, %eax
+        and $0xffffff, %eax
+        cmp $102 * 3580, %eax
+        jb 2b
+        cli
+        print " ticks="
+        mov TICK_COUNT, %eax
+        cmp $24, %eax
+        jb 3f
+        print "ok"
+        ret
+3:      call putdec
+        ret
+
+tick_isr:
+        incl TICK_COUNT
+        movl $0, 0xfee000b0             /* EOI */
+        iret
 
         .code16
 ap_start:
@@ -106,6 +172,10 @@ ap_pm:  ud2                             /* #UD, no IDT: #GP, #DF, shutdown */
         dec %ecx
         jnz 2b
         lock incl AP_COUNT
+        cmpl $0, TICKS
+        je 1f
+4:      pause                           /* "ticks": stay busy */
+        jmp 4b
 1:      hlt
         jmp 1b
 ap_end:
@@ -114,8 +184,13 @@ ap_end:
 s_want: .asciz "want="
 s_loops: .asciz "loops="
 s_crash: .asciz "crash"
+s_ticks: .asciz "ticks"
+        .align 8
+idt32_ptr: .word (TICK_VECTOR + 1) * 8 - 1
+        .long idt32
 
         .bss
         .align 16
+idt32:  .space (TICK_VECTOR + 1) * 8
         .space 4096
 stack_top:
