@@ -82,8 +82,10 @@ class Uart16550(Device):
     """A 16550A at one 8-port range; ``receive`` may be called from any thread."""
 
     # Guests poll LSR before every byte they send: its value is published while reading it
-    # clears nothing (no latched errors), so an engine can answer the poll itself.
-    published_offsets = (LSR,)
+    # clears nothing (no latched errors), so an engine can answer the poll itself. IER (DLM
+    # while DLAB is set) never changes on a read: Xen reads it before every byte it sends or
+    # polls for (0xFF would mean no UART), ~260 000 reads in a boot with its dom0.
+    published_offsets = (LSR, IER)
 
     def __init__(self, irq: IrqLine, backend: "SerialBackend | None" = None, name: str = "com1"):
         self.irq = irq
@@ -96,15 +98,21 @@ class Uart16550(Device):
         self._closed = False
         self._host_pending = bytearray()
         self._rx: collections.deque[int] = collections.deque()
-        self._lsr_published = None
+        self._published: dict[int, object] = {}
         self._reset_locked()
 
     # -- public API -------------------------------------------------------------------------
 
     def attach_published(self, offset: int, entry) -> None:
-        """Keep ``entry`` (or nothing, when None) showing LSR; see ``published_offsets``."""
+        """Keep ``entry`` (or nothing, when None) showing the register at ``offset``; see
+        ``published_offsets``."""
         with self._lock:
-            self._lsr_published = entry
+            if entry is None:
+                old = self._published.pop(offset, None)
+                if old is not None:
+                    old.hide()
+            else:
+                self._published[offset] = entry
             self._publish_locked()
 
     def reset(self) -> None:
@@ -316,12 +324,15 @@ class Uart16550(Device):
             self._rx[-1] = value
 
     def _publish_locked(self) -> None:
-        entry = self._lsr_published
+        entry = self._published.get(LSR)
         if entry is not None:
             if self._lsr_errors:
                 entry.hide()  # reading LSR clears them: the device must see that read
             else:
                 entry.show(self._lsr_locked())
+        entry = self._published.get(IER)
+        if entry is not None:
+            entry.show((self._divisor >> 8) if self._lcr & LCR_DLAB else self._ier)
 
     def _lsr_locked(self) -> int:
         value = LSR_THRE | LSR_TEMT | self._lsr_errors

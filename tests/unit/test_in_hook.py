@@ -102,8 +102,9 @@ def test_a_latched_count_or_another_mode_goes_to_python() -> None:
 def test_published_lsr_is_answered_at_cpl0_only() -> None:
     h = Hook()
     assert h.inb(0x3FD) == 0x60 and h.python == []         # THRE | TEMT, from the table
+    assert h.inb(0x3F9) == 0 and h.python == []            # IER (Xen's "is a UART there")
     h.cpl = 3                                               # I/O permission checks apply: Python
     assert h.inb(0x3FD) == 0x60 and h.python == [0x3FD]
     h.cpl = 0
-    assert h.inb(0x3F9) is not None and h.python[-1] == 0x3F9   # IER: not published
-    assert h.bus.accesses["com1"] == 3                      # C-answered reads counted too
+    assert h.inb(0x3FB) is not None and h.python[-1] == 0x3FB   # LCR: not published
+    assert h.bus.accesses["com1"] == 4                      # C-answered reads counted too

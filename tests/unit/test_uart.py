@@ -420,15 +420,16 @@ def test_host_input_backpressure_blocks_then_releases():
     assert not t2.is_alive()
 
 
-def _published_lsr(bus) -> int | None:
-    """What an engine answering from the bus's published table would give for a read of LSR."""
+def _published_lsr(bus, offset: int = u.LSR) -> int | None:
+    """What an engine answering from the bus's published table would give for a read of LSR
+    (or of the register at ``offset``)."""
     import struct
 
     for slot in range(len(bus.published.entries)):
         port, state, _, _ = struct.unpack_from("<HHIQ", bus.published.buffer, slot * 16)
-        if port == 0x3F8 + u.LSR:
+        if port == 0x3F8 + offset:
             return state & 0xFF if state & 0x100 else None
-    raise AssertionError("LSR not published")
+    raise AssertionError(f"offset {offset} not published")
 
 
 @settings(max_examples=200, deadline=None)
@@ -473,3 +474,24 @@ def test_published_lsr_announces_data_before_the_interrupt_does() -> None:
     uart.write(u.IER, 1, u.IER_ERBFI)
     uart.receive(b"x")
     assert at_rise and at_rise[-1] is not None and at_rise[-1] & u.LSR_DR
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ier", "dlab_on", "dlab_off", "dlm", "read_ier", "thr",
+                                           "rx", "reset"]), st.integers(0, 255)), max_size=40))
+def test_published_ier_is_what_a_read_returns(ops) -> None:
+    # Xen reads IER before every byte it sends (0xFF: no UART); engines answer from the published
+    # value, which must be IER, or the divisor's high byte while LCR.DLAB is set.
+    from hvm.bus import PortIOBus
+
+    uart, _, _ = make()
+    bus = PortIOBus()
+    bus.register(0x3F8, 8, uart)
+    for op, value in ops:
+        {"ier": lambda: uart.write(u.IER, 1, value), "dlab_on": lambda: uart.write(u.LCR, 1, 0x83),
+         "dlab_off": lambda: uart.write(u.LCR, 1, 0x03), "dlm": lambda: uart.write(u.DLM, 1, value),
+         "read_ier": lambda: uart.read(u.IER, 1), "thr": lambda: uart.write(u.THR, 1, value),
+         "rx": lambda: uart.receive(b"q"), "reset": uart.reset}[op]()
+        assert _published_lsr(bus, u.IER) == uart.read(u.IER, 1)
+    bus.unregister(0x3F8)
+    assert _published_lsr(bus, u.IER) is None
