@@ -62,9 +62,6 @@ class _HookSlices:
 
         return StopTarget(flag=int(stop_ffi.cast("uintptr_t", stop_ffi.addressof(self._state, "wanted"))))
 
-    def drop(self) -> None:
-        self._state.wanted = 0
-
     def watch(self, interrupt: bool, shadow: bool, nmi: bool) -> None:
         state = self._state
         state.window_skip = int(shadow or nmi)
@@ -95,9 +92,6 @@ class _NativeSlices:
     def target(self) -> StopTarget:
         return StopTarget(fn=int(ffi.cast("uintptr_t", self._call)), uc=int(ffi.cast("uintptr_t", self._uc)),
                           request=self.REQUEST, drop=self.DROP)
-
-    def drop(self) -> None:
-        self._call(self._uc, self.DROP, 0)
 
     def watch(self, interrupt: bool, shadow: bool, nmi: bool) -> None:
         window = (1 if interrupt or shadow else 0) | (2 if nmi else 0)

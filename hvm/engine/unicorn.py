@@ -797,8 +797,8 @@ class UnicornEngine(Engine):
             core.slicer.sooner(deadline)
         self._wake.set()   # a vCPU in HLT recomputes how long to sleep
 
-    def _slice_deadline(self, quantum_end: int | None) -> int:
-        ends = [time.monotonic_ns() + SLICE_US * 1000, self._next_deadline(), quantum_end]
+    def _slice_deadline(self, yield_at: int | None) -> int:
+        ends = [time.monotonic_ns() + SLICE_US * 1000, self._next_deadline(), yield_at]
         return min(end for end in ends if end is not None)
 
     def _idle_timeout(self) -> float:
