@@ -212,6 +212,18 @@ def _native_syscall(uc):
     return lambda on: switch(handle, on)
 
 
+def _pause_exit(uc):
+    """The library's PAUSE-loop exit (uc_lib edit 12) as a cffi function of (uc, limit), or None."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    address = getattr(uclib, uc_lib.PAUSE_EXPORT, None)
+    if address is None:
+        return None
+    fn = ffi.cast("uint64_t *(*)(void *, int)", ctypes.cast(address, ctypes.c_void_p).value)
+    handle = ffi.cast("void *", uc._uch.value)
+    return lambda limit: fn(handle, limit)
+
+
 class Registers:
     """A fixed list of registers read or written in one call into libunicorn
     (``uc_reg_read_batch``/``uc_reg_write_batch`` through cffi): the binding's ``reg_read``
@@ -585,6 +597,9 @@ class UnicornCore:
         self._native = _native_events(uc)
         self._syscall_switch = _native_syscall(uc)
         self._native_syscalls = None  # the library's count, once the switch was used
+        self._pause_exit = _pause_exit(uc)
+        self._pause_limit = 0
+        self._pause_stops = self._pause_exit(0) if self._pause_exit is not None else None
         try:
             self.fields = uc_context.ContextFields(uc, uc_context.layout())
         except uc_context.LayoutError as exc:
@@ -623,6 +638,18 @@ class UnicornCore:
     def in_served(self) -> int:
         """IN instructions the C hook answered without Python."""
         return 0 if self._in_hook is None else self._in_hook[0].served
+
+    def pause_exits(self, limit: int) -> None:
+        """From the next run on, its ``limit``th PAUSE ends it (0: PAUSE never does); a no-op
+        on a library without uc_lib edit 12."""
+        if self._pause_exit is not None and (limit or self._pause_limit):
+            self._pause_exit(limit)
+            self._pause_limit = limit
+
+    @property
+    def pause_stops(self) -> int:
+        """Runs a PAUSE loop ended so far."""
+        return 0 if self._pause_stops is None else self._pause_stops[0]
 
     @property
     def native_syscalls(self) -> int:

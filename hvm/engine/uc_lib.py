@@ -544,6 +544,53 @@ EDITS += (
      "        uint32_t pkru_wd = (pkr >> pk * 2) & 2;\n"),
 )
 
+# (12) Pause-loop exiting. The vCPUs of a guest take turns on one unicorn CPU, so a vCPU spinning
+# on another's progress (a spinlock, Linux's TSC sync check, a wait for an IPI's completion) only
+# spins until its quantum ends, 5 ms, before the other can make that progress. Hardware has PLE
+# for the same waste under a hypervisor; here, while another vCPU waits for the CPU, hvm sets a
+# limit (hvm_uc_pause_exit) and the PAUSE that reaches it in one run ends the run, as a stop hvm
+# asks for does, so the spinning vCPU gives up its turn. QEMU 5's PAUSE already leaves the
+# execution loop (its helper raises EXCP_INTERRUPT to let another CPU run).
+PAUSE_EXPORT = "hvm_uc_pause_exit"
+EDITS += (
+    ("include/uc_priv.h",
+     "    // hvm: SYSCALL carried out by the CPU (no hook), and how many it carried out\n"
+     "    int hvm_native_syscall;\n"
+     "    uint64_t hvm_native_syscalls;\n",
+     "    // hvm: SYSCALL carried out by the CPU (no hook), and how many it carried out\n"
+     "    int hvm_native_syscall;\n"
+     "    uint64_t hvm_native_syscalls;\n"
+     "    // hvm: PAUSEs in this run, the number that ends it (0: never), runs they ended (edit 12)\n"
+     "    uint32_t hvm_pauses;\n"
+     "    uint32_t hvm_pause_limit;\n"
+     "    uint64_t hvm_pause_stops;\n"),
+    ("qemu/target/i386/misc_helper.c",
+     "    cpu_svm_check_intercept_param(env, SVM_EXIT_PAUSE, 0, GETPC());\n"
+     "    env->eip += next_eip_addend;\n\n    do_pause(cpu);\n",
+     "    cpu_svm_check_intercept_param(env, SVM_EXIT_PAUSE, 0, GETPC());\n"
+     "    env->eip += next_eip_addend;\n\n"
+     "    /* hvm: a PAUSE loop ends the run while another vCPU waits (uc_lib.py, edit 12) */\n"
+     "    if (env->uc->hvm_pause_limit && ++env->uc->hvm_pauses >= env->uc->hvm_pause_limit) {\n"
+     "        env->uc->hvm_pauses = 0;\n"
+     "        env->uc->hvm_pause_stops++;\n"
+     "        env->uc->hvm_stop_wanted = 1;\n"
+     "    }\n"
+     "    do_pause(cpu);\n"),
+    ("qemu/target/i386/unicorn.c",
+     "/* hvm: SYSCALL carried out by the CPU (on) or handed to the hook; returns the count of those\n",
+     "/* hvm: PAUSE-loop exits (edit 12): from now on, the ``limit``th PAUSE (0: none) ends the run;\n"
+     "   returns how many runs PAUSEs ended (where the count is kept). */\n"
+     "DEFAULT_VISIBILITY\n"
+     "uint64_t *hvm_uc_pause_exit(struct uc_struct *uc, int limit)\n"
+     "{\n"
+     "    uc->hvm_pause_limit = limit > 0 ? limit : 0;\n"
+     "    uc->hvm_pauses = 0;\n"
+     "    return &uc->hvm_pause_stops;\n"
+     "}\n"
+     "\n"
+     "/* hvm: SYSCALL carried out by the CPU (on) or handed to the hook; returns the count of those\n"),
+)
+
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
 PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"

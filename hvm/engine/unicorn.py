@@ -21,7 +21,8 @@ Facts this relies on (unicorn 2.1.4, measured here): the instance's mode (16/32/
 register names are valid (EIP in 16/32-bit instances, RIP in 64-bit ones) and how CS is loaded;
 HLT makes ``emu_start`` return at once with EIP past it; ``emu_stop`` works from another thread
 (the slicer, ``uc_slicer``, uses it to end time slices and tells their end from a HLT); PAUSE
-does not end ``emu_start``; an undefined opcode is reported as ``UC_ERR_INSN_INVALID`` rather
+does not end ``emu_start`` (hvm's rebuilt library ends it for a PAUSE loop when asked: edit 12);
+an undefined opcode is reported as ``UC_ERR_INSN_INVALID`` rather
 than through the interrupt hook.
 """
 from __future__ import annotations
@@ -61,6 +62,8 @@ SLICE_US = 1_000_000
 QUANTUM_NS = 5_000_000
 # How long a vCPU keeps the CPU, at least, once it has it (see _turn: a waiting vCPU's timer).
 MIN_TURN_NS = 500_000
+# PAUSEs in one slice that make a spinning vCPU give the CPU to one that waits (uc_lib edit 12).
+PAUSE_LOOP = 64
 CR0_PE, CR0_PG, CR4_PAE, CR4_SMAP = 1, 1 << 31, 1 << 5, 1 << 21
 CR4_OSXSAVE = 1 << 18
 CR4_PKE = 1 << 22
@@ -179,6 +182,7 @@ class UnicornEngine(Engine):
         self.io_read_string, self.io_write_string = string_io(self.io_read, self.io_write)
         self.io_counts = [0, 0]
         self.slices = 0
+        self.pause_yields = 0  # turns given up in a PAUSE loop to a waiting vCPU
         self.emu_seconds = 0.0  # inside emu_start: guest code and the device hooks it calls
         self.interrupts_delivered: dict[int, int] = {}
         self.exceptions_delivered: dict[int, int] = {}
@@ -572,7 +576,8 @@ class UnicornEngine(Engine):
             lines.append(f"unicorn: {core.window_stops} slices ended by the guest setting IF for a "
                          f"waiting interrupt")
             if len(core.engines) > 1:
-                lines.append(f"unicorn: {core.switches} switches between vCPUs")
+                lines.append(f"unicorn: {core.switches} switches between vCPUs, "
+                             f"{sum(e.pause_yields for e in core.engines)} of them from PAUSE loops")
             if core.strings is not None and core.strings.runs:
                 lines.append(f"unicorn: {core.strings.runs} REP INS/OUTS runs served at once "
                              f"({core.strings.elements} elements)")
@@ -668,6 +673,10 @@ class UnicornEngine(Engine):
             self._event = None
             if waiting is _SHADOW and self._hlt_in_shadow():
                 continue
+            # While another vCPU waits, a PAUSE loop (a spin on that vCPU's progress) gives it
+            # the CPU rather than spinning to the end of the quantum (uc_lib edit 12).
+            core.pause_exits(PAUSE_LOOP if yield_at is not None else 0)
+            pauses = core.pause_stops
             t0 = time.perf_counter()
             slicer.begin(self._slice_deadline(yield_at))
             if self._poked or self._kicked.is_set():
@@ -694,6 +703,9 @@ class UnicornEngine(Engine):
             self.slices += 1
             if core.window_stops != windows:
                 continue   # IF was set with an interrupt waiting: _deliver_pending takes it
+            if core.pause_stops != pauses:
+                self.pause_yields += 1
+                return None  # spinning: the waiting vCPU's turn
             if self._event is not None:
                 problem = self._take_event()
                 if problem is not None:

@@ -60,6 +60,17 @@ def test_vcpus_take_turns_and_locked_increments_stay_atomic(guests):
     assert len(slices) == 3 and min(slices) >= 2, r.stderr  # every vCPU ran, and more than once
 
 
+def test_a_vcpu_spinning_with_pause_gives_the_cpu_to_one_that_waits(guests):
+    # The APs spin on PAUSE while the BSP counts its timer ticks: each AP turn ends at a PAUSE
+    # loop (uc_lib edit 12) instead of at the end of its quantum.
+    r = hvmrun("--accel", "unicorn", "-c", "2", "--kernel", str(guests("smp")), "--append", "want=2 ticks",
+               "--timeout", "60", "--stats")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"cpus=2 sum=2000 ticks=ok\n"
+    m = re.search(rb"(\d+) switches between vCPUs, (\d+) of them from PAUSE loops", r.stderr)
+    assert m and int(m.group(2)) > 0, r.stderr
+
+
 def test_sysenter_sysexit_round_trips(guests):
     r = hvmrun("--accel", "unicorn", "--kernel", str(guests("sysenter32")), "--flat-mode", "protected",
                "-m", "16M", "--stats", "--timeout", "60")
