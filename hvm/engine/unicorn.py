@@ -703,14 +703,14 @@ class UnicornEngine(Engine):
             self.slices += 1
             if core.window_stops != windows:
                 continue   # IF was set with an interrupt waiting: _deliver_pending takes it
-            if core.pause_stops != pauses:
-                self.pause_yields += 1
-                return None  # spinning: the waiting vCPU's turn
             if self._event is not None:
                 problem = self._take_event()
                 if problem is not None:
                     return problem
                 continue
+            if core.pause_stops != pauses:
+                self.pause_yields += 1
+                return None  # spinning: the waiting vCPU's turn
             if self._kicked.is_set() or self._poked or cut:
                 continue
             self._halted = True  # emu_start returned on its own: the guest executed HLT
