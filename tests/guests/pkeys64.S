@@ -47,16 +47,7 @@ _start: lea kstack_top(%rip), %rsp
 2:      call puts64
 
         /* PKU: PD entry 1 (2-4 MiB) user-accessible on every level, key 1 */
-        mov %cr3, %rax
-        and $~0xfff, %rax
-        orq $4, (%rax)
-        mov (%rax), %rax
-        and $~0xfff, %rax
-        orq $4, (%rax)
-        mov (%rax), %rdi
-        and $~0xfff, %rdi
-        add $8, %rdi                    /* %rdi: the PD entry of the page */
-        orq $4, (%rdi)
+        call user_pde                   /* %rdi: the PD entry of the page */
         btsq $59, (%rdi)
         mov %cr3, %rax
         mov %rax, %cr3

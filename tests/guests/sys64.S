@@ -51,21 +51,29 @@ set_gate:
         movl $0, 12(%rdi)
         ret
 
-/* user_page: let CPL3 reach the 2 MiB page at 2-4 MiB of hvm's identity tables (U on PML4[0],
-   PDPT[0] and PD entry 1) and copy %ecx bytes from %rsi to %rdi (inside that page) for it to run.
-   Clobbers %rax, %rcx, %rsi and %rdi. */
-user_page:
+/* user_pde: let CPL3 reach the 2 MiB page at 2-4 MiB of hvm's identity tables (U on PML4[0],
+   PDPT[0] and PD entry 1, then a TLB flush); returns the PD entry's address in %rdi. Clobbers %rax. */
+user_pde:
         mov %cr3, %rax
         and $~0xfff, %rax
         orq $4, (%rax)
         mov (%rax), %rax
         and $~0xfff, %rax
         orq $4, (%rax)
-        mov (%rax), %rax
-        and $~0xfff, %rax
-        orq $4, 8(%rax)
+        mov (%rax), %rdi
+        and $~0xfff, %rdi
+        add $8, %rdi
+        orq $4, (%rdi)
         mov %cr3, %rax
         mov %rax, %cr3
+        ret
+
+/* user_page: user_pde, then copy %ecx bytes from %rsi to %rdi (inside that page) for CPL3 to
+   run. Clobbers %rax, %rcx, %rsi and %rdi. */
+user_page:
+        push %rdi
+        call user_pde
+        pop %rdi
         rep movsb
         ret
 
