@@ -212,6 +212,14 @@ def _native_syscall(uc):
     return lambda on: switch(handle, on)
 
 
+def _checks_io() -> bool:
+    """Whether the library raises #GP for I/O the CPL, IOPL and TSS bitmap forbid (uc_lib edit
+    14); PyPI's does not, and hvm checks in its port hooks instead."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    return getattr(uclib, uc_lib.IO_CHECK_EXPORT, None) is not None
+
+
 def _pause_exit(uc):
     """The library's PAUSE-loop exit (uc_lib edit 12) as a cffi function of (uc, limit), or None."""
     from unicorn.unicorn_py3.unicorn import uclib
@@ -599,6 +607,7 @@ class UnicornCore:
         self._native_syscalls = None  # the library's count, once the switch was used
         self._pause_exit = _pause_exit(uc)
         self._pause_limit = 0
+        self._checks_io = _checks_io()
         self._pause_stops = self._pause_exit(0) if self._pause_exit is not None else None
         try:
             self.fields = uc_context.ContextFields(uc, uc_context.layout())
@@ -826,7 +835,7 @@ class UnicornCore:
         try:
             strings = self.strings
             cs, rip, cr0 = strings.where()
-            if engine.io_denied(port, size, cs, cr0):
+            if not self._checks_io and engine.io_denied(port, size, cs, cr0):
                 return engine.io_unchanged_result(size)
             if not cr0 & CR0_PG and self.hook_failure is None:
                 first = strings.ins(engine.io_read_string, port, size, cs, rip)
@@ -843,7 +852,7 @@ class UnicornCore:
         try:
             strings = self.strings
             cs, rip, cr0 = strings.where()
-            if engine.io_denied(port, size, cs, cr0):
+            if not self._checks_io and engine.io_denied(port, size, cs, cr0):
                 return
             if not cr0 & CR0_PG and self.hook_failure is None \
                     and strings.outs(engine.io_write_string, port, size, value, cs, rip):

@@ -622,6 +622,29 @@ EDITS += (
      "    *(uint8_t *)(jmp_addr - 1) = 0xe9;\n"),
 )
 
+# (14) I/O permission. Unicorn dropped QEMU's check of IN/OUT/INS/OUTS against CPL, IOPL and
+# the TSS I/O bitmap ("allow all I/O instructions"); hvm made it in Python in every port hook
+# and raised the #GP itself (~200 us each). A Xen PV dom0 runs its kernel in ring 3 and reaches
+# Xen's I/O emulation through exactly that #GP, ~18 000 times per boot: ~4 s of Python. The
+# check is QEMU's again (a helper call only where CPL > IOPL or in virtual-8086 mode), the CPU
+# raises the #GP before the port hook runs, and hvm skips its own check (IO_CHECK_EXPORT).
+IO_CHECK_EXPORT = "hvm_uc_checks_io"
+EDITS += (
+    ("qemu/target/i386/translate.c",
+     "    // Unicorn: allow all I/O instructions\n    return;\n\n",
+     "    /* hvm: QEMU's I/O permission check is kept (uc_lib.py, edit 14) */\n"),
+    ("qemu/target/i386/unicorn.c",
+     "/* hvm: PAUSE-loop exits (edit 12): from now on, the ``limit``th PAUSE (0: none) ends the run;\n",
+     "/* hvm: IN/OUT/INS/OUTS are checked against CPL, IOPL and the TSS I/O bitmap (edit 14) */\n"
+     "DEFAULT_VISIBILITY\n"
+     "int hvm_uc_checks_io(void)\n"
+     "{\n"
+     "    return 1;\n"
+     "}\n"
+     "\n"
+     "/* hvm: PAUSE-loop exits (edit 12): from now on, the ``limit``th PAUSE (0: none) ends the run;\n"),
+)
+
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
 PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"

@@ -306,9 +306,10 @@ class UnicornEngine(Engine):
     def io_denied(self, port: int, size: int, cs: int | None = None, cr0: int | None = None) -> bool:
         """Whether the I/O instruction running now must raise #GP: protected mode with CPL >
         IOPL (or virtual-8086 mode) and a TSS I/O bitmap that does not grant every byte of
-        ``[port, port + size)`` (SDM vol. 1, 19.5). Unicorn leaves QEMU's check out ("allow all
-        I/O instructions"), so without this a guest's user space (a Xen PV kernel in ring 3)
-        reached devices its kernel (Xen) keeps for itself. If so, the instruction is undone on
+        ``[port, port + size)`` (SDM vol. 1, 19.5). PyPI's unicorn leaves QEMU's check out ("allow
+        all I/O instructions"), so without this a guest's user space (a Xen PV kernel in ring 3)
+        reached devices its kernel (Xen) keeps for itself; hvm's rebuilt library checks in the
+        CPU (uc_lib edit 14) and the port hooks skip this. If so, the instruction is undone on
         the way out (``_io_refused``). ``cs`` and ``cr0``: their values, when the caller has read
         them already."""
         uc, x86 = self.uc, self._x86
