@@ -1,8 +1,10 @@
 """ACPI PM1a event/control blocks and PM timer at 0x600, where QEMU's ICH9/PIIX4 PM sits.
 
 Writing SLP_EN with SLP_TYP 0 (the S5 value QEMU's DSDT and hvm's use) to PM1a_CNT powers the
-machine off; the PM timer counts at 3.579545 MHz from the host's monotonic clock. Layout per the
-ACPI spec §4.8 (fixed hardware registers).
+machine off; the PM timer counts at 3.579545 MHz from the host's monotonic clock, in 32 bits (the
+FADT sets TMR_VAL_EXT): QEMU's PIIX4 counts in 24, which wrap every 4.7 s, and Xen (which picks the
+PM timer where no HPET is offered, as here) lost track of its time when it read the timer less
+often than that while building dom0. Layout per the ACPI spec §4.8 (fixed hardware registers).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ PM_TIMER_HZ = 3579545
 
 
 class AcpiPm(Device):
-    """PM1a_EVT (status/enable), PM1a_CNT (sleep control) and the 24-bit PM timer."""
+    """PM1a_EVT (status/enable), PM1a_CNT (sleep control) and the 32-bit PM timer."""
 
     name = "acpi-pm"
 
@@ -39,7 +41,7 @@ class AcpiPm(Device):
         self.control = self.control | SCI_EN if on else self.control & ~SCI_EN
 
     def _timer(self) -> int:
-        return ((self._clock() - self._t0) * PM_TIMER_HZ // 1_000_000_000) & 0xFFFFFF
+        return ((self._clock() - self._t0) * PM_TIMER_HZ // 1_000_000_000) & 0xFFFFFFFF
 
     def read(self, offset: int, size: int) -> int:
         """Registers are read byte-wise or whole; unaligned pieces are sliced from the register."""

@@ -20,7 +20,7 @@ from ..formats import aml
 from ..formats.acpi import (
     ACCESS_BYTE, ACCESS_DWORD, ACCESS_WORD, ALL_PROCESSORS, BOOT_ARCH_8042, BOOT_ARCH_LEGACY_DEVICES,
     FACS_ALIGN, FADT_PROC_C1, FADT_PWR_BUTTON, FADT_RESET_REG_SUP, FADT_REVISION, FADT_SLP_BUTTON,
-    FADT_WBINVD, INTI_ACTIVE_HIGH_LEVEL, INTI_CONFORMS, LAPIC_ENABLED, MADT_PCAT_COMPAT,
+    FADT_TMR_VAL_EXT, FADT_WBINVD, INTI_ACTIVE_HIGH_LEVEL, INTI_CONFORMS, LAPIC_ENABLED, MADT_PCAT_COMPAT,
     PM_PROFILE_UNSPECIFIED, RSDP_V1_SIZE, SDT_HEADER_SIZE, SPACE_SYSTEM_IO, FadtBody, Facs,
     MadtBody, MadtIoApic, MadtIso, MadtLapic, MadtLapicNmi, Rsdp, SdtHeader, checksummed, offset_of,
 )
@@ -186,7 +186,8 @@ def fadt(p: AcpiPlatform, facs_addr: int = 0, dsdt_addr: int = 0) -> bytes:
         duty_offset=0, duty_width=0, day_alrm=0, mon_alrm=0,
         century=p.century_cmos_index or 0,
         iapc_boot_arch=BOOT_ARCH_LEGACY_DEVICES | (BOOT_ARCH_8042 if p.has_8042 else 0),
-        flags=FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP,
+        flags=FADT_WBINVD | FADT_PROC_C1 | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP
+        | FADT_TMR_VAL_EXT,
         reset_reg=_io(p.reset_port, 1), reset_value=p.reset_value, arm_boot_arch=0, minor_version=0,
         x_firmware_ctrl=0,  # FIRMWARE_CTRL is set; both at once is an error (5.2.9)
         x_dsdt=dsdt_addr,

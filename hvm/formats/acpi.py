@@ -55,6 +55,7 @@ FADT_WBINVD = 1 << 0
 FADT_PROC_C1 = 1 << 2
 FADT_PWR_BUTTON = 1 << 4     # set: there is no fixed-hardware power button
 FADT_SLP_BUTTON = 1 << 5     # set: there is no sleep button
+FADT_TMR_VAL_EXT = 1 << 8     # set: the PM timer counts in 32 bits, not 24
 FADT_RESET_REG_SUP = 1 << 10
 BOOT_ARCH_LEGACY_DEVICES = 1 << 0
 BOOT_ARCH_8042 = 1 << 1
