@@ -591,14 +591,15 @@ EDITS += (
      "/* hvm: SYSCALL carried out by the CPU (on) or handed to the hook; returns the count of those\n"),
 )
 
-# (13) Unchained direct jumps as NOPs. A TB ends in goto_tb slots that QEMU 5 emits as `jmp` to the
-# next instruction (the exit path) and later patches to jump straight into the next TB. On this
-# project's AMD host a direct jump whose target changed after it ran keeps being predicted to
-# its old target: each pass then pays a decoder redirect, and a one-TB loop ran at 4.9 ns per
-# iteration instead of 1.9 ns (benchmarks/README.md, "Chained jumps"). Emitted as a 5-byte NOP
-# until chained, the slot never ran as a jump to its old target, and the first pass after
-# chaining trains the predictor as any new branch does. Patching stays on the thread that runs
-# the CPU (unicorn runs one), so writing the opcode byte and the displacement apart is safe.
+# (13) Unchained direct jumps as NOPs. A TB ends in goto_tb slots that QEMU 5 emits as `jmp` to
+# the next instruction (the exit path) and later patches to jump straight into the next TB. On
+# this project's AMD host a direct jump whose target changed after it ran keeps being predicted
+# to its old target: each pass then pays a decoder redirect, and a one-TB loop ran at 4.9 ns per
+# iteration instead of 1.9 ns (benchmarks/README.md, "The compute loop: chained jumps"). As a
+# NOP until chained, the slot never ran as a jump to an old target, and the first pass after
+# chaining trains the predictor as any new branch does. Slots are patched and reset only on the
+# thread holding the CPU's turn, between blocks (hvm's vCPUs take turns on one unicorn CPU), so
+# writing the opcode byte and the displacement apart is safe.
 EDITS += (
     ("qemu/tcg/i386/tcg-target.inc.c",
      "            tcg_out8(s, OPC_JMP_long); /* jmp im */\n"
