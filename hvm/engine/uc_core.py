@@ -104,12 +104,18 @@ class _NativeSlices:
         return self._stops[0]
 
 
+def _export(name: str):
+    """The rebuilt library's export ``name`` (uc_lib), as the binding's ctypes handle on
+    libunicorn finds it, or None on a library without it (PyPI's)."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    return getattr(uclib, name, None)
+
+
 def _slices(uc):
     """How this library's slices end: natively when it is hvm's rebuilt one, else through the
     block hook."""
-    from unicorn.unicorn_py3.unicorn import uclib
-
-    native = getattr(uclib, uc_lib.SLICE_EXPORT, None)
+    native = _export(uc_lib.SLICE_EXPORT)
     if native is None or os.environ.get("HVM_UNICORN_BLOCK_HOOK"):
         return _HookSlices(uc)
     return _NativeSlices(uc, ctypes.cast(native, ctypes.c_void_p).value)
@@ -152,9 +158,7 @@ NATIVE_VECTORS = 0xFFFFFFFF & ~(1 << 2 | 1 << 6 | 1 << 8)
 def _native_events(uc):
     """The library's switch for events the CPU delivers itself, as a callable
     ``(vectors, software) -> counts`` (a per-vector array of those it delivered), or None."""
-    from unicorn.unicorn_py3.unicorn import uclib
-
-    switch = getattr(uclib, uc_lib.NATIVE_EXPORT, None)
+    switch = _export(uc_lib.NATIVE_EXPORT)
     if switch is None or os.environ.get("HVM_UNICORN_PY_EVENTS"):
         return None
     switch.restype = ctypes.POINTER(ctypes.c_uint64)
@@ -201,9 +205,7 @@ def _in_hook(uc, python_in, published: "PublishedTable | None"):
 def _native_syscall(uc):
     """The library's switch for SYSCALL carried out by the CPU (uc_lib edit 7), as a callable
     ``(on) -> count`` (a pointer to the number it carried out), or None."""
-    from unicorn.unicorn_py3.unicorn import uclib
-
-    switch = getattr(uclib, uc_lib.SYSCALL_EXPORT, None)
+    switch = _export(uc_lib.SYSCALL_EXPORT)
     if switch is None or os.environ.get("HVM_UNICORN_PY_EVENTS"):
         return None
     switch.restype = ctypes.POINTER(ctypes.c_uint64)
@@ -215,19 +217,14 @@ def _native_syscall(uc):
 def _checks_io() -> bool:
     """Whether the library raises #GP for I/O the CPL, IOPL and TSS bitmap forbid (uc_lib edit
     14); PyPI's does not, and hvm checks in its port hooks instead."""
-    from unicorn.unicorn_py3.unicorn import uclib
-
-    return getattr(uclib, uc_lib.IO_CHECK_EXPORT, None) is not None
+    return _export(uc_lib.IO_CHECK_EXPORT) is not None
 
 
 def _pause_exit(uc):
     """The library's PAUSE-loop exit (uc_lib edit 12) as a cffi function of (uc, limit), or None."""
-    from unicorn.unicorn_py3.unicorn import uclib
-
-    address = getattr(uclib, uc_lib.PAUSE_EXPORT, None)
-    if address is None:
+    if _export(uc_lib.PAUSE_EXPORT) is None:
         return None
-    fn = ffi.cast("uint64_t *(*)(void *, int)", ctypes.cast(address, ctypes.c_void_p).value)
+    fn = _libunicorn(uc, uc_lib.PAUSE_EXPORT, "uint64_t *(*)(void *, int)")
     handle = ffi.cast("void *", uc._uch.value)
     return lambda limit: fn(handle, limit)
 
