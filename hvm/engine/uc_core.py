@@ -229,6 +229,17 @@ def _pause_exit(uc):
     return lambda limit: fn(handle, limit)
 
 
+def _irq(uc):
+    """The library's delivery of external interrupts by the CPU (uc_lib edit 16) as a callable
+    ``(vector) -> slot`` (where the vector + 1 waits until delivered; a vector outside 0-255 only
+    asks), or None."""
+    if _export(uc_lib.IRQ_EXPORT) is None or os.environ.get("HVM_UNICORN_PY_EVENTS"):
+        return None
+    fn = _libunicorn(uc, uc_lib.IRQ_EXPORT, "int *(*)(void *, int)")
+    handle = ffi.cast("void *", uc._uch.value)
+    return lambda vector: fn(handle, vector)
+
+
 class Registers:
     """A fixed list of registers read or written in one call into libunicorn
     (``uc_reg_read_batch``/``uc_reg_write_batch`` through cffi): the binding's ``reg_read``
@@ -604,6 +615,9 @@ class UnicornCore:
         self._native_syscalls = None  # the library's count, once the switch was used
         self._pause_exit = _pause_exit(uc)
         self._pause_limit = 0
+        self._irq = _irq(uc)
+        self._irq_slot = self._irq(-1) if self._irq is not None else None
+        self._irq_on = False
         self._checks_io = _checks_io()
         self._pause_stops = self._pause_exit(0) if self._pause_exit is not None else None
         try:
@@ -627,12 +641,35 @@ class UnicornCore:
         uc.mem_map_ptr(window.gpa, window.size, perms, window.host_addr)
 
     def native_events(self, on: bool) -> None:
-        """Let the CPU deliver exceptions and software interrupts itself (QEMU's do_interrupt,
-        ~1 us) or hand them all to hvm (``UC_HOOK_INTR``, delivered in Python: ~250 us); a no-op
-        where the library has no such switch (PyPI's, or HVM_UNICORN_PY_EVENTS set)."""
+        """Let the CPU deliver exceptions, software interrupts and (``give_irq``) external ones
+        itself (QEMU's do_interrupt, ~1 us) or hand them all to hvm (``UC_HOOK_INTR``, delivered
+        in Python: ~250 us); a no-op where the library has no such switch (PyPI's, or
+        HVM_UNICORN_PY_EVENTS set)."""
         if self._native is not None:
             self.native_counts = self._native(NATIVE_VECTORS if on else 0, int(on))
+        self._irq_on = on and self._irq is not None
         self.native_syscall(on)
+
+    @property
+    def gives_irqs(self) -> bool:
+        """Whether ``give_irq`` may be used: not with PyPI's library, for a PV guest (see
+        ``native_events``) or with HVM_UNICORN_PY_EVENTS; hvm delivers them itself then."""
+        return self._irq_on
+
+    def give_irq(self, vector: int) -> None:
+        """Have the CPU deliver external interrupt ``vector`` at the start of the next run, as
+        QEMU's cpu_exec does (~1 us against ~250 us in Python); hvm has checked that it may be
+        taken (EFLAGS.IF, no interrupt shadow) and acknowledged it."""
+        self._irq(vector)
+
+    def irq_left(self) -> int | None:
+        """The vector given to the CPU that the last run did not deliver, taken back; None
+        when there is none (the run always starts by delivering it)."""
+        slot = self._irq_slot
+        if slot is None or not slot[0]:
+            return None
+        vector, slot[0] = slot[0] - 1, 0
+        return vector
 
     def native_syscall(self, on: bool) -> None:
         """Let the CPU carry out SYSCALL itself (no slice end, no Python) or hand it to hvm's

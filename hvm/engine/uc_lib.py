@@ -673,6 +673,48 @@ EDITS += (
      "        }\n"),
 )
 
+# (16) External interrupts delivered by the CPU. Unicorn's CPU_INTERRUPT_HARD case delivered
+# vector 0 (QEMU asks the PIC there), so hvm delivered every interrupt in Python: registers and
+# segments read through the binding, the IDT and stacks walked, the state written back, ~250 us
+# each; Xen with its dom0 takes ~4 200 of them per boot. hvm still decides when one is taken (the
+# local APIC's acknowledgement, EFLAGS.IF and the STI/MOV SS shadow checked between runs) and
+# hands its vector to the CPU, which delivers it as QEMU's cpu_exec does at the run's first
+# block boundary: do_interrupt_all, with its faults (#GP, #NP, #SS, #PF, #DF) raised as the CPU
+# raises them.
+IRQ_EXPORT = "hvm_uc_irq"
+EDITS += (
+    ("include/uc_priv.h",
+     "    struct TranslationBlock *last_tb; // The real last tb we executed.\n",
+     "    struct TranslationBlock *last_tb; // The real last tb we executed.\n"
+     "    // hvm: vector + 1 of the interrupt the CPU delivers at its next chance (0: none)\n"
+     "    int hvm_irq_vector;\n"),
+    ("qemu/target/i386/seg_helper.c",
+     "        // intno = cpu_get_pic_interrupt(env);\n"
+     "        intno = 0;\n",
+     "        /* hvm: the vector hvm_uc_irq left (uc_lib.py, edit 16); none, nothing to deliver */\n"
+     "        intno = env->uc->hvm_irq_vector - 1;\n"
+     "        env->uc->hvm_irq_vector = 0;\n"
+     "        if (intno < 0) {\n"
+     "            break;\n"
+     "        }\n"),
+    ("qemu/target/i386/unicorn.c",
+     "/* hvm: IN/OUT/INS/OUTS are checked against CPL, IOPL and the TSS I/O bitmap (edit 14) */\n",
+     "/* hvm: external interrupt ``vector`` (0-255) delivered by the CPU at the next run's start, which\n"
+     "   hvm has checked it may be (edit 16); another value only asks. Returns where vector + 1\n"
+     "   waits (0 once delivered). */\n"
+     "DEFAULT_VISIBILITY\n"
+     "int *hvm_uc_irq(struct uc_struct *uc, int vector)\n"
+     "{\n"
+     "    if (vector >= 0 && vector < 256) {\n"
+     "        uc->hvm_irq_vector = vector + 1;\n"
+     "        cpu_interrupt(uc->cpu, CPU_INTERRUPT_HARD);\n"
+     "    }\n"
+     "    return &uc->hvm_irq_vector;\n"
+     "}\n"
+     "\n"
+     "/* hvm: IN/OUT/INS/OUTS are checked against CPL, IOPL and the TSS I/O bitmap (edit 14) */\n"),
+)
+
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
 PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"

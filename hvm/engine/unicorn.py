@@ -77,6 +77,7 @@ _HLT = 0xF4
 _WINDOW = object()  # an interrupt waits for EFLAGS.IF
 _SHADOW = object()  # an interrupt waits for the instruction after STI / MOV SS to execute
 _IO_DENIED = object()  # an IN/OUT/INS/OUTS the I/O permission check refuses: #GP(0)
+_GIVEN = object()  # an interrupt was acknowledged for the CPU to deliver as the run starts
 _RESUME = object()  # a parked PV vCPU goes on with the state it has
 _SYSCALL = object()  # the event a SYSCALL hook records
 _SYSENTER = object()
@@ -188,6 +189,7 @@ class UnicornEngine(Engine):
         self.exceptions_delivered: dict[int, int] = {}
         self.syscalls = 0
         self.sysenters = 0
+        self._given = 0  # the vector _deliver_pending gave the CPU for the next run (_GIVEN)
         self._smap_suspended = False  # CR4.SMAP cleared at CPL3 (see _suspend_smap)
         self._event: Event | object | None = None
         self._controller: InterruptController | None = None
@@ -649,6 +651,19 @@ class UnicornEngine(Engine):
                     self.set_regs(regs)
                     self.set_msrs(msrs)
                 self._started, self._halted = True, False
+            yield_at = None
+            if turns.wanted:
+                # Another vCPU waits for the CPU: it gets it once this one has had its quantum,
+                # or sooner when one of its timers is due (but not before this one has had
+                # MIN_TURN_NS: with several vCPUs someone's timer is nearly always due, and turns
+                # given up at once would leave none of them running). Held back a whole quantum,
+                # a waiting vCPU's ticks coalesced (a periodic timer's missed periods do), and
+                # Linux's jiffies fell behind its TSC: its clocksource watchdog called the TSC
+                # unstable. Decided before an interrupt is taken: one given to the CPU must
+                # reach the run that follows.
+                yield_at = min(began + QUANTUM_NS, max(began + MIN_TURN_NS, self._others_deadline()))
+                if time.monotonic_ns() >= yield_at:
+                    return None
             waiting = self._deliver_pending()
             if isinstance(waiting, kx.VcpuExit):
                 return waiting
@@ -659,18 +674,6 @@ class UnicornEngine(Engine):
                     self._halted = False
                     return kx.Hlt()  # nothing can wake it: the run loop treats it as KVM's HLT exit
                 return None
-            yield_at = None
-            if turns.wanted:
-                # Another vCPU waits for the CPU: it gets it once this one has had its quantum,
-                # or sooner when one of its timers is due (but not before this one has had
-                # MIN_TURN_NS: with several vCPUs someone's timer is nearly always due, and turns
-                # given up at once would leave none of them running). Held back a whole quantum,
-                # a waiting vCPU's ticks coalesced (a periodic timer's missed periods do), and
-                # Linux's jiffies fell behind its TSC: its clocksource watchdog called the TSC
-                # unstable.
-                yield_at = min(began + QUANTUM_NS, max(began + MIN_TURN_NS, self._others_deadline()))
-                if time.monotonic_ns() >= yield_at:
-                    return None
             self._event = None
             if waiting is _SHADOW and self._hlt_in_shadow():
                 continue
@@ -685,12 +688,16 @@ class UnicornEngine(Engine):
             # Stop where an interrupt waiting for IF could be taken (after the instruction in an
             # STI shadow), or where an NMI held until IRET could be.
             core.watch_window(interrupt=waiting is _WINDOW, shadow=waiting is _SHADOW, nmi=self._nmi_waiting)
+            if waiting is _GIVEN:
+                core.give_irq(self._given)  # after watch_window, which withdraws what was raised
             windows = core.window_stops
             try:
                 core.direct.emu_start(uc.reg_read(self._ip_id), 0)  # cffi: no ctypes conversions
             except unicorn.UcError as exc:
                 slicer.end()
                 self.emu_seconds += time.perf_counter() - t0
+                if waiting is _GIVEN and (problem := self._irq_left()) is not None:
+                    return problem
                 self._raise_hook_failure()
                 # A refused IN/OUT came first (unicorn ran on to an invalid opcode after it).
                 problem = self._take_event() if self._event is _IO_DENIED else self._fault(exc)
@@ -700,6 +707,8 @@ class UnicornEngine(Engine):
             cut = slicer.end()
             core.watch_window(False)
             self.emu_seconds += time.perf_counter() - t0
+            if waiting is _GIVEN and (problem := self._irq_left()) is not None:
+                return problem
             self._raise_hook_failure()
             self.slices += 1
             if core.window_stops != windows:
@@ -776,6 +785,22 @@ class UnicornEngine(Engine):
         if vector is None:
             return None
         self._halted = False
+        if self.pv is None and self._core.gives_irqs:
+            # The CPU delivers it as the next run starts (uc_lib edit 16), given after the
+            # window watch is set up for that run.
+            self._resume_smap()
+            self._given = vector
+            self.interrupts_delivered[vector] = self.interrupts_delivered.get(vector, 0) + 1
+            return _GIVEN
+        return self._deliver(Event(vector, external=True))
+
+    def _irq_left(self) -> kx.VcpuExit | None:
+        """An interrupt given to the CPU that its run did not deliver (the run ended before it
+        began) is delivered here instead; an exit if the guest cannot go on."""
+        vector = self._core.irq_left()
+        if vector is None:
+            return None
+        self.interrupts_delivered[vector] -= 1
         return self._deliver(Event(vector, external=True))
 
     def _hlt_in_shadow(self) -> bool:
