@@ -1,7 +1,8 @@
 """The PC's CMOS RAM and MC146818 real-time clock at ports 0x70 (index; bit 7 masks NMI) and 0x71
 (data), as the Motorola MC146818A datasheet and the IBM PC/AT BIOS conventions lay them out.
 
-The clock reads the host's wall clock (UTC, as QEMU's default ``-rtc base=utc``), in BCD or binary
+The clock reads the host's wall clock (UTC, as QEMU's default ``-rtc base=utc``; its seconds
+start when the machine is made, as QEMU's do: ``started_clock``), in BCD or binary
 and 12- or 24-hour form as register B asks; a guest that sets the time (SET bit, then the time
 registers) moves an offset, never the host's clock. Register A's UIP bit follows the datasheet's
 update cycle: set from 244 us before each second boundary until the update ends 1984 us after it
@@ -56,14 +57,26 @@ def _from_bcd(value: int) -> int:
     return (value >> 4) * 10 + (value & 0xF)
 
 
+def started_clock(wall: Callable[[], float] = time.time,
+                  elapsed: Callable[[], float] = time.monotonic) -> Callable[[], float]:
+    """UTC seconds that start at the host's current whole second and run with the monotonic
+    clock, as QEMU's RTC (mc146818rtc.c, base_rtc and last_update): the update cycles then fall
+    at whole seconds after the machine was made, not at the host's second boundaries, so what a
+    guest waits for one (Xen: up to a second at boot and again at power-off) is the same from
+    run to run instead of anywhere between 0 and 1 s."""
+    base, start = int(wall()), elapsed()
+    return lambda: base + (elapsed() - start)
+
+
 class CmosRtc(Device):
-    """Ports 0x70-0x71; ``clock`` gives UTC seconds (the host's by default)."""
+    """Ports 0x70-0x71; ``clock`` gives UTC seconds (by default ``started_clock``: the host's
+    time when the machine was made, counted on from there)."""
 
     name = "cmos-rtc"
 
     def __init__(self, below_4g: int, above_4g: int = 0, cpus: int = 1,
-                 clock: Callable[[], float] = time.time):
-        self._clock = clock
+                 clock: Callable[[], float] | None = None):
+        self._clock = clock if clock is not None else started_clock()
         self._offset = 0.0          # guest time minus host time, set when the guest sets the clock
         self._lock = threading.Lock()
         self.index = 0
@@ -73,7 +86,7 @@ class CmosRtc(Device):
         self.ram[REG_B] = REG_B_24H
         self.ram[REG_D] = REG_D_VRT
         self._held: list[int] | None = None   # the time being set while REG_B_SET is on
-        self._last_read = clock()
+        self._last_read = self._clock()
         self._fill_memory_bytes(below_4g, above_4g, cpus)
 
     def _fill_memory_bytes(self, below_4g: int, above_4g: int, cpus: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 
-from hvm.devices.cmos_rtc import CmosRtc
+from hvm.devices.cmos_rtc import CmosRtc, started_clock
 from hvm.devices.i8042 import I8042
 from hvm.irq import IrqLine
 
@@ -268,3 +268,18 @@ def test_uip_marks_the_update_cycle_around_each_second_boundary():
     cmos(rtc, 0x0B, 0x02)
     cmos(rtc, 0x0A, 0x06)                               # divider stopped (DV = 000)
     assert not cmos(rtc, 0x0A) & 0x80
+
+
+def test_the_default_clock_starts_its_seconds_when_the_machine_is_made():
+    # QEMU's RTC (mc146818rtc.c: base_rtc, last_update) starts at the host's whole second and
+    # counts on from device creation: its update cycles come at whole seconds after that, and
+    # a guest waiting for one waits as long in every run.
+    wall, mono = [1_700_000_000.73], [50.0]
+    clock = started_clock(lambda: wall[0], lambda: mono[0])
+    assert clock() == 1_700_000_000.0
+    mono[0], wall[0] = 50.9998, 1_700_000_001.7298       # 244 us before the first update
+    rtc = _rtc(clock=clock)
+    assert cmos(rtc, 0x0A) & 0x80
+    mono[0] = 50.5
+    assert not cmos(rtc, 0x0A) & 0x80
+    assert cmos(rtc, 0x00) == 0x20 and cmos(rtc, 0x02) == 0x13  # 2023-11-14 22:13:20 UTC
