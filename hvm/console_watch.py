@@ -20,15 +20,24 @@ class LineWatch:
 
     def __init__(self, pattern: re.Pattern[bytes], on_match: Callable[[str], None]):
         self.pattern, self._on_match = pattern, on_match
-        self._tail = b""
+        self._tail = bytearray()   # the line being written (its last _KEEP bytes)
         self.fired = False
 
     def feed(self, data: bytes) -> None:
+        # A match ends with a newline and holds no other: the search waits for one, and what it
+        # did not match before the last newline can be dropped (guests write their console a
+        # byte at a time; searching the whole tail per byte cost ~2 us each).
         if self.fired:
             return
-        self._tail = (self._tail + data)[-_KEEP:]
-        m = self.pattern.search(self._tail)
+        tail = self._tail
+        tail += data
+        if b"\n" not in data:
+            if len(tail) > _KEEP:
+                del tail[:-_KEEP]
+            return
+        m = self.pattern.search(tail)
         if m is None:
+            del tail[:tail.rfind(b"\n") + 1]
             return
         self.fired = True
         self._on_match(m.group(1).decode(errors="replace").strip())
