@@ -8,7 +8,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["hvm", "hvm.*", "kvmffi", "kvmffi.*", "paravirt", "paravirt.*"]),
     setup_requires=["cffi>=1.16"],
-    cffi_modules=["kvmffi/_build.py:ffibuilder", "hvm/engine/_ucstop_build.py:ffibuilder"],
+    cffi_modules=["kvmffi/_build.py:ffibuilder", "hvm/engine/_ucstop_build.py:ffibuilder",
+                  "hvm/_readahead_build.py:ffibuilder"],
     install_requires=[
         "cffi>=1.16",
         "construct>=2.10,<2.11",

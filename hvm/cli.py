@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fallback", action="store_true",
                    help="under KVM, end the run with a crash report when KVM's instruction emulator refuses an "
                         "instruction, instead of executing it in unicorn")
+    p.add_argument("--no-mem-readahead", action="store_true",
+                   help="never populate guest RAM ahead of a guest sweeping through it (on another host CPU; "
+                        "at most 16 MiB past what the guest touches): host memory strictly as touched")
     p.add_argument("--stats", action="store_true", help="print exit counts, CPU time and peak RSS at the end")
     p.add_argument("-v", "--verbose", action="count", default=0, help="say more on stderr")
     p.add_argument("--version", action="version", version=f"hvm {__version__}")
@@ -139,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
         load_addr=args.load_addr, serial=args.serial or [_default_serial(args.display)], debugcon=args.debugcon,
         timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,
+        mem_readahead=not args.no_mem_readahead,
         stall_timeout=args.stall_timeout, verbose=args.verbose)
 
 

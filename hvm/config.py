@@ -213,6 +213,8 @@ class MachineConfig:
     # directly), "guest" (the kernel's own decompressor) or "auto" (host where guest code is
     # emulated: the unicorn engine, or KVM on a host whose KVM only emulates).
     decompress: str = "auto"
+    # Populate guest RAM ahead of a guest sweeping through it, on another host CPU (hvm.readahead).
+    mem_readahead: bool = True
     # HVM_KVM_DEVICE lets tests and odd hosts point hvm at another KVM device node.
     kvm_path: str = field(default_factory=lambda: os.environ.get("HVM_KVM_DEVICE", "/dev/kvm"))
     verbose: int = 0

@@ -560,6 +560,8 @@ class Machine:
         self._t_start = time.monotonic()
         for port in self.serial_ports:
             port.backend.start(port.receive, self.internal_error)
+        if self.config.mem_readahead:
+            self.memory.start_readahead()
         for vcpu in self.vcpus:
             vcpu.start()
         if self.kvm_emulates and self.boots_linux and self.serial_ports:
@@ -674,6 +676,9 @@ class Machine:
         if self.fallback is not None:
             engine_lines += self.fallback.counters()
         engine_lines += self.board.counters()
+        if self.memory.readahead is not None:
+            engine_lines.append(f"guest RAM populated ahead of the guest: "
+                                f"{self.memory.readahead.populated // 2**20} MiB")
         return Stats(exits, dict(self.pio.accesses), dict(self.mmio.accesses),
                      self.pio.unclaimed + self.mmio.unclaimed, cpu.user, cpu.system,
                      sum(v.cpu_times[0] for v in self.vcpus), sum(v.cpu_times[1] for v in self.vcpus),

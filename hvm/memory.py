@@ -9,8 +9,12 @@ import bisect
 import mmap
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kvmffi import ffi
+
+if TYPE_CHECKING:
+    from .readahead import ReadAhead
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -80,6 +84,7 @@ class GuestMemory:
             self.regions.append(Region(gpa, length, mapping, view, host_addr))
         self.regions.sort(key=lambda r: r.gpa)
         self._starts = [r.gpa for r in self.regions]
+        self.readahead: ReadAhead | None = None
 
     @property
     def below_4g(self) -> int:
@@ -192,8 +197,19 @@ class GuestMemory:
         """Store a little-endian 64-bit value."""
         _U64.pack_into(self.view(gpa, 8), 0, value & 0xFFFFFFFFFFFFFFFF)
 
+    def start_readahead(self) -> None:
+        """Populate RAM ahead of a guest sweeping through it, on another host CPU (hvm.readahead);
+        what is resident now (what hvm loaded) is taken as the starting point."""
+        from .readahead import ReadAhead
+
+        if self.readahead is None:
+            self.readahead = ReadAhead([(r.host_addr, r.size) for r in self.regions])
+
     def close(self) -> None:
         """Unmap guest RAM (views handed out must be released first)."""
+        if self.readahead is not None:
+            self.readahead.close()  # before the ranges it touches go
+            self.readahead = None
         for r in self.regions:
             r.view.release()
             try:
