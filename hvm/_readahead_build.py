@@ -67,8 +67,8 @@ static int populate(hvm_readahead *ra, region_t *r, size_t c)
     if ((c + 1) * ra->chunk > r->size)
         len = r->size - c * ra->chunk;
     r->seen[c] = 1;
-    if (madvise(r->base + c * ra->chunk, len, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
-        return -1;   /* a kernel before 5.14: nothing to do here */
+    if (madvise(r->base + c * ra->chunk, len, MADV_POPULATE_WRITE) != 0)
+        return errno == EINVAL ? -1 : 0;   /* EINVAL: a kernel before 5.14, nothing to do here */
     ra->populated++;
     return 0;
 }

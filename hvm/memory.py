@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import mmap
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -199,10 +200,11 @@ class GuestMemory:
 
     def start_readahead(self) -> None:
         """Populate RAM ahead of a guest sweeping through it, on another host CPU (hvm.readahead);
-        what is resident now (what hvm loaded) is taken as the starting point."""
+        what is resident now (what hvm loaded) is taken as the starting point. Nothing happens
+        where this process may run on one CPU only: the populating would take the vCPU's time."""
         from .readahead import ReadAhead
 
-        if self.readahead is None:
+        if self.readahead is None and len(os.sched_getaffinity(0)) > 1:
             self.readahead = ReadAhead([(r.host_addr, r.size) for r in self.regions])
 
     def close(self) -> None:

@@ -7,7 +7,8 @@ it on a second thread). ``ReadAhead`` runs hvm's C thread (``hvm._readahead``) t
 2 MiB chunks became resident and, once the guest has gone on from one chunk into the next,
 populates the following ``WINDOW`` chunks before the guest reaches them. What was resident when
 it started (the kernel and modules hvm loaded) and chunks touched on their own trigger nothing:
-RAM a guest never sweeps stays unallocated, as QEMU's and Firecracker's does.
+RAM a guest never sweeps stays unallocated, as QEMU's and Firecracker's does. A process that may
+run on one host CPU only gets no thread (GuestMemory.start_readahead).
 """
 from __future__ import annotations
 

@@ -41,7 +41,10 @@ def settle(mem: GuestMemory, want: set[int], timeout: float = 2.0) -> set[int]:
 
 
 @pytest.fixture
-def mem():
+def mem(monkeypatch):
+    # The thread runs only where the process may use two CPUs or more; these tests check what it
+    # does, on any host.
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     m = GuestMemory(64 * MiB, [(0, 64 * MiB)])
     yield m
     m.close()
@@ -88,3 +91,13 @@ def test_after_close_nothing_more_is_populated(mem):
     touch(mem, 11)
     time.sleep(0.1)
     assert resident_chunks(mem) == {10, 11}
+
+
+def test_no_thread_where_the_process_has_one_cpu(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})
+    m = GuestMemory(16 * MiB, [(0, 16 * MiB)])
+    try:
+        m.start_readahead()
+        assert m.readahead is None
+    finally:
+        m.close()
