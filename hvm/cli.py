@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "instruction, instead of executing it in unicorn")
     p.add_argument("--no-mem-readahead", action="store_true",
                    help="never populate guest RAM ahead of a guest sweeping through it (on another host CPU; "
-                        "at most 16 MiB past what the guest touches): host memory strictly as touched")
+                        "16 MiB ahead of each sweep): host memory strictly as the guest touches it")
     p.add_argument("--stats", action="store_true", help="print exit counts, CPU time and peak RSS at the end")
     p.add_argument("-v", "--verbose", action="count", default=0, help="say more on stderr")
     p.add_argument("--version", action="version", version=f"hvm {__version__}")
