@@ -15,7 +15,8 @@ from conftest import REPO, hvmrun, recipe_image
 # Xen emulates dom0's port I/O through a stub it writes through its direct map (NX) and runs at
 # its per-CPU stub address; PyPI's libunicorn runs the stale stub in about 2 boots of 7 (a 16-bit
 # OUT where the page holds an 8-bit one; smc64 is the small case). With the library the
-# README's commands build (`python3 -m images unicorn`) 4 of 4 boots passed here, 130-160 s each.
+# README's commands build (`python3 -m images unicorn`) 4 of 4 boots passed here (130-160 s each
+# then; 11-13 s on 2026-12-05).
 def test_xen_boots_a_linux_dom0_that_sees_xen_and_two_cpus(linux_image):
     xen = recipe_image("xen", "Xen")
     if str(REPO) not in sys.path:
