@@ -524,7 +524,10 @@ class UnicornEngine(Engine):
         vector = event.vector
         if vector == 14 and sregs.cs.dpl == 3 and event.error_code is not None \
                 and not event.error_code & _PF_USER and self._at_far_return():
-            if sregs.cr4 & CR4_SMAP and not self._smap_suspended:
+            # The CPU's own CR4, not the guest's view: SMAP may be back since it was last
+            # suspended (a kernel entered through a natively delivered exception rewrote CR4:
+            # Xen without XPTI does), and this is unicorn's supervisor read of the frame again.
+            if self.uc.reg_read(self._x86.UC_X86_REG_CR4) & CR4_SMAP:
                 self._suspend_smap()
                 return None
             event.error_code |= _PF_USER  # a real fault on the frame: the read is a user access
@@ -651,6 +654,10 @@ class UnicornEngine(Engine):
                     self.set_regs(regs)
                     self.set_msrs(msrs)
                 self._started, self._halted = True, False
+            if self._smap_suspended and self._fields.cpl() < 3:
+                # Back in the kernel through a way the CPU took alone (a natively delivered
+                # exception): SMAP applies there again.
+                self._resume_smap()
             yield_at = None
             if turns.wanted:
                 # Another vCPU waits for the CPU: it gets it once this one has had its quantum,
