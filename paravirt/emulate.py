@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .pvcpu import PvVcpu
 
 MSR_TSC, MSR_APIC_BASE, MSR_MISC_ENABLE, MSR_PAT, MSR_PERF_CAPABILITIES = 0x10, 0x1B, 0x1A0, 0x277, 0x345
+MSR_ARCH_CAPABILITIES = 0x10A
 MSR_EFER = 0xC0000080
 APIC_BASE_BSP, APIC_BASE_ENABLE, APIC_DEFAULT_BASE = 1 << 8, 1 << 11, 0xFEE00000
 # Xen's own PAT (asm/processor.h XEN_MSR_PAT), which PV guests see and may not change.
@@ -117,6 +118,10 @@ def _rdmsr(vcpu: "PvVcpu", engine, regs: "Regs") -> bool:
         value = MISC_ENABLE
     elif index == MSR_PERF_CAPABILITIES:
         value = 0
+    elif index == MSR_ARCH_CAPABILITIES and getattr(engine, "arch_capabilities", None) is not None:
+        # Xen emulates it for PV guests from its CPU policy; here the engine's CPU is emulated
+        # too and affected by none of the leaks it lists (hvm.engine.uc_cpuid.ARCH_CAPABILITIES).
+        value = engine.arch_capabilities
     elif _vmce(vcpu, engine).owns(index):
         value = _vmce(vcpu, engine).read(index)
     else:

@@ -31,7 +31,7 @@ from ..bus import MmioBus
 from ..errors import HostError
 from ..memory import GuestMemory
 from ..physmap import PhysMap, Window
-from . import uc_context, uc_lib
+from . import uc_context, uc_cpuid, uc_lib
 from .uc_slicer import Slicer, StopTarget
 
 if TYPE_CHECKING:
@@ -227,6 +227,19 @@ def _pause_exit(uc):
     fn = _libunicorn(uc, uc_lib.PAUSE_EXPORT, "uint64_t *(*)(void *, int)")
     handle = ffi.cast("void *", uc._uch.value)
     return lambda limit: fn(handle, limit)
+
+
+def arch_capabilities_supported() -> bool:
+    """Whether the library answers RDMSR of IA32_ARCH_CAPABILITIES (uc_lib edit 17)."""
+    return _export(uc_lib.ARCH_CAP_EXPORT) is not None
+
+
+def _set_arch_capabilities(uc) -> None:
+    """Have the CPU enumerate IA32_ARCH_CAPABILITIES and read uc_cpuid.ARCH_CAPABILITIES from it,
+    where the library can (CPUID itself is answered from hvm's table: uc_cpuid.policy_table)."""
+    if arch_capabilities_supported():
+        fn = _libunicorn(uc, uc_lib.ARCH_CAP_EXPORT, "void (*)(void *, uint64_t, int)")
+        fn(ffi.cast("void *", uc._uch.value), uc_cpuid.ARCH_CAPABILITIES, 1)
 
 
 def _irq(uc):
@@ -628,6 +641,7 @@ class UnicornCore:
         self.direct = DirectCalls(uc)
         self.strings = StringIo(self)
         self._dr7 = x86.UC_X86_REG_DR7
+        _set_arch_capabilities(uc)   # before the reset context is taken: every vCPU's CPU has it
         self._reset = uc.context_save()
         self.current = engine
         for e in self.engines:

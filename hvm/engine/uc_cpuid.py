@@ -17,6 +17,17 @@ PKU = 1 << 3  # leaf 7 ECX
 OSPKE = 1 << 4  # leaf 7 ECX: mirrors CR4.PKE
 XCR0_YMM = 1 << 2  # leaf 0xD subleaf 0 EAX: the AVX state component
 LEGACY_XSAVE_AREA = 512 + 64  # the x87/SSE region and the XSAVE header
+ARCH_CAPABILITIES_CPUID = 1 << 29  # leaf 7 EDX: IA32_ARCH_CAPABILITIES (MSR 0x10A) exists
+# What IA32_ARCH_CAPABILITIES reads under this engine (uc_lib edit 17; bits as the SDM and
+# Linux's msr-index.h name them): not affected by rogue data cache loads (Meltdown: bit 0), L1D
+# flush on VM entry not needed (3), speculative store bypass (4), MDS (5), the page-size-change
+# machine check (6), TSX async abort (8), the MMIO stale-data leaks (13-15), branch history
+# injection (20), post-barrier RSB prediction (24), gather data sampling (26), register file data
+# sampling (27) and indirect target selection (62, which Linux says VMMs synthesize). The CPU is
+# emulated: none of those leaks reaches the guest, whose mitigations against them (page table
+# isolation above all: a CR3 switch and TLB flush at every kernel entry and exit) only cost time.
+ARCH_CAPABILITIES = (1 << 0 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 8 | 1 << 13 | 1 << 14 | 1 << 15
+                     | 1 << 20 | 1 << 24 | 1 << 26 | 1 << 27 | 1 << 62)
 # Leaves with subleaves (ECX matters); the others ignore ECX.
 _SUBLEAVES = {4: 8, 7: 2, 0xB: 2, 0xD: 64}
 
@@ -48,9 +59,14 @@ def model_table(model_name: str) -> dict[tuple[int, int], tuple[int, int, int, i
     return table
 
 
-def policy_table(model_name: str, vcpu_id: int, ncpus: int) -> dict[tuple[int, int], tuple[int, int, int, int]]:
-    """The table one vCPU's CPUID serves."""
+def policy_table(model_name: str, vcpu_id: int, ncpus: int,
+                 arch_capabilities: bool = False) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+    """The table one vCPU's CPUID serves; ``arch_capabilities``: the CPU answers RDMSR of
+    IA32_ARCH_CAPABILITIES with ARCH_CAPABILITIES (the rebuilt library), so CPUID says it exists."""
     table = dict(model_table(model_name))
+    if arch_capabilities and (7, 0) in table:
+        eax, ebx, ecx, edx = table[(7, 0)]
+        table[(7, 0)] = (eax, ebx, ecx, edx | ARCH_CAPABILITIES_CPUID)
     eax, ebx, ecx, edx = table[(1, 0)]
     ebx = (ebx & 0x0000FFFF) | ((vcpu_id & 0xFF) << 24) | ((max(ncpus, 1) & 0xFF) << 16)
     table[(1, 0)] = (eax, ebx, ecx | HYPERVISOR, edx)

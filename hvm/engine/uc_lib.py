@@ -715,6 +715,48 @@ EDITS += (
      "/* hvm: IN/OUT/INS/OUTS are checked against CPL, IOPL and the TSS I/O bitmap (edit 14) */\n"),
 )
 
+# (17) IA32_ARCH_CAPABILITIES (MSR 0x10A, enumerated by CPUID.7.0:EDX[29]), which QEMU 5 kept for
+# KVM: a read returned 0 (its "XXX: exception?" default). The Broadwell model hvm runs is one of the
+# Intel parts guests look up as open to Meltdown, MDS, L1TF and the rest, so Linux turned on page
+# table isolation (a CR3 switch, and with it a TLB flush, at every entry to and exit from its
+# kernel), buffer clearing and return thunks, and Xen isolated its PV dom0 likewise (XPTI). An
+# emulated CPU has none of those microarchitectural leaks for guests to fence off; hvm says so as
+# VMMs do, with the "not affected" bits (uc_cpuid.ARCH_CAPABILITIES) read from here.
+ARCH_CAP_EXPORT = "hvm_uc_arch_capabilities"
+EDITS += (
+    ("include/uc_priv.h",
+     "    struct TranslationBlock *last_tb; // The real last tb we executed.\n",
+     "    // hvm: what RDMSR of IA32_ARCH_CAPABILITIES reads (edit 17)\n"
+     "    uint64_t hvm_arch_capabilities;\n"
+     "    struct TranslationBlock *last_tb; // The real last tb we executed.\n"),
+    ("qemu/target/i386/misc_helper.c",
+     "        /* XXX: exception? */\n        val = 0;\n        break;\n    }\n"
+     "    env->regs[R_EAX] = (uint32_t)(val);\n",
+     "        if ((uint32_t)env->regs[R_ECX] == MSR_IA32_ARCH_CAPABILITIES &&\n"
+     "            (env->features[FEAT_7_0_EDX] & CPUID_7_0_EDX_ARCH_CAPABILITIES)) {\n"
+     "            val = env->uc->hvm_arch_capabilities;  /* hvm: edit 17 */\n"
+     "            break;\n"
+     "        }\n"
+     "        /* XXX: exception? */\n        val = 0;\n        break;\n    }\n"
+     "    env->regs[R_EAX] = (uint32_t)(val);\n"),
+    ("qemu/target/i386/unicorn.c",
+     "/* hvm: external interrupt ``vector`` (0-255) delivered by the CPU at the next run's start, which\n",
+     "/* hvm: IA32_ARCH_CAPABILITIES as RDMSR reads it once CPUID.7.0:EDX[29] is set (edit 17) */\n"
+     "DEFAULT_VISIBILITY\n"
+     "void hvm_uc_arch_capabilities(struct uc_struct *uc, uint64_t value, int enumerate)\n"
+     "{\n"
+     "    CPUX86State *env = &X86_CPU(uc->cpu)->env;\n"
+     "    uc->hvm_arch_capabilities = value;\n"
+     "    if (enumerate) {\n"
+     "        env->features[FEAT_7_0_EDX] |= CPUID_7_0_EDX_ARCH_CAPABILITIES;\n"
+     "    } else {\n"
+     "        env->features[FEAT_7_0_EDX] &= ~CPUID_7_0_EDX_ARCH_CAPABILITIES;\n"
+     "    }\n"
+     "}\n"
+     "\n"
+     "/* hvm: external interrupt ``vector`` (0-255) delivered by the CPU at the next run's start, which\n"),
+)
+
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
 PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"

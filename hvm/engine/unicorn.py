@@ -41,7 +41,7 @@ from ..physmap import PhysMap
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
 from . import uc_context, uc_cpuid, uc_lib
-from .uc_core import CPU_MODEL, Registers, UnicornCore
+from .uc_core import CPU_MODEL, Registers, UnicornCore, arch_capabilities_supported
 from .uc_slicer import Slicer
 from .events import (
     ERROR_CODE_VECTORS, IF, RF, DeliveryFailed, Delivered, Event, Unsupported, deliver_protected,
@@ -202,7 +202,11 @@ class UnicornEngine(Engine):
         self._started = started
         self._pv_start: tuple | None = None
         self._stepped: dict[int, bytes] = {}   # step(): RIP -> the code translated there
-        self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=index, ncpus=ncpus)
+        # What RDMSR of IA32_ARCH_CAPABILITIES reads here, None where the CPU lacks the MSR
+        # (a PV domain, whose RDMSR hvm emulates, answers the same).
+        self.arch_capabilities = uc_cpuid.ARCH_CAPABILITIES if arch_capabilities_supported() else None
+        self._cpuid_table = uc_cpuid.policy_table(CPU_MODEL, vcpu_id=index, ncpus=ncpus,
+                                                  arch_capabilities=self.arch_capabilities is not None)
         # A Xen PV domain (paravirt.domain) takes over SYSCALL and every exception when set: its
         # kernel runs in ring 3 and the hypervisor's ring is hvm's.
         self.pv = None
