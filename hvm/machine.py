@@ -79,6 +79,9 @@ class _Tee(SerialBackend):
         self.transcript.write(data)
         self.other.write(data)
 
+    def flush(self) -> None:
+        self.other.flush()
+
     def close(self) -> None:
         self.other.close()
 
@@ -98,6 +101,9 @@ class _Watched(SerialBackend):
         self.inner.write(data)
         for watch in self.watches:
             watch.feed(data)
+
+    def flush(self) -> None:
+        self.inner.flush()
 
     def close(self) -> None:
         self.inner.close()
@@ -589,6 +595,8 @@ class Machine:
         if not self._done.wait(timeout):
             self.finish(Outcome(End.TIMEOUT, message=f"timed out after {timeout:g} s"))
         self._join()
+        for backend in self._backends:
+            backend.flush()   # the guest's last words before any report of how it ended
         crash = self.outcome.crash
         if crash is not None:
             self._complete_report(crash)

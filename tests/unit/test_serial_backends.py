@@ -373,7 +373,40 @@ def test_stdio_output_failure_is_said_once_and_the_guest_goes_on() -> None:
     out = os.fdopen(w, "wb", buffering=0)
     err = io.StringIO()
     backend = StdioBackend(lambda: None, stdin=None, stdout=out, stderr=err)
-    backend.write(b"lost")
-    backend.write(b"also lost")
+    backend.write(b"lost\n")
+    backend.write(b"also lost\n")
+    backend.write(b"and this")
+    backend.flush()
     assert err.getvalue().count("console output failed") == 1, err.getvalue()
     out.close()
+
+
+def test_stdio_writes_a_line_when_it_ends_and_the_start_of_one_soon_after(monkeypatch) -> None:
+    # One write(2) per line rather than per byte; a prompt or an echoed key waits at most
+    # FLUSH_DELAY (lengthened here so that a slow host cannot split the line), and close()
+    # writes whatever is left.
+    import hvm.serial as serial
+
+    writes: list[bytes] = []
+    real = serial._write_all
+    monkeypatch.setattr(serial, "_write_all", lambda fd, data: (writes.append(data), real(fd, data)))
+    monkeypatch.setattr(serial, "FLUSH_DELAY", 0.5)
+    r, w = os.pipe()
+    out = os.fdopen(w, "wb", buffering=0)
+    backend = StdioBackend(lambda: None, stdin=None, stdout=out, stderr=io.StringIO())
+    for byte in b"Linux version 6.1\r\n":
+        backend.write(bytes([byte]))
+    assert writes == [b"Linux version 6.1\r\n"]             # one write, at the line's end
+    for byte in b"~ # ":
+        backend.write(bytes([byte]))
+    assert len(writes) == 1                                  # the prompt is held back...
+    deadline = time.monotonic() + 5
+    while len(writes) == 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writes[1:] == [b"~ # "]                           # ...and then written in one piece
+    backend.write(b"ls")
+    backend.close()
+    assert writes[2:] == [b"ls"]
+    assert os.read(r, 100) == b"Linux version 6.1\r\n~ # ls"
+    out.close()
+    os.close(r)
