@@ -257,7 +257,10 @@ class StdioBackend(SerialBackend):
                 return
             if self._flusher is None:
                 self._flusher = start_thread(self._flush_loop, "serial-stdio-flush")
-            self._flush_due.notify()
+            if len(pending) == len(data):
+                # A line begins: wake the flusher, which then waits FLUSH_DELAY. Woken again by
+                # each byte after, it would write the line a byte or two at a time.
+                self._flush_due.notify()
 
     def flush(self) -> None:
         """Write the guest output still held back."""

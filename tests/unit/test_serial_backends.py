@@ -397,8 +397,11 @@ def test_stdio_writes_a_line_when_it_ends_and_the_start_of_one_soon_after(monkey
     for byte in b"Linux version 6.1\r\n":
         backend.write(bytes([byte]))
     assert writes == [b"Linux version 6.1\r\n"]             # one write, at the line's end
-    for byte in b"~ # ":
-        backend.write(bytes([byte]))
+    backend.write(b"~")
+    time.sleep(0.05)                                         # the flusher is waiting its delay
+    for byte in b" # ":
+        backend.write(bytes([byte]))                         # and the rest must not cut it short
+        time.sleep(0.02)
     assert len(writes) == 1                                  # the prompt is held back...
     deadline = time.monotonic() + 5
     while len(writes) == 1 and time.monotonic() < deadline:
