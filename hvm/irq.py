@@ -8,9 +8,11 @@ from typing import Callable
 class IrqLine:
     """One interrupt input (a GSI); devices call ``set_level`` and never see the irqchip behind it."""
 
-    def __init__(self, gsi: int, deliver: Callable[[int, bool], None]):
+    def __init__(self, gsi: int, deliver: Callable[[int, bool], None],
+                 retrigger: Callable[[int], None] | None = None):
         self.gsi = gsi
         self._deliver = deliver
+        self._retrigger = retrigger  # the irqchip's "low, then high again" in one call, if any
         self._level = False
         self._lock = threading.Lock()
         self.raised = 0  # rising edges, for --stats and tests
@@ -30,6 +32,21 @@ class IrqLine:
             if level:
                 self.raised += 1
             self._deliver(self.gsi, level)
+
+    def retrigger(self) -> None:
+        """Drop the line and raise it again at once (a device's interrupt acknowledged and raised
+        anew within one register access, such as a UART's THR write with THRE interrupts on): a
+        fresh edge for edge-triggered inputs, as ``set_level(False)`` then ``set_level(True)``."""
+        with self._lock:
+            self.raised += 1
+            if not self._level:
+                self._level = True
+                self._deliver(self.gsi, True)
+            elif self._retrigger is not None:
+                self._retrigger(self.gsi)
+            else:
+                self._deliver(self.gsi, False)
+                self._deliver(self.gsi, True)
 
     def pulse(self) -> None:
         """Raise then lower the line: one edge for edge-triggered inputs."""

@@ -327,3 +327,21 @@ def test_edge_pin_messages_equal_rising_edges(levels, active_low) -> None:
         edges += asserted_now and not asserted_before
         previous = level
     assert len(sent) == edges
+
+
+def test_a_retriggered_edge_pin_sends_again_and_a_level_pin_waits_for_its_eoi() -> None:
+    # IrqLine.retrigger: the line drops and rises within one device access (a UART's THR write).
+    io, sent = make()
+    program(io, 4, 0x41)                                    # edge, unmasked
+    program(io, 5, 0x42 | LEVEL)
+    io.set_irq(4, True)
+    io.set_irq(5, True)
+    assert [m.vector for m in sent] == [0x41, 0x42]
+    io.retrigger(4)
+    io.retrigger(5)                                         # Remote IRR set: nothing new
+    assert [m.vector for m in sent] == [0x41, 0x42, 0x41]
+    io.write(EOI, 4, 0x42)                                  # still asserted: sent again
+    assert [m.vector for m in sent] == [0x41, 0x42, 0x41, 0x42]
+    program(io, 4, 0x51)                                    # a new entry: its own message
+    io.retrigger(4)
+    assert sent[-1].vector == 0x51

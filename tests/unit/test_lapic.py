@@ -1039,3 +1039,26 @@ def test_programming_the_timer_tells_the_engine_outside_the_lock() -> None:
     assert len(seen) == 5 and seen[-1] == T0 + 5000
     apic.write(TPR, 4, 0)  # not a timer register: no call
     assert len(seen) == 5
+
+
+def test_a_renumbered_or_relogged_lapic_gets_the_messages_addressed_to_it_now() -> None:
+    # The bus remembers who a destination reaches; a LAPIC's ID, LDR or DFR changing forgets it.
+    system = System(2)
+    a, b = system.cpus
+    enable(a)
+    enable(b)
+    system.bus.route(fixed(0x40, dest=1))
+    assert bits(b, IRR) == 1 << 0x40 and bits(a, IRR) == 0
+    a.write(ID, 4, 7 << 24)
+    b.write(ID, 4, 1 << 24)
+    b.write(ID, 4, 8 << 24)
+    a.write(ID, 4, 1 << 24)                                 # the two swap numbers
+    system.bus.route(fixed(0x41, dest=1))
+    assert bits(a, IRR) == 1 << 0x41
+    a.write(LDR, 4, 0x02 << 24)
+    system.bus.route(fixed(0x42, dest=0x02, logical=True))
+    assert bits(a, IRR) & 1 << 0x42
+    a.write(LDR, 4, 0)
+    b.write(LDR, 4, 0x02 << 24)
+    system.bus.route(fixed(0x43, dest=0x02, logical=True))
+    assert bits(b, IRR) & 1 << 0x43 and not bits(a, IRR) & 1 << 0x43

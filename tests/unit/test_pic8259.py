@@ -406,3 +406,19 @@ def test_concurrent_raisers_lose_nothing() -> None:
             pic.slave.write(CMD, 1, EOI)
         pic.master.write(CMD, 1, EOI)
     assert count == len(irqs)
+
+
+def test_a_retriggered_input_latches_a_new_edge_and_a_masked_one_signals_nothing() -> None:
+    pic, calls = make()
+    line = IrqLine(3, pic.set_irq, pic.retrigger)
+    line.set_level(True)
+    assert pic.acknowledge() == 0x0B
+    pic.master.write(CMD, 1, EOI)
+    line.retrigger()                                        # a fresh edge while held high
+    assert pic.intr() and pic.acknowledge() == 0x0B
+    pic.master.write(CMD, 1, EOI)
+    pic.master.write(DATA, 1, 0x08)                         # IR3 masked
+    line.retrigger()
+    assert not pic.intr() and irr(pic.master) == 0x08       # latched, not signalled
+    pic.master.write(DATA, 1, 0x00)
+    assert pic.intr() and pic.acknowledge() == 0x0B

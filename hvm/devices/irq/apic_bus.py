@@ -73,10 +73,20 @@ class ApicBus:
     def __init__(self) -> None:
         self.lapics: list[LocalApic] = []
         self._eoi_listeners: list[Callable[[int], None]] = []
+        # Who a directed message reaches, by (dest, dest mode, x2APIC format): forgotten whenever
+        # a LAPIC's addressing (enable, mode, ID, LDR, DFR) changes. A UART's THRE edge per byte
+        # sent would otherwise ask every LAPIC again.
+        self._targets: dict[tuple, list[LocalApic]] = {}
 
     def add_lapic(self, lapic: LocalApic) -> None:
         """Put a local APIC on the bus."""
         self.lapics.append(lapic)
+        lapic.on_addressing = self.forget_targets
+        self._targets = {}
+
+    def forget_targets(self) -> None:
+        """A LAPIC's addressing changed (it calls this)."""
+        self._targets = {}
 
     def add_ioapic(self, ioapic: Any) -> None:
         """Let ``ioapic.eoi(vector)`` hear every EOI of a level-triggered vector."""
@@ -90,8 +100,13 @@ class ApicBus:
             return [a for a in self.lapics if a.present]
         if msg.shorthand == Shorthand.OTHERS:
             return [a for a in self.lapics if a.present and a is not msg.sender]
-        return [a for a in self.lapics
-                if a.matches(msg.dest, msg.dest_mode == DestMode.LOGICAL, msg.x2apic)]
+        key = (msg.dest, msg.dest_mode, msg.x2apic)
+        cache = self._targets
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = [a for a in self.lapics
+                                  if a.matches(msg.dest, msg.dest_mode == DestMode.LOGICAL, msg.x2apic)]
+        return found
 
     def route(self, msg: ApicMessage) -> None:
         """Deliver ``msg`` (from an IOAPIC or an ICR write) to its destination(s)."""

@@ -62,6 +62,7 @@ class IoApic(Device):
         self._levels = 0  # electrical pin levels, one bit per pin
         self._driven = 0  # pins some device has set at least once
         self._outbox: list[ApicMessage] = []
+        self._messages: dict[int, tuple[int, ApicMessage]] = {}  # pin -> (entry, its message)
         self._initial_id = ioapic_id & 0xF
         self.reset()
 
@@ -99,9 +100,12 @@ class IoApic(Device):
             # Remote IRR tracks an interrupt the LAPIC will EOI; NMI/SMI/INIT/ExtINT are never
             # EOI'd, so (as the datasheet requires them to be edge) we do not wait for one.
             self._rte[pin] = rte | RTE_REMOTE_IRR
-        self._outbox.append(ApicMessage(
-            dest=rte >> 56, dest_mode=DestMode((rte >> 11) & 1), delivery_mode=DeliveryMode(mode),
-            vector=rte & 0xFF, trigger=Trigger(level)))
+        cached = self._messages.get(pin)
+        if cached is None or cached[0] != rte:
+            cached = self._messages[pin] = (rte, ApicMessage(
+                dest=rte >> 56, dest_mode=DestMode((rte >> 11) & 1), delivery_mode=DeliveryMode(mode),
+                vector=rte & 0xFF, trigger=Trigger(level)))
+        self._outbox.append(cached[1])
 
     def _service_level(self, pin: int) -> None:
         """A level pin sends when it is asserted, unmasked and not waiting for an EOI."""
@@ -127,6 +131,16 @@ class IoApic(Device):
         if not 0 <= gsi < PINS:
             raise ValueError(f"IOAPIC input {gsi} out of range 0-{PINS - 1}")
         self._locked(self._set_irq_locked, gsi, bool(level))
+
+    def retrigger(self, gsi: int) -> None:
+        """Input ``gsi`` drops and rises again at once (``IrqLine.retrigger``)."""
+        if not 0 <= gsi < PINS:
+            raise ValueError(f"IOAPIC input {gsi} out of range 0-{PINS - 1}")
+        self._locked(self._retrigger_locked, gsi)
+
+    def _retrigger_locked(self, gsi: int) -> None:
+        self._set_irq_locked(gsi, False)
+        self._set_irq_locked(gsi, True)
 
     def irq_line(self, gsi: int) -> IrqLine:
         """A line a device core can drive; the same object for every call with ``gsi``."""

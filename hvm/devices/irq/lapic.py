@@ -149,6 +149,7 @@ class LocalApic(Device):
         self._lock = threading.Lock()
         self._outbox: list[Callable[[], None]] = []
         self.deadline_listener: Callable[[], None] | None = None  # the engine's (Timer protocol)
+        self.on_addressing: Callable[[], None] = lambda: None  # the bus's: who matches changed
         self.reset()
 
     # -- reset states -----------------------------------------------------------------------------
@@ -165,6 +166,7 @@ class LocalApic(Device):
             self._int = self._int_seen = self._pic_open = False
             self._wake = False
             self._reset_registers()
+            self.on_addressing()
 
     def _reset_registers(self) -> None:
         """Power-up register state (SDM 11.4.7.1); INIT (11.4.7.3) and a global disable (11.4.3)
@@ -172,6 +174,7 @@ class LocalApic(Device):
         self._tpr = 0
         self._ldr = self._x2apic_ldr() if self.mode == MODE_X2APIC else 0
         self._dfr = 0xFFFF_FFFF
+        self.on_addressing()
         self._svr = 0xFF
         self._irr = self._isr = self._tmr = 0
         self._esr = self._esr_pending = 0
@@ -576,7 +579,16 @@ class LocalApic(Device):
 
     def tick(self) -> None:
         """Bring the timer up to the clock: raise its interrupt if an expiry has passed."""
+        with self._lock:   # the engine ticks before every slice: most find nothing due
+            if not self._timer_due(self._clock()):
+                return
         self._locked(lambda: self._update_timer(self._clock()))
+
+    def _timer_due(self, now: int) -> bool:
+        """Whether ``_update_timer`` at ``now`` would raise the timer's interrupt."""
+        if self._timer_mode() == TIMER_TSC_DEADLINE:
+            return bool(self._tsc_deadline) and self._tsc.ns_to_tsc(now) >= self._tsc_deadline
+        return self._expirations(now) > self._t_fired and not self._too_soon(now)
 
     def next_deadline_ns(self) -> int | None:
         """Clock time of the next timer interrupt ``tick`` must raise, or None."""
@@ -685,14 +697,17 @@ class LocalApic(Device):
         """A write both interfaces share; the callers have filtered what their mode forbids."""
         if index == ID:
             self._id = value >> 24  # xAPIC only: software may renumber (SDM 11.4.6)
+            self.on_addressing()
         elif index == TPR:
             self._tpr = value & 0xFF
         elif index == EOI:
             self._eoi()
         elif index == LDR:
             self._ldr = value & 0xFF00_0000
+            self.on_addressing()
         elif index == DFR:
             self._dfr = value | 0x0FFF_FFFF  # only the model bits 31:28 are writable
+            self.on_addressing()
         elif index == SVR:
             self._write_svr(value)
         elif index == ESR:
@@ -817,6 +832,7 @@ class LocalApic(Device):
         elif new == MODE_X2APIC and old == MODE_XAPIC:
             self._id = self._initial_id  # the x2APIC ID is the initial APIC ID (SDM 11.12.5.1)
             self._ldr = self._x2apic_ldr()
+        self.on_addressing()   # enabled, disabled or switched mode
         return True
 
     def _x2apic_write_locked(self, index: int, value: int) -> bool:

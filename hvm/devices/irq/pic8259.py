@@ -277,7 +277,28 @@ class Pic8259Pair:
         """Drive ISA interrupt input ``irq`` (0-15) to ``level``."""
         if not 0 <= irq < 16:
             raise ValueError(f"PIC input {irq} out of range 0-15")
-        self._locked(self._set_irq_locked, irq, bool(level))
+        self._input(irq, (bool(level),))
+
+    def retrigger(self, irq: int) -> None:
+        """Input ``irq`` drops and rises again at once (``IrqLine.retrigger``)."""
+        if not 0 <= irq < 16:
+            raise ValueError(f"PIC input {irq} out of range 0-15")
+        self._input(irq, (False, True))
+
+    def _input(self, irq: int, levels: tuple[bool, ...]) -> None:
+        if irq == CASCADE_IR:
+            for level in levels:
+                self._locked(self._set_irq_locked, irq, level)
+            return
+        chip, ir = (self.master, irq) if irq < 8 else (self.slave, irq - 8)
+        with self._lock:
+            for level in levels:
+                chip.set_input(ir, level)
+            if chip.imr >> ir & 1:
+                return   # masked: what the chip signals cannot change (a guest on the IOAPIC)
+            rose = self._propagate()
+        if rose:
+            self._on_intr()
 
     def irq_line(self, irq: int) -> IrqLine:
         """A line a device core can drive; one per input, handed out again on each call."""
