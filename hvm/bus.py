@@ -209,6 +209,10 @@ class PortIOBus(Bus):
             entry = self.published.publish(m.base + offset)
             if entry is not None:
                 m.device.attach_published(offset, entry)
+        for offset in getattr(m.device, "queued_offsets", ()):
+            queue = self.published.queue(m.base + offset, m.device)
+            if queue is not None:
+                m.device.attach_queue(offset, queue)
 
     def _detached(self, m: Mapping) -> None:
         if getattr(m.device, "coalesced_writes", False) and self.coalesce is not None:
@@ -218,6 +222,11 @@ class PortIOBus(Bus):
                 entry.hide()
         for offset in getattr(m.device, "published_offsets", ()):
             m.device.attach_published(offset, None)
+        for offset in getattr(m.device, "queued_offsets", ()):
+            m.device.attach_queue(offset, None)
+        for queue in self.published.queues:
+            if m.base <= queue.port < m.end:
+                queue.device = None
 
     def _served_elsewhere(self, m: Mapping) -> int:
         return self.published.hits(m.base, m.length)

@@ -86,6 +86,12 @@ class Uart16550(Device):
     # while DLAB is set) never changes on a read: Xen reads it before every byte it sends or
     # polls for (0xFF would mean no UART), ~260 000 reads in a boot with its dom0.
     published_offsets = (LSR, IER)
+    # A THR write (DLAB clear, no loopback) sends its byte out at once, and LSR keeps saying the
+    # transmitter is empty: an engine may queue them (hvm/published.py QueuedWrites), taken here
+    # in order before any other access is handled. The THRE interrupt's edges of a run of queued
+    # bytes come as one when they are taken: the CPU takes no interrupt within a run anyway (the
+    # run ends with the time slice it was written in, within 100 us of its first byte).
+    queued_offsets = (THR,)
 
     def __init__(self, irq: IrqLine, backend: "SerialBackend | None" = None, name: str = "com1"):
         self.irq = irq
@@ -99,6 +105,7 @@ class Uart16550(Device):
         self._host_pending = bytearray()
         self._rx: collections.deque[int] = collections.deque()
         self._published: dict[int, object] = {}
+        self._queue = None  # QueuedWrites of THR, when an engine can queue them
         self._reset_locked()
 
     # -- public API -------------------------------------------------------------------------
@@ -115,9 +122,24 @@ class Uart16550(Device):
                 self._published[offset] = entry
             self._publish_locked()
 
+    def attach_queue(self, offset: int, queue) -> None:
+        """Take THR writes an engine queued from ``queue`` (None: no more); see ``queued_offsets``."""
+        with self._lock:
+            self._take_queued_locked()
+            if self._queue is not None:
+                self._queue.enable(False)
+            self._queue = queue
+            self._publish_locked()
+
+    def take_queued(self) -> None:
+        """Handle the THR writes queued so far (the engine's end of slice)."""
+        with self._lock:
+            self._take_queued_locked()
+
     def reset(self) -> None:
         """Return every register to its power-on value; host input not yet in the FIFO is kept."""
         with self._lock:
+            self._take_queued_locked()
             self._reset_locked()
             self._refill_locked()
             self._update_irq_locked()  # publishes LSR first
@@ -135,6 +157,7 @@ class Uart16550(Device):
                 self._room.wait()
             if self._closed:
                 return
+            self._take_queued_locked()
             self._host_pending += data
             self.rx_bytes += len(data)
             self._refill_locked()
@@ -157,6 +180,7 @@ class Uart16550(Device):
         if not 0 <= offset <= 7:
             return (1 << (size * 8)) - 1
         with self._lock:
+            self._take_queued_locked()
             value = self._read_locked(offset)
             self._publish_locked()
             return value
@@ -166,6 +190,7 @@ class Uart16550(Device):
         if not 0 <= offset <= 7:
             return
         with self._lock:
+            self._take_queued_locked()
             self._write_locked(offset, value & 0xFF)
             self._publish_locked()
 
@@ -254,19 +279,48 @@ class Uart16550(Device):
             self._update_irq_locked()
         return code | (IIR_FIFO_ENABLED if self._fifo_enabled else 0)
 
+    def _take_queued_locked(self) -> None:
+        queue = self._queue
+        if queue is None:
+            return
+        data = queue.take()
+        if data:
+            self._sent_locked(data)
+
+    def _sent_locked(self, data: bytes) -> None:
+        """THR writes queued while DLAB was clear and loopback off: each sent its byte; their
+        interrupt edges are one (what the LAPIC holds after a run the CPU took no interrupt in)."""
+        self.tx_bytes += len(data)
+        if self.backend is not None:
+            self.backend.write(data)
+        self._thre_pending = False
+        dropped = self._iir_code_locked() == IIR_NO_INT
+        self._thre_pending = True
+        if self.irq.level and dropped and self._iir_code_locked() != IIR_NO_INT:
+            self._publish_locked()
+            self.irq.retrigger()
+        else:
+            self._update_irq_locked()
+
     def _write_thr_locked(self, value: int) -> None:
         # Writing THR acknowledges THRE; dropping the line before re-arming gives edge-triggered
-        # interrupt controllers a new edge even when THRE was never read out of IIR.
+        # interrupt controllers a new edge even when THRE was never read out of IIR (the drop
+        # and the rise told at once where nothing else changes in between: a retrigger).
         self._thre_pending = False
-        self._update_irq_locked()
+        dropped = self._iir_code_locked() == IIR_NO_INT
         if self._mcr & MCR_LOOP:
+            self._update_irq_locked()
             self._push_rx_locked(value)
         else:
             self.tx_bytes += 1
             if self.backend is not None:
                 self.backend.write(bytes([value]))
         self._thre_pending = True
-        self._update_irq_locked()
+        if self.irq.level and dropped and self._iir_code_locked() != IIR_NO_INT:
+            self._publish_locked()
+            self.irq.retrigger()
+        else:
+            self._update_irq_locked()
 
     def _write_ier_locked(self, value: int) -> None:
         old = self._ier
@@ -324,6 +378,8 @@ class Uart16550(Device):
             self._rx[-1] = value
 
     def _publish_locked(self) -> None:
+        if self._queue is not None:
+            self._queue.enable(not self._lcr & LCR_DLAB and not self._mcr & MCR_LOOP)
         entry = self._published.get(LSR)
         if entry is not None:
             if self._lsr_errors:

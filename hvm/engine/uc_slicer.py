@@ -66,6 +66,11 @@ class Slicer:
         """The deadline the thread is sleeping toward, or None (a racy look, for tests)."""
         return self._s.asleep_until or None
 
+    @property
+    def handle(self):
+        """The C slicer (``hvm_slicer *``), for C code that brings slices' ends forward."""
+        return self._s
+
     def close(self) -> None:
         """Stop the thread."""
         if self._s != ffi.NULL:
