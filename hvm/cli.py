@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debugcon", default="none", metavar="DEV",
                    help="where port 0xE9 output goes: none | stdio | file:PATH | unix:PATH")
     p.add_argument("--accel", choices=["kvm", "unicorn", "auto"], default="kvm",
-                   help="how guest code runs: kvm (default), unicorn (software CPU: vCPUs take turns on one "
-                        "host CPU; PIC, PIT, IOAPIC and LAPICs in Python), auto (unicorn where KVM is missing or only emulates)")
+                   help="how guest code runs: kvm (default), unicorn (software CPU, see --unicorn-threads; "
+                        "PIC, PIT, IOAPIC and LAPICs in Python), auto (unicorn where KVM is missing or only emulates)")
     p.add_argument("--decompress", choices=["auto", "host", "guest"], default="auto",
                    help="who decompresses a bzImage: host (hvm, cached; the vmlinux inside is entered "
                         "directly), guest (the kernel's decompressor), auto (host where guest code is "
@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mem-readahead", action="store_true",
                    help="never populate guest RAM ahead of a guest sweeping through it (on another host CPU; "
                         "16 MiB ahead of each sweep): host memory strictly as the guest touches it")
+    p.add_argument("--unicorn-threads", choices=["auto", "single", "multi"], default="auto",
+                   help="under unicorn with several vCPUs: multi runs each on an instance of its own, all at "
+                        "once (as QEMU's -accel tcg,thread=multi), single has them take turns on one host CPU; "
+                        "auto (default) is multi where the host has a CPU to spare")
     p.add_argument("--stats", action="store_true", help="print exit counts, CPU time and peak RSS at the end")
     p.add_argument("-v", "--verbose", action="count", default=0, help="say more on stderr")
     p.add_argument("--version", action="version", version=f"hvm {__version__}")
@@ -142,7 +146,7 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         flat_mode=Mode(args.flat_mode) if args.flat_mode else None,
         load_addr=args.load_addr, serial=args.serial or [_default_serial(args.display)], debugcon=args.debugcon,
         timeout=args.timeout, accel=args.accel, decompress=args.decompress, fallback=not args.no_fallback,
-        mem_readahead=not args.no_mem_readahead,
+        mem_readahead=not args.no_mem_readahead, unicorn_threads=args.unicorn_threads,
         stall_timeout=args.stall_timeout, verbose=args.verbose)
 
 

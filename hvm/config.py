@@ -215,6 +215,10 @@ class MachineConfig:
     decompress: str = "auto"
     # Populate guest RAM ahead of a guest sweeping through it, on another host CPU (hvm.readahead).
     mem_readahead: bool = True
+    # Under unicorn with several vCPUs: "multi" gives each vCPU an instance of its own, all running
+    # at once (QEMU's -accel tcg,thread=multi), "single" has them take turns on one, "auto" is multi
+    # where the host has a CPU to spare and hvm's rebuilt library can (hvm.engine.uc_core).
+    unicorn_threads: str = "auto"
     # HVM_KVM_DEVICE lets tests and odd hosts point hvm at another KVM device node.
     kvm_path: str = field(default_factory=lambda: os.environ.get("HVM_KVM_DEVICE", "/dev/kvm"))
     verbose: int = 0
@@ -226,6 +230,8 @@ class MachineConfig:
             raise ConfigError(f"memory size {self.memory} bytes is too small (at least 1M)")
         if self.memory % 4096:
             raise ConfigError("memory size must be a multiple of 4 KiB")
+        if self.unicorn_threads not in ("auto", "single", "multi"):
+            raise ConfigError(f"unknown --unicorn-threads {self.unicorn_threads!r} (choose from auto, single, multi)")
         if not 1 <= self.cpus <= 255:
             raise ConfigError(f"-c {self.cpus}: the number of vCPUs must be between 1 and 255")
         if self.xen is not None:

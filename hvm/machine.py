@@ -39,6 +39,26 @@ TRANSCRIPT_LIMIT = 1 << 20
 
 TSC_AUX = 0xC0000103
 CRASH_CONSOLE_LINES = 15
+# GIL switch interval while unicorn vCPUs run at once (seconds; Python default 0.005).
+PARALLEL_SWITCH_INTERVAL = 0.0005
+_switch_lock = threading.Lock()
+_switch_users = [0, 0.0]   # machines with unicorn vCPUs running at once, the interval before them
+
+
+def _parallel_switch_interval(change: int) -> None:
+    """Each unicorn vCPU thread takes the GIL for its device hooks and between slices; at the
+    default 5 ms one whose turn to take it came could wait that long behind another that let it
+    go and took it back (measured: Xen with its dom0 boots 0.1 s sooner at 0.5 ms). Lowered while
+    any machine runs such vCPUs, put back after the last one closes."""
+    with _switch_lock:
+        if change > 0 and _switch_users[0] == 0:
+            _switch_users[1] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_users[1], PARALLEL_SWITCH_INTERVAL))
+        _switch_users[0] += change
+        if change < 0 and _switch_users[0] == 0:
+            sys.setswitchinterval(_switch_users[1])
+
+
 # CPUID executed by guest kernel code on an emulating KVM reports the host's XSAVE/AVX/AVX-512
 # whatever KVM_SET_CPUID2 says (HOST-KVM.md), and nothing here executes AVX: Linux's "noxsave"
 # clears XSAVE and with it every AVX feature (measured: without it the stock kernel dies in
@@ -287,6 +307,7 @@ class Machine:
         self.mmio = MmioBus()
         self._irqs: dict[int, IrqLine] = {}
         self.pic = self.pit = None
+        self.unicorn_parallel = False   # unicorn vCPUs on instances of their own (_software_platform)
         if self.vm is None:
             self._software_platform()
         self._quit = on_quit or (lambda: self.stop())
@@ -460,7 +481,7 @@ class Machine:
             else:
                 if not 0 <= gsi < 24:
                     raise ValueError(f"GSI {gsi}: the IOAPIC has 24 pins (0-23)")
-                line = IrqLine(gsi, self._software_irq)
+                line = IrqLine(gsi, self._software_irq, self._software_retrigger)
             self._irqs[gsi] = line
         return line
 
@@ -473,15 +494,28 @@ class Machine:
         from .devices.irq.lapic import LocalApic
         from .devices.irq.pic8259 import Pic8259Pair
         from .devices.irq.pit8254 import Pit8254
-        from .engine.uc_core import UnicornCore
+        from .engine import uc_core
         from .engine.unicorn import UnicornEngine
 
         ncpus = self.config.cpus
-        core = UnicornCore(self.memory, self.mmio, physmap=self.physmap,
-                           published=self.pio.published)
+        self.unicorn_parallel = self._unicorn_threads() == "multi"
+        if self.unicorn_parallel:
+            # An instance per vCPU, all running at once (uc_core.ParallelGroup).
+            group = uc_core.ParallelGroup()
+            cores = [uc_core.UnicornCore(self.memory, self.mmio, physmap=self.physmap,
+                                         published=self.pio.published, group=group) for _ in range(ncpus)]
+            current = lambda: uc_core.running.engine.index  # noqa: E731
+        else:
+            core = uc_core.UnicornCore(self.memory, self.mmio, physmap=self.physmap,
+                                       published=self.pio.published)
+            cores = [core] * ncpus
+            current = lambda: core.current.index  # noqa: E731
         self._unicorn_engines = engines = [
             UnicornEngine(self.memory, self.mmio, core=core, index=i, ncpus=ncpus, started=i == 0)
-            for i in range(ncpus)]
+            for i, core in enumerate(cores)]
+        if cores[0] is not cores[-1]:
+            for engine in engines:   # all before any runs: an AP's before its STARTUP IPI
+                engine.create_cpu()
         self.pic = Pic8259Pair(on_intr=engines[0].poke)
         self.add_port_device(0x20, 2, self.pic.master, "pic-master")
         self.add_port_device(0xA0, 2, self.pic.slave, "pic-slave")
@@ -498,7 +532,7 @@ class Machine:
             self.apic_bus.add_lapic(lapic)
         self.lapic = self.lapics[0]
         self.add_mmio_device(layout.LAPIC_BASE, layout.LAPIC_SIZE,
-                             _CurrentCpuDevice(self.lapics, lambda: core.current.index), "lapic")
+                             _CurrentCpuDevice(self.lapics, current), "lapic")
         self.pit = Pit8254(self.irq(0))
         self.pit.publish_channel2(self.pio.published.timer2)
         self.add_port_device(0x40, 4, self.pit.ports, "pit")
@@ -507,12 +541,34 @@ class Machine:
         for engine, lapic in zip(engines[1:], self.lapics[1:]):
             engine.attach_platform(lapic, [lapic])
 
+    def _unicorn_threads(self) -> str:
+        """"multi" (an instance per vCPU, run at once) or "single" (the vCPUs take turns on one),
+        as asked, or for "auto" multi where it can help: several vCPUs, more than one host CPU to
+        run them on, hvm's rebuilt library, and no Xen PV domain (whose hypervisor, hvm's, serves
+        its vCPUs one at a time)."""
+        from .engine.uc_core import parallel_supported
+
+        asked = self.config.unicorn_threads
+        if asked == "multi" and not parallel_supported():
+            raise ConfigError("--unicorn-threads multi needs hvm's rebuilt unicorn library "
+                              "(python3 -m images unicorn)")
+        if asked != "auto":
+            return asked
+        spare = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
+        return "multi" if (self.config.cpus > 1 and spare and parallel_supported()
+                           and self.config.xen is None and self.config.machine != "xenpv") else "single"
+
     def _software_irq(self, gsi: int, level: bool) -> None:
         # An ISA line reaches both the 8259 pair and the IOAPIC; IRQ 0 is IOAPIC pin 2, the
         # interrupt source override every PC firmware (and QEMU's MADT) declares.
         if gsi < 16:
             self.pic.set_irq(gsi, level)
         self.ioapic.set_irq(2 if gsi == 0 else gsi, level)
+
+    def _software_retrigger(self, gsi: int) -> None:
+        if gsi < 16:
+            self.pic.retrigger(gsi)
+        self.ioapic.retrigger(2 if gsi == 0 else gsi)
 
     def add_port_device(self, base: int, length: int, device: Device, name: str | None = None) -> None:
         """Attach a device to I/O ports ``[base, base+length)``."""
@@ -568,6 +624,9 @@ class Machine:
             port.backend.start(port.receive, self.internal_error)
         if self.config.mem_readahead:
             self.memory.start_readahead()
+        if self.unicorn_parallel:
+            _parallel_switch_interval(+1)
+            self._switched = True
         for vcpu in self.vcpus:
             vcpu.start()
         if self.kvm_emulates and self.boots_linux and self.serial_ports:
@@ -701,6 +760,9 @@ class Machine:
             if self.outcome is None:
                 self.stop()
             self._join()
+        if getattr(self, "_switched", False):
+            self._switched = False
+            _parallel_switch_interval(-1)
         for port in getattr(self, "serial_ports", []):
             port.uart.close()
         for backend in getattr(self, "_backends", []):

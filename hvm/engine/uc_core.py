@@ -14,6 +14,11 @@ Turns go round robin in arrival order (``Turns``): the holder runs for at least 
 another vCPU waits, then queues behind it; an idle (halted) vCPU gives the CPU up. Every vCPU
 keeps its own host thread, as under KVM, but only the turn holder executes guest code, so locked
 instructions stay atomic and devices see one vCPU at a time.
+
+Where hvm's rebuilt library can (uc_lib edit 18) and the host has a CPU to spare, each vCPU has an
+instance of its own instead, and they run at once (QEMU's multi-threaded TCG, ``ParallelGroup``):
+the library makes locked instructions atomic on the host and drops translated code in every
+instance that a store reaches it from, and devices are entered under one lock (QEMU's big lock).
 """
 from __future__ import annotations
 
@@ -148,11 +153,12 @@ def _stop_hook(uc):
 
 
 # Exceptions the CPU delivers itself once hvm's rebuilt library offers it (uc_lib.NATIVE_EXPORT):
-# all but #UD (unicorn stops on it before delivery: hvm's invalid-opcode path) and #DF (a #DF
-# whose own delivery fails ends the run as a shutdown, which hvm's delivery reports), and NMI,
-# which only hvm injects. A #PF at CPL3 without the U bit (a supervisor-mode access of a far
-# return's or IRET's frame) still comes to hvm, whose SMAP handling it needs (unicorn.py).
-NATIVE_VECTORS = 0xFFFFFFFF & ~(1 << 2 | 1 << 6 | 1 << 8)
+# all but #DF (a #DF whose own delivery fails ends the run as a shutdown, which hvm's delivery
+# reports) and NMI, which only hvm injects (#UD too, where the library lacks edit 19: unicorn
+# stops at an undefined opcode there). A #PF at CPL3 without the U bit (a supervisor-mode access
+# of a far return's or IRET's frame, which edit 20 makes user accesses as the SDM has them) still
+# comes to hvm, whose SMAP handling PyPI's library needs (unicorn.py).
+NATIVE_VECTORS = 0xFFFFFFFF & ~(1 << 2 | 1 << 8)
 
 
 def _native_events(uc):
@@ -199,6 +205,45 @@ def _in_hook(uc, python_in, published: "PublishedTable | None"):
         ctypes.c_int(x86_const.UC_X86_INS_IN))
     if status != unicorn.UC_ERR_OK:
         raise HostError(f"unicorn refused hvm's IN hook: {unicorn.UcError(status)}")
+    return state, keep
+
+
+# How long the first byte of a queued run may wait for the slice's end (hvm/published.py).
+QUEUE_BATCH_NS = 100_000
+
+
+def _out_hook(uc, python_out, published: "PublishedTable | None"):
+    """Install hvm's C OUT hook (``_ucstop_build``: writes a device lets be queued are queued in
+    C, everything else passed to ``python_out`` through a cffi callback, several µs cheaper than
+    the binding's ctypes one); returns its state, which holds the callback and the table alive."""
+    import unicorn
+    from unicorn import x86_const
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    from ..published import QUEUE_SLOTS
+    from ._ucstop import ffi as uffi, lib as ulib
+
+    state = uffi.new("hvm_out_t *")
+    keep = [state]
+    if published is not None:
+        queued = uffi.from_buffer("hvm_queued[]", published.queued)
+        keep += [queued, published.queued]
+        state.queued, state.slots = queued, QUEUE_SLOTS
+    state.reg_read = uffi.cast("void *", ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value)
+    state.cs_id = x86_const.UC_X86_REG_CS
+    state.batch_ns = QUEUE_BATCH_NS
+    callback = uffi.callback("void(void *, uint32_t, int, uint32_t, void *)",
+                             lambda _uc, port, size, value, _user: python_out(None, port, size, value, None))
+    state.python = callback
+    keep.append(callback)
+    handle = ctypes.c_size_t()
+    status = uclib.uc_hook_add(
+        uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN,
+        ctypes.c_void_p(int(uffi.cast("uintptr_t", ulib.hvm_out_hook_address()))),
+        ctypes.c_void_p(int(uffi.cast("uintptr_t", state))), ctypes.c_uint64(1), ctypes.c_uint64(0),
+        ctypes.c_int(x86_const.UC_X86_INS_OUT))
+    if status != unicorn.UC_ERR_OK:
+        raise HostError(f"unicorn refused hvm's OUT hook: {unicorn.UcError(status)}")
     return state, keep
 
 
@@ -398,7 +443,7 @@ class StringIo:
                 rest = b"".join(rest[i:i + size] for i in range(len(rest) - size, -1, -size))
             start = a0 + size if step > 0 else a0 - (taken - 1) * size
             memory.write(start, rest)
-            self.uc.ctl_remove_cache(start, start + len(rest))
+            self.core.outside_write(start, len(rest), window.host_addr + start - window.gpa)
             self._step_in.write(self._stepped(rcx, offset_reg, taken, step, amask))
             self.runs += 1
             self.elements += taken
@@ -547,6 +592,46 @@ class Turns:
         return bool(self._queue)
 
 
+# The vCPU engine a thread runs (parallel groups: the local APIC page answers for it).
+running = threading.local()
+
+
+def parallel_supported() -> bool:
+    """Whether the library can run instances at once over the same RAM (uc_lib edit 18)."""
+    return _export(uc_lib.PARALLEL_EXPORT) is not None
+
+
+class ParallelGroup:
+    """The instances of one machine's vCPUs, each run by its vCPU's thread at the same time as
+    the others (uc_lib edit 18), and the lock every entry into the machine's devices takes."""
+
+    def __init__(self):
+        self.handle = ffi.NULL   # the library's group, made by the first join; freed by it
+        self.bql = threading.RLock()
+
+    def join(self, uc) -> "Callable[[int, int], None]":
+        """Add ``uc``; returns its ``(host address, length)`` call that has the others drop code
+        translated from guest RAM written outside the CPUs."""
+        fn = _libunicorn(uc, uc_lib.PARALLEL_EXPORT, "void *(*)(void *, void *)")
+        handle = ffi.cast("void *", uc._uch.value)
+        group = fn(handle, self.handle)
+        if group == ffi.NULL:
+            raise HostError("unicorn could not add a vCPU's instance to the machine's parallel group")
+        self.handle = group
+        written = _libunicorn(uc, uc_lib.OUTSIDE_WRITE_EXPORT, "void (*)(void *, uint64_t, uint32_t)")
+        return lambda host, length: written(handle, host, length)
+
+
+class _Unlocked:
+    """The device lock of a core whose vCPUs take turns: the turn already excludes the others."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
 def _dead_read(addr: int, size: int) -> int:
     return (1 << (8 * size)) - 1
 
@@ -567,10 +652,18 @@ class UnicornCore:
     thread that ends time slices, and the switching of vCPU contexts."""
 
     def __init__(self, memory: GuestMemory, mmio: MmioBus, physmap: PhysMap | None = None,
-                 published: "PublishedTable | None" = None):
+                 published: "PublishedTable | None" = None, group: ParallelGroup | None = None):
         self.memory, self.mmio = memory, mmio
+        # One vCPU's instance in a group that runs at once: devices under the group's lock, and
+        # memory map changes made by another vCPU's thread applied by this one's (``_remap``).
+        self.group = group
+        self.bql = group.bql if group is not None else _Unlocked()
+        self.owner: int | None = None       # the thread running this core's vCPU, once it runs
+        self._remaps: list[tuple[list[Window], list[Window]]] = []
+        self._outside_write: Callable[[int, int], None] | None = None
         self.published = published  # registers the C IN hook answers (hvm/published.py)
         self._in_hook = None
+        self._out_hook = None
         self.physmap = physmap if physmap is not None else PhysMap(memory)
         self._undo: list[tuple[int, bytes]] = []  # stores unicorn made into read-only windows
         self._guards: dict[tuple[int, int], int] = {}  # read-only window -> its write hook
@@ -611,7 +704,7 @@ class UnicornCore:
             uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
         self.physmap.subscribe(self._remap)
         self._in_hook = _in_hook(uc, self._in, self.published)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._out, None, 1, 0, x86.UC_X86_INS_OUT)
+        self._out_hook = _out_hook(uc, self._out, self.published)
         # No `until` address: emu_start walks the guest's page tables for it, and when it is not
         # mapped (any sentinel is not) the failed walk overwrites CR2, which a #PF handler reads
         # (measured with 2.1.4). An empty exit list means "run until stopped" without that walk.
@@ -642,6 +735,8 @@ class UnicornCore:
         self.strings = StringIo(self)
         self._dr7 = x86.UC_X86_REG_DR7
         _set_arch_capabilities(uc)   # before the reset context is taken: every vCPU's CPU has it
+        if self.group is not None:
+            self._outside_write = self.group.join(uc)
         self._reset = uc.context_save()
         self.current = engine
         for e in self.engines:
@@ -696,6 +791,23 @@ class UnicornCore:
         """IN instructions the C hook answered without Python."""
         return 0 if self._in_hook is None else self._in_hook[0].served
 
+    def outside_write(self, gpa: int, length: int, host_addr: int) -> None:
+        """Guest RAM at ``gpa`` (``host_addr`` on the host) was written outside the CPU (not by a
+        guest store): translated code from it is dropped, in every instance of a parallel group."""
+        self.uc.ctl_remove_cache(gpa, gpa + length)   # linear: exact with paging off (StringIo)
+        if self._outside_write is not None:
+            self._outside_write(host_addr, length)
+
+    @property
+    def out_queued(self) -> int:
+        """OUT instructions the C hook queued for their device (hvm/published.py)."""
+        return 0 if self._out_hook is None else self._out_hook[0].served
+
+    def slicer_started(self) -> None:
+        """The slicer exists: a run of queued writes may now bring the slice's end forward."""
+        if self._out_hook is not None and self.slicer is not None:
+            self._out_hook[0].slicer = self.slicer.handle
+
     def pause_exits(self, limit: int) -> None:
         """From the next run on, its ``limit``th PAUSE ends it (0: PAUSE never does); a no-op
         on a library without uc_lib edit 12."""
@@ -730,10 +842,26 @@ class UnicornCore:
 
     def _remap(self, removed: list[Window], added: list[Window]) -> None:
         # On the thread that changed the map (a vCPU's port hook, inside emu_start: unicorn
-        # allows it, and drops translated code of the range, measured with 2.1.4).
+        # allows it, and drops translated code of the range, measured with 2.1.4). Another
+        # vCPU's instance in a parallel group is changed by its own thread before its next slice.
         uc = self.uc
         if uc is None:
             return
+        if self.owner is not None and self.owner != threading.get_ident():
+            with self.bql:
+                self._remaps.append((removed, added))
+            self.cut()
+            return
+        self._apply_remap(uc, removed, added)
+
+    def take_remaps(self) -> None:
+        """Apply the memory map changes another vCPU's thread made (on this core's thread)."""
+        with self.bql:
+            remaps, self._remaps = self._remaps, []
+        for removed, added in remaps:
+            self._apply_remap(self.uc, removed, added)
+
+    def _apply_remap(self, uc, removed: list[Window], added: list[Window]) -> None:
         unicorn, _ = _uc()
         same = {(w.gpa, w.size, w.host_addr): w for w in added}
         for window in removed:
@@ -762,13 +890,18 @@ class UnicornCore:
             self._undo.append((window.host_addr + addr - window.gpa,
                                bytes(ffi.buffer(ffi.cast("char *", window.host_addr + addr - window.gpa),
                                                 end - addr))))
-        self._mmio_write(uc, addr, size, value, 0)
+        self._mmio_write(uc, addr, size, value, 0)   # takes the device lock
         if self.current is not None:
             self.current.poke()
         return True
 
     def after_slice(self) -> None:
-        """Undo the stores unicorn made into read-only memory during the last slice."""
+        """Hand devices the writes queued during the last slice; undo the stores unicorn made
+        into read-only memory."""
+        published = self.published
+        if published is not None and published.queues and published.waiting():
+            with self.bql:
+                published.drain()
         while self._undo:
             host_addr, old = self._undo.pop()
             ffi.memmove(ffi.cast("char *", host_addr), old, len(old))
@@ -845,6 +978,10 @@ class UnicornCore:
         return self._stop.window_stops
 
     def close(self) -> None:
+        if self._out_hook is not None:
+            from ._ucstop import ffi as uffi
+
+            self._out_hook[0].slicer = uffi.NULL
         if self.slicer is not None:
             self.slicer.close()
             self.slicer = None
@@ -880,6 +1017,10 @@ class UnicornCore:
     def _in(self, uc, port: int, size: int, _user) -> int:
         engine = self.current
         engine.io_counts[0] += 1
+        with self.bql:
+            return self._in_locked(engine, port, size)
+
+    def _in_locked(self, engine: "UnicornEngine", port: int, size: int) -> int:
         try:
             strings = self.strings
             cs, rip, cr0 = strings.where()
@@ -897,6 +1038,10 @@ class UnicornCore:
     def _out(self, uc, port: int, size: int, value: int, _user) -> None:
         engine = self.current
         engine.io_counts[1] += 1
+        with self.bql:
+            self._out_locked(engine, port, size, value)
+
+    def _out_locked(self, engine: "UnicornEngine", port: int, size: int, value: int) -> None:
         try:
             strings = self.strings
             cs, rip, cr0 = strings.where()
@@ -911,14 +1056,16 @@ class UnicornCore:
 
     def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
         try:
-            return self.mmio.read(base + offset, size)
+            with self.bql:
+                return self.mmio.read(base + offset, size)
         except BaseException as exc:
             self._failed(exc)
             return 0
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
         try:
-            self.mmio.write(base + offset, size, value)
+            with self.bql:
+                self.mmio.write(base + offset, size, value)
         except BaseException as exc:
             self._failed(exc)
 

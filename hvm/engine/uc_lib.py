@@ -757,6 +757,363 @@ EDITS += (
      "/* hvm: external interrupt ``vector`` (0-255) delivered by the CPU at the next run's start, which\n"),
 )
 
+# (18) Instances that run at once, one vCPU each on its own host thread, over the same guest RAM
+# (QEMU's multi-threaded TCG; uc_core.ParallelGroup): locked instructions made atomic on the host
+# (CF_PARALLEL), translated code dropped in every instance a store reaches it from, and the rare
+# atomic access TCG cannot make atomic run alone as one instruction. The comment the edit puts in
+# cputlb.c says how.
+PARALLEL_EXPORT = "hvm_uc_parallel"
+OUTSIDE_WRITE_EXPORT = "hvm_uc_outside_write"
+_GROUP_CODE = (
+    "/* hvm (edit 18): instances that run at once, one vCPU each on its own thread, over the same\n"
+    "   guest RAM. Each keeps its own translated code and TLB, which only its own thread touches:\n"
+    "   a store into a page a peer translated code from, and the first code translated from a page\n"
+    "   (whose stores must then come back on the notdirty path in every instance), are posted to\n"
+    "   the peers, which act on them at their next block boundary (cpu-exec.c). QEMU's MTTCG does\n"
+    "   this work from the storing thread under its TLB locks; a store that races the translation\n"
+    "   of the very bytes it stores to is left to the guest here as there (x86 asks a program that\n"
+    "   modifies code another processor runs to synchronise with it: SDM vol. 3A, 9.1.3). */\n"
+    "#define HVM_GROUP_MAX 64\n"
+    "struct hvm_group {\n"
+    "    pthread_mutex_t lock;   /* recursive: invalidation may post again */\n"
+    "    int n;\n"
+    "    struct uc_struct *members[HVM_GROUP_MAX];\n"
+    "};\n"
+    "\n"
+    "__thread uint32_t hvm_tls_cflags __attribute__((tls_model(\"initial-exec\")));\n"
+    "\n"
+    "/* with the group's lock held */\n"
+    "static void hvm_post(struct uc_struct *peer, uintptr_t host, uint32_t len, int protect)\n"
+    "{\n"
+    "    int i, n = peer->hvm_nposted;\n"
+    "\n"
+    "    for (i = 0; i < n; i++) {\n"
+    "        if (peer->hvm_posted[i].host == host && peer->hvm_posted[i].len == len &&\n"
+    "            peer->hvm_posted[i].protect == protect) {\n"
+    "            break;\n"
+    "        }\n"
+    "    }\n"
+    "    if (i == n) {\n"
+    "        if (n < HVM_POSTED) {\n"
+    "            peer->hvm_posted[n].host = host;\n"
+    "            peer->hvm_posted[n].len = len;\n"
+    "            peer->hvm_posted[n].protect = protect;\n"
+    "            peer->hvm_nposted = n + 1;\n"
+    "        } else {\n"
+    "            peer->hvm_overflow |= protect ? 1 : 2;\n"
+    "        }\n"
+    "    }\n"
+    "    __atomic_store_n(&peer->hvm_pending, 1, __ATOMIC_SEQ_CST);\n"
+    "    /* the peer's next block start sees it, as it sees cpu_exit's */\n"
+    "    __atomic_store_n(&peer->cpu->icount_decr_ptr->u16.high, (uint16_t)-1, __ATOMIC_SEQ_CST);\n"
+    "}\n"
+    "\n"
+    "void *hvm_group_join(struct uc_struct *uc, void *group)\n"
+    "{\n"
+    "    struct hvm_group *g = group;\n"
+    "\n"
+    "    if (uc->hvm_group != NULL) {\n"
+    "        return uc->hvm_group == g || g == NULL ? uc->hvm_group : NULL;\n"
+    "    }\n"
+    "    if (g == NULL) {\n"
+    "        pthread_mutexattr_t attr;\n"
+    "\n"
+    "        g = calloc(1, sizeof(*g));\n"
+    "        if (g == NULL) {\n"
+    "            return NULL;\n"
+    "        }\n"
+    "        pthread_mutexattr_init(&attr);\n"
+    "        pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);\n"
+    "        pthread_mutex_init(&g->lock, &attr);\n"
+    "        pthread_mutexattr_destroy(&attr);\n"
+    "    }\n"
+    "    pthread_mutex_lock(&g->lock);\n"
+    "    if (g->n == HVM_GROUP_MAX) {\n"
+    "        pthread_mutex_unlock(&g->lock);\n"
+    "        return NULL;\n"
+    "    }\n"
+    "    g->members[g->n++] = uc;\n"
+    "    uc->hvm_group = g;\n"
+    "    /* locked instructions atomic on the host (TCG's atomic helpers) */\n"
+    "    uc->hvm_cflags = CF_PARALLEL;\n"
+    "    pthread_mutex_unlock(&g->lock);\n"
+    "    /* no peer was told of code this instance translated before, nor it of theirs */\n"
+    "    tb_flush(uc->cpu);\n"
+    "    tlb_flush(uc->cpu);\n"
+    "    return g;\n"
+    "}\n"
+    "\n"
+    "void hvm_group_leave(struct uc_struct *uc)\n"
+    "{\n"
+    "    struct hvm_group *g = uc->hvm_group;\n"
+    "    int i, left;\n"
+    "\n"
+    "    if (g == NULL) {\n"
+    "        return;\n"
+    "    }\n"
+    "    pthread_mutex_lock(&g->lock);\n"
+    "    for (i = 0; i < g->n; i++) {\n"
+    "        if (g->members[i] == uc) {\n"
+    "            g->members[i] = g->members[--g->n];\n"
+    "            break;\n"
+    "        }\n"
+    "    }\n"
+    "    left = g->n;\n"
+    "    uc->hvm_group = NULL;\n"
+    "    pthread_mutex_unlock(&g->lock);\n"
+    "    if (left == 0) {\n"
+    "        pthread_mutex_destroy(&g->lock);\n"
+    "        free(g);\n"
+    "    }\n"
+    "}\n"
+    "\n"
+    "/* the first translated code from the page at ram_addr `page` */\n"
+    "void hvm_group_code_added(struct uc_struct *uc, ram_addr_t page)\n"
+    "{\n"
+    "    struct hvm_group *g = uc->hvm_group;\n"
+    "    uintptr_t host;\n"
+    "    int i;\n"
+    "\n"
+    "    if (g == NULL) {\n"
+    "        return;\n"
+    "    }\n"
+    "    host = (uintptr_t)qemu_map_ram_ptr(uc, NULL, page & TARGET_PAGE_MASK);\n"
+    "    pthread_mutex_lock(&g->lock);\n"
+    "    for (i = 0; i < g->n; i++) {\n"
+    "        if (g->members[i] != uc) {\n"
+    "            hvm_post(g->members[i], host, TARGET_PAGE_SIZE, 1);\n"
+    "        }\n"
+    "    }\n"
+    "    pthread_mutex_unlock(&g->lock);\n"
+    "}\n"
+    "\n"
+    "/* a store of `size` bytes at ram_addr `addr`: true while a peer has code translated from\n"
+    "   the page (the store stays on the notdirty path until the peer has dropped it) */\n"
+    "static bool hvm_group_written(struct uc_struct *uc, ram_addr_t addr, unsigned size)\n"
+    "{\n"
+    "    struct hvm_group *g = uc->hvm_group;\n"
+    "    void *host;\n"
+    "    bool busy = false;\n"
+    "    int i;\n"
+    "\n"
+    "    if (g == NULL) {\n"
+    "        return false;\n"
+    "    }\n"
+    "    host = qemu_map_ram_ptr(uc, NULL, addr);\n"
+    "    pthread_mutex_lock(&g->lock);\n"
+    "    for (i = 0; i < g->n; i++) {\n"
+    "        struct uc_struct *peer = g->members[i];\n"
+    "        ram_addr_t there;\n"
+    "\n"
+    "        if (peer == uc) {\n"
+    "            continue;\n"
+    "        }\n"
+    "        there = qemu_ram_addr_from_host(peer, host);\n"
+    "        if (there != RAM_ADDR_INVALID && tb_page_has_code(peer, there & TARGET_PAGE_MASK)) {\n"
+    "            hvm_post(peer, (uintptr_t)host, size, 0);\n"
+    "            busy = true;\n"
+    "        }\n"
+    "    }\n"
+    "    pthread_mutex_unlock(&g->lock);\n"
+    "    return busy;\n"
+    "}\n"
+    "\n"
+    "/* bytes the embedder wrote into guest RAM outside the CPUs (DMA): every peer drops what\n"
+    "   it translated from them, as the writer's own instance does (uc_ctl_remove_cache) */\n"
+    "void hvm_group_outside_write(struct uc_struct *uc, uintptr_t host, uint32_t len)\n"
+    "{\n"
+    "    struct hvm_group *g = uc->hvm_group;\n"
+    "    int i;\n"
+    "\n"
+    "    if (g == NULL) {\n"
+    "        return;\n"
+    "    }\n"
+    "    pthread_mutex_lock(&g->lock);\n"
+    "    for (i = 0; i < g->n; i++) {\n"
+    "        if (g->members[i] != uc) {\n"
+    "            hvm_post(g->members[i], host, len, 0);\n"
+    "        }\n"
+    "    }\n"
+    "    pthread_mutex_unlock(&g->lock);\n"
+    "}\n"
+    "\n"
+    "/* on the instance's own thread, between blocks: what its peers posted */\n"
+    "void hvm_group_drain(struct uc_struct *uc)\n"
+    "{\n"
+    "    struct hvm_group *g = uc->hvm_group;\n"
+    "    uintptr_t host[HVM_POSTED];\n"
+    "    uint32_t len[HVM_POSTED];\n"
+    "    int protect[HVM_POSTED];\n"
+    "    int i, n, overflow, protects = 0;\n"
+    "\n"
+    "    pthread_mutex_lock(&g->lock);\n"
+    "    n = uc->hvm_nposted;\n"
+    "    overflow = uc->hvm_overflow;\n"
+    "    for (i = 0; i < n; i++) {\n"
+    "        host[i] = uc->hvm_posted[i].host;\n"
+    "        len[i] = uc->hvm_posted[i].len;\n"
+    "        protect[i] = uc->hvm_posted[i].protect;\n"
+    "        protects += protect[i];\n"
+    "    }\n"
+    "    uc->hvm_nposted = 0;\n"
+    "    uc->hvm_overflow = 0;\n"
+    "    uc->hvm_pending = 0;\n"
+    "    pthread_mutex_unlock(&g->lock);\n"
+    "    if (overflow & 2) {\n"
+    "        tb_flush(uc->cpu);\n"
+    "    }\n"
+    "    /* each tlb_reset_dirty scans the whole TLB: beyond a few pages, refilling it is cheaper */\n"
+    "    if ((overflow & 1) || protects > 16) {\n"
+    "        tlb_flush(uc->cpu);\n"
+    "        overflow |= 1;\n"
+    "    }\n"
+    "    for (i = 0; i < n; i++) {\n"
+    "        if (protect[i]) {\n"
+    "            if (!(overflow & 1)) {\n"
+    "                tlb_reset_dirty(uc->cpu, host[i], TARGET_PAGE_SIZE);\n"
+    "            }\n"
+    "        } else if (!(overflow & 2)) {\n"
+    "            ram_addr_t there = qemu_ram_addr_from_host(uc, (void *)host[i]);\n"
+    "\n"
+    "            if (there != RAM_ADDR_INVALID) {\n"
+    "                tb_invalidate_phys_range(uc, there, there + len[i]);\n"
+    "            }\n"
+    "        }\n"
+    "    }\n"
+    "}\n"
+    "\n"
+)
+
+EDITS += (
+    ("include/uc_priv.h",
+     "    // hvm: what RDMSR of IA32_ARCH_CAPABILITIES reads (edit 17)\n",
+     "    // hvm (edit 18): the group of instances whose vCPUs run at once over the same guest RAM,\n"
+     "    // the cflags this one translates with, and what its peers posted for its own thread to do\n"
+     "    // at its next block boundary (cputlb.c hvm_group_drain); overflow bit 0: protections\n"
+     "    // lost (the TLB is flushed), bit 1: invalidations lost (all code is dropped).\n"
+     "    struct hvm_group *hvm_group;\n"
+     "    uint32_t hvm_cflags;\n"
+     "    volatile int hvm_pending;\n"
+     "    int hvm_nposted;\n"
+     "    int hvm_overflow;\n"
+     "#define HVM_POSTED 256\n"
+     "    struct { uintptr_t host; uint32_t len; int protect; } hvm_posted[HVM_POSTED];\n"
+     "\n"
+     "    // hvm: what RDMSR of IA32_ARCH_CAPABILITIES reads (edit 17)\n"),
+    ("include/uc_priv.h",
+     "#ifdef UNICORN_TRACER\n#define UC_TRACE_START(loc)",
+     "// hvm (edit 18, cputlb.c)\n"
+     "void *hvm_group_join(struct uc_struct *uc, void *group);\n"
+     "void hvm_group_leave(struct uc_struct *uc);\n"
+     "void hvm_group_drain(struct uc_struct *uc);\n"
+     "void hvm_group_outside_write(struct uc_struct *uc, uintptr_t host, uint32_t len);\n"
+     "extern __thread uint32_t hvm_tls_cflags __attribute__((tls_model(\"initial-exec\")));\n"
+     "\n"
+     "#ifdef UNICORN_TRACER\n#define UC_TRACE_START(loc)"),
+    ("qemu/include/exec/exec-all.h",
+     "static inline uint32_t curr_cflags(void)\n{\n    return 0;\n}\n",
+     "/* hvm (edit 18): the cflags of the instance this thread runs (uc_emu_start sets them) */\n"
+     "extern __thread uint32_t hvm_tls_cflags __attribute__((tls_model(\"initial-exec\")));\n"
+     "static inline uint32_t curr_cflags(void)\n{\n    return hvm_tls_cflags;\n}\n"),
+    ("qemu/accel/tcg/cputlb.c",
+     "void tlb_protect_code(struct uc_struct *uc, ram_addr_t ram_addr)\n",
+     _GROUP_CODE + "void tlb_protect_code(struct uc_struct *uc, ram_addr_t ram_addr)\n"),
+    ("qemu/accel/tcg/cputlb.c",
+     "    // hvm: an executable page leaves this path once no translated code is recorded for it;\n",
+     "    // hvm (edit 18): nor while a peer instance has code translated from it\n"
+     "    if (hvm_group_written(cpu->uc, ram_addr, size)) {\n"
+     "        return;\n"
+     "    }\n"
+     "    // hvm: an executable page leaves this path once no translated code is recorded for it;\n"),
+    ("qemu/accel/tcg/translate-all.c",
+     "    if (!page_already_protected) {\n        tlb_protect_code(uc, page_addr);\n    }\n",
+     "    if (!page_already_protected) {\n        tlb_protect_code(uc, page_addr);\n"
+     "        hvm_group_code_added(uc, page_addr);  /* hvm: edit 18 */\n    }\n"),
+    ("qemu/accel/tcg/translate-all.h",
+     "bool tb_page_has_code(struct uc_struct *uc, tb_page_addr_t addr);\n",
+     "bool tb_page_has_code(struct uc_struct *uc, tb_page_addr_t addr);\n"
+     "void hvm_group_code_added(struct uc_struct *uc, ram_addr_t page);\n"),
+    ("qemu/accel/tcg/cpu-exec.c",
+     "    /* Clear the interrupt flag now since we're processing\n",
+     "    /* hvm (edit 18): what peer instances posted, acted on before the next block (their\n"
+     "       request may come between the clearing of icount_decr below and this look) */\n"
+     "    if (cpu->uc->hvm_group != NULL) {\n"
+     "        cpu_neg(cpu)->icount_decr.u16.high = 0;\n"
+     "        __atomic_thread_fence(__ATOMIC_SEQ_CST);\n"
+     "        if (cpu->uc->hvm_pending) {\n"
+     "            hvm_group_drain(cpu->uc);\n"
+     "            *last_tb = NULL;\n"
+     "        }\n"
+     "    }\n"
+     "    /* Clear the interrupt flag now since we're processing\n"),
+    ("qemu/softmmu/cpus.c",
+     "            // quit current TB but continue emulating?\n",
+     "            // hvm (edit 18): an atomic access TCG cannot make atomic on the host (unaligned,\n"
+     "            // or to MMIO) runs alone without the guarantee, as one instruction (QEMU stops\n"
+     "            // the other vCPUs for it instead: cpu_exec_step_atomic)\n"
+     "            if (r == EXCP_ATOMIC) {\n"
+     "                cpu->cflags_next_tb = 1;\n"
+     "            }\n"
+     "\n"
+     "            // quit current TB but continue emulating?\n"),
+    ("uc.c",
+     "    uc->skip_sync_pc_on_exit = false;\n    uc->stop_request = false;\n",
+     "    uc->skip_sync_pc_on_exit = false;\n    uc->stop_request = false;\n"
+     "    hvm_tls_cflags = uc->hvm_cflags;  // hvm: edit 18\n"),
+    ("uc.c",
+     "    // Flush all translation buffers or we leak memory allocated by MMU\n",
+     "    hvm_group_leave(uc);  // hvm: edit 18, before any peer could find this one freed\n"
+     "\n"
+     "    // Flush all translation buffers or we leak memory allocated by MMU\n"),
+    ("qemu/target/i386/unicorn.c",
+     "/* hvm: IA32_ARCH_CAPABILITIES as RDMSR reads it once CPUID.7.0:EDX[29] is set (edit 17) */\n",
+     "/* hvm: run at once with the other instances of ``group`` (NULL: a new one), each on its own\n"
+     "   thread, over the same guest RAM (edit 18, cputlb.c); returns the group, NULL if full. */\n"
+     "DEFAULT_VISIBILITY\n"
+     "void *hvm_uc_parallel(struct uc_struct *uc, void *group)\n"
+     "{\n"
+     "    return hvm_group_join(uc, group);\n"
+     "}\n"
+     "\n"
+     "/* hvm: ``len`` bytes at host address ``host`` of guest RAM written outside the CPUs: the\n"
+     "   group's other instances drop code translated from them (edit 18). */\n"
+     "DEFAULT_VISIBILITY\n"
+     "void hvm_uc_outside_write(struct uc_struct *uc, uint64_t host, uint32_t len)\n"
+     "{\n"
+     "    hvm_group_outside_write(uc, (uintptr_t)host, len);\n"
+     "}\n"
+     "\n"
+     "/* hvm: IA32_ARCH_CAPABILITIES as RDMSR reads it once CPUID.7.0:EDX[29] is set (edit 17) */\n"),
+)
+
+# (19) An undefined opcode ends the run (UC_ERR_INSN_INVALID, hvm delivering #UD in Python, ~250
+# us) only where hvm has not asked the CPU to deliver vector 6 itself (edit 2's switch): a Xen PV
+# kernel's CPUID, `ud2; .ascii "xen"; cpuid`, is a #UD its hypervisor emulates, hundreds a boot.
+EDITS += (
+    ("qemu/target/i386/unicorn.c",
+     "    case EXCP06_ILLOP:\n        return true;\n",
+     "    case EXCP06_ILLOP:\n"
+     "        return !((uc->hvm_native_vectors >> EXCP06_ILLOP) & 1);  /* hvm: edit 19 */\n"),
+)
+
+# (20) IRET and far RET pop their frame with the privilege of the CPL they run at (SDM vol. 3A
+# 4.6: only the implicit accesses to system structures are supervisor accesses at CPL 3); QEMU 5
+# pops with its kernel MMU index whatever the CPL, so SMAP faulted on a ring-3 stack and a
+# supervisor page was readable. A Xen PV kernel runs in ring 3 and IRETs to itself (Linux's
+# sync_core) ~1 000 times a boot, each fault then handled by hvm in Python (unicorn.py
+# _suspend_smap, which stays for PyPI's library). Its data index is the kernel one below CPL 3.
+EDITS += (
+    ("qemu/target/i386/seg_helper.c",
+     "        val = cpu_lduw_kernel_ra(env, (ssp) + (sp & (sp_mask)), ra); \\\n",
+     "        val = cpu_lduw_data_ra(env, (ssp) + (sp & (sp_mask)), ra); /* hvm: edit 20 */ \\\n"),
+    ("qemu/target/i386/seg_helper.c",
+     "        val = (uint32_t)cpu_ldl_kernel_ra(env, SEG_ADDL(ssp, sp, sp_mask), ra); \\\n",
+     "        val = (uint32_t)cpu_ldl_data_ra(env, SEG_ADDL(ssp, sp, sp_mask), ra); /* hvm: edit 20 */ \\\n"),
+    ("qemu/target/i386/seg_helper.c",
+     "        val = cpu_ldq_kernel_ra(env, sp, ra);   \\\n",
+     "        val = cpu_ldq_data_ra(env, sp, ra);   /* hvm: edit 20 */ \\\n"),
+)
+
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
 PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"

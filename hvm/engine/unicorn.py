@@ -40,7 +40,7 @@ from ..memory import GuestMemory, GuestMemoryError
 from ..physmap import PhysMap
 from ..paging import EFER_LMA, PageFault, PagingMode, read_virtual
 from .base import Engine, EngineCrash
-from . import uc_context, uc_cpuid, uc_lib
+from . import uc_context, uc_core, uc_cpuid, uc_lib
 from .uc_core import CPU_MODEL, Registers, UnicornCore, arch_capabilities_supported
 from .uc_slicer import Slicer
 from .events import (
@@ -160,8 +160,8 @@ def _on_cpu(method):
 
 class UnicornEngine(Engine):
     """One vCPU executed by unicorn. The vCPUs of a machine share one ``UnicornCore`` (its
-    unicorn instance is created when the first state is set, in the mode that state asks for);
-    without ``core`` the engine has a CPU of its own. An engine created with ``started=False``
+    unicorn instance is created when the first state is set) or, in a parallel group, each has
+    one of its own (uc_core.ParallelGroup); without ``core`` the engine has a CPU of its own. An engine created with ``started=False``
     is an application processor waiting for INIT and STARTUP IPIs from its local APIC."""
 
     name = "unicorn"
@@ -175,6 +175,7 @@ class UnicornEngine(Engine):
         self.memory = memory
         self.mmio = mmio
         self.index = index
+        self._ncpus = ncpus
         self.uc = None
         self.context = None  # this vCPU's saved state while another vCPU has the CPU
         self._kicked = threading.Event()
@@ -237,6 +238,12 @@ class UnicornEngine(Engine):
         self._x86 = x86
         self._unicorn = unicorn
 
+    def create_cpu(self) -> None:
+        """Create the unicorn instance now, in its reset state, rather than when the first state
+        is set (a vCPU with an instance of its own whose first state a STARTUP IPI gives)."""
+        if self._core.uc is None:
+            self._core.create(self)
+
     def attach_platform(self, controller: InterruptController, timers: list[Timer]) -> None:
         """Take interrupts from ``controller`` and keep ``timers`` ticking while the guest runs.
         A controller with ``take_nmi``/``take_init``/``take_sipi`` (a local APIC) also brings
@@ -282,10 +289,12 @@ class UnicornEngine(Engine):
         self.io_read_string, self.io_write_string = string_io(read, write)
 
     def io_exit_counts(self) -> tuple[int, int]:
-        """(IN, OUT) instructions served through the hooks (those the C hook answered for any
-        vCPU of the core are counted with vCPU 0's)."""
-        served = self._core.in_served if self.index == 0 else 0
-        return self.io_counts[0] + served, self.io_counts[1]
+        """(IN, OUT) instructions served through the hooks (those the C hooks answered or queued
+        for any vCPU of the core are counted with its first vCPU's)."""
+        core = self._core
+        first = core.engines[0] is self
+        return (self.io_counts[0] + (core.in_served if first else 0),
+                self.io_counts[1] + (core.out_queued if first else 0))
 
     # -- hooks (UnicornCore calls them on the vCPU thread, inside emu_start) --------------------
     # Hooks only record what happened and stop the emulation; the state changes are made between
@@ -575,12 +584,16 @@ class UnicornEngine(Engine):
     def counters(self) -> list[str]:
         """What --stats shows of this engine."""
         core = self._core
-        name = f"unicorn vCPU {self.index}" if len(core.engines) > 1 else "unicorn"
+        name = f"unicorn vCPU {self.index}" if self._ncpus > 1 else "unicorn"
         lines = [f"{name}: {self.slices} time slices, {self.emu_seconds:.3f} s inside emu_start "
                  f"(guest code and the device hooks it calls), {self.syscalls} SYSCALLs, "
                  f"{self.sysenters} SYSENTERs"]
+        first = core.engines[0] is self   # what the core counts for all its vCPUs, shown once
         if self.index == 0:
             lines.append(f"unicorn: {uc_lib.describe()}")
+            if core.group is not None:
+                lines.append(f"unicorn: {self._ncpus} instances running at once, one per vCPU")
+        if first:
             if core.native_syscalls:
                 lines.append(f"unicorn: {core.native_syscalls} SYSCALLs carried out by the CPU itself")
             lines.append(f"unicorn: {core.window_stops} slices ended by the guest setting IF for a "
@@ -592,7 +605,7 @@ class UnicornEngine(Engine):
                 lines.append(f"unicorn: {core.strings.runs} REP INS/OUTS runs served at once "
                              f"({core.strings.elements} elements)")
         native = core.native_counts
-        if self.index == 0 and native is not None and any(native[v] for v in range(256)):
+        if first and native is not None and any(native[v] for v in range(256)):
             lines.append("exceptions and INT n delivered by unicorn's CPU itself, by vector:")
             lines += [f"  {_vector_name(v):<18} {native[v]}" for v in range(256) if native[v]]
         for title, counts in (("exceptions delivered", self.exceptions_delivered),
@@ -614,6 +627,9 @@ class UnicornEngine(Engine):
         # bounces them (the KVM fallback's stepper never gets here: its events go back to KVM).
         core.native_events(self.pv is None)
         turns = core.turns
+        if core.group is not None:
+            core.owner = threading.get_ident()
+            uc_core.running.engine = self
         while True:
             if self._kicked.is_set():
                 return kx.Interrupted()
@@ -625,6 +641,7 @@ class UnicornEngine(Engine):
                 core.switch_to(self)
                 if core.slicer is None:
                     core.slicer = Slicer(core.stop_target())
+                    core.slicer_started()
                 problem = self._turn()
             finally:
                 turns.release()
@@ -641,12 +658,12 @@ class UnicornEngine(Engine):
             if self._kicked.is_set():
                 return kx.Interrupted()
             self._poked = False
-            for timer in self._timers:
-                timer.tick()
-            if self._signals:
-                problem = self._take_signals()
-                if problem is not None:
-                    return problem
+            with core.bql:
+                for timer in self._timers:
+                    timer.tick()
+                problem = self._take_signals() if self._signals else None
+            if problem is not None:
+                return problem
             if not self._started:
                 if self._pv_start is None:
                     return None
@@ -675,7 +692,8 @@ class UnicornEngine(Engine):
                 yield_at = min(began + QUANTUM_NS, max(began + MIN_TURN_NS, self._others_deadline()))
                 if time.monotonic_ns() >= yield_at:
                     return None
-            waiting = self._deliver_pending()
+            with core.bql:
+                waiting = self._deliver_pending()
             if isinstance(waiting, kx.VcpuExit):
                 return waiting
             if not self._started:
@@ -692,6 +710,8 @@ class UnicornEngine(Engine):
             # the CPU rather than spinning to the end of the quantum (uc_lib edit 12).
             core.pause_exits(PAUSE_LOOP if yield_at is not None else 0)
             pauses = core.pause_stops
+            if core._remaps:
+                core.take_remaps()
             t0 = time.perf_counter()
             slicer.begin(self._slice_deadline(yield_at))
             if self._poked or self._kicked.is_set():

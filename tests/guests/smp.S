@@ -10,7 +10,12 @@
    (mode 2, 4 ms as Linux's HZ=250 tick, through IOAPIC pin 2 to vector 0x30, the 8259s
    masked) while it spins 102 ms on the ACPI PM timer: " ticks=ok" for at least 24 of the 25,
    else the count (a busy AP must not hold the BSP's timer back: periods it misses coalesce and
-   are lost, as Linux's jiffies were). */
+   are lost, as Linux's jiffies were). With "smc" (one AP) the BSP rewrites, round after round,
+   the immediate of a stub at 0xa000 that the AP runs next ("mov $imm32, %eax; ret"), telling the
+   AP the round only after its store; the AP executes CPUID (serializing, as the SDM asks before
+   running code another processor modified), calls the stub and counts a result that is not the
+   round: " smc=ok" after SMC_ROUNDS rounds, else the count of stale results (a vCPU running
+   code translated before the other vCPU's store). */
         .set MB_MAGIC, 0x1badb002
         .section .multiboot, "a"
         .align 4
@@ -30,6 +35,12 @@
         .set TICKS, 0x9028                  /* "ticks": APs spin, the BSP counts PIT interrupts */
         .set TICK_COUNT, 0x902c
         .set TICK_VECTOR, 0x30
+        .set SMC, 0x9030                    /* "smc": cross-modifying code, BSP -> AP */
+        .set SMC_ROUND, 0x9034
+        .set SMC_ACK, 0x9038
+        .set SMC_BAD, 0x903c
+        .set SMC_STUB, 0xa000               /* its own page: mov $imm32, %eax (66 b8 imm32); ret */
+        .set SMC_ROUNDS, 500
         .text
         .globl _start
 _start: mov $stack_top, %esp
@@ -70,6 +81,17 @@ _start: mov $stack_top, %esp
         call strstr
         jnz 1f
         movl $1, TICKS
+1:      movl $0, SMC
+        movl $0, SMC_ROUND
+        movl $0, SMC_ACK
+        movl $0, SMC_BAD
+        movl $0x0000b866, SMC_STUB
+        movl $0x00c30000, SMC_STUB + 4
+        mov 16(%ebx), %esi
+        mov $s_smc, %edi
+        call strstr
+        jnz 1f
+        movl $1, SMC
 1:        mov $ap_start, %esi             /* copy the trampoline below 1 MiB */
         mov $0x8000, %edi
         mov $(ap_end - ap_start), %ecx
@@ -99,8 +121,35 @@ _start: mov $stack_top, %esp
         cmpl $0, TICKS
         je 1f
         call tick_test
+1:      cmpl $0, SMC
+        je 1f
+        call smc_test
 1:      print "\n"
         jmp poweroff
+
+smc_test:
+        mov $1, %esi
+1:      mov %esi, SMC_STUB + 2          /* the stub now returns this round... */
+        mov %esi, SMC_ROUND             /* ...and only then may the AP run it */
+        mov $100000000, %ecx
+2:      cmp SMC_ACK, %esi
+        je 3f
+        pause
+        dec %ecx
+        jnz 2b
+        print " smc=timeout"
+        ret
+3:      inc %esi
+        cmp $SMC_ROUNDS, %esi
+        jbe 1b
+        print " smc="
+        mov SMC_BAD, %eax
+        test %eax, %eax
+        jnz 4f
+        print "ok"
+        ret
+4:      call putdec
+        ret
 
 tick_test:
         mov $tick_isr, %eax             /* interrupt gate TICK_VECTOR -> tick_isr */
@@ -176,6 +225,27 @@ ap_pm:  ud2                             /* #UD, no IDT: #GP, #DF, shutdown */
         je 1f
 4:      pause                           /* "ticks": stay busy */
         jmp 4b
+1:      cmpl $0, SMC
+        je 1f
+        xor %ax, %ax
+        mov %ax, %ss
+        mov $0x7000, %sp
+        mov $1, %esi                    /* the round */
+5:      cmp SMC_ROUND, %esi
+        je 6f
+        pause
+        jmp 5b
+6:      xor %eax, %eax
+        cpuid                           /* serializing, before running the modified code */
+        mov $(SMC_STUB - 0x8000), %bx   /* CS is 0x800 (SIPI vector 8) */
+        call *%bx
+        cmp %esi, %eax
+        je 7f
+        lock incl SMC_BAD
+7:      mov %esi, SMC_ACK
+        inc %esi
+        cmp $SMC_ROUNDS, %esi
+        jbe 5b
 1:      hlt
         jmp 1b
 ap_end:
@@ -185,6 +255,7 @@ s_want: .asciz "want="
 s_loops: .asciz "loops="
 s_crash: .asciz "crash"
 s_ticks: .asciz "ticks"
+s_smc:  .asciz "smc"
         .align 8
 idt32_ptr: .word (TICK_VECTOR + 1) * 8 - 1
         .long idt32
