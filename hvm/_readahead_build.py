@@ -24,8 +24,10 @@ void hvm_readahead_close(hvm_readahead *ra);
 """)
 
 ffibuilder.set_source("hvm._readahead", r"""
+#define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +129,10 @@ static void *run(void *arg)
 {
     hvm_readahead *ra = arg;
     long long wait = MIN_POLL_NS;
+    /* Only on a host CPU nothing else wants: with vCPU threads busy on every host CPU (unicorn's
+       parallel vCPUs), zeroing pages ahead of one would take the CPU from another. */
+    struct sched_param idle = {0};
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
     int found = poll_once(ra, 1);
     pthread_mutex_lock(&ra->lock);
     while (!ra->stop && found >= 0) {
