@@ -63,12 +63,16 @@ def _read_all(client: socket.socket) -> bytes:
 
 def test_every_line_reaches_the_socket(guests, tmp_path):
     path = str(tmp_path / "com1.sock")
-    proc = subprocess.Popen([*hvmrun_cmd(), "--accel", "unicorn", "--kernel", str(guests("stream", COUNT=LINES)),
+    # The guest waits halfway for a byte from the client: it may otherwise be done (and the
+    # socket gone) before the client connects.
+    guest = guests("stream", COUNT=LINES, WAIT_AT=LINES // 2)
+    proc = subprocess.Popen([*hvmrun_cmd(), "--accel", "unicorn", "--kernel", str(guest),
                              "--serial", f"unix:{path}", "--timeout", "300"], env=hvmrun_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         # Output made before the client connects waits in the backlog (64 KiB, more than the stream).
         with _connect(path, proc) as client:
+            client.sendall(b"g")
             data = _read_all(client)
         assert proc.wait(timeout=120) == 0, proc.stderr.read()
         assert data == EXPECTED
