@@ -1114,6 +1114,21 @@ EDITS += (
      "        val = cpu_ldq_data_ra(env, sp, ra);   /* hvm: edit 20 */ \\\n"),
 )
 
+# (21) RDTSC and RDTSCP read the host's TSC after the instructions before them have completed
+# (LFENCE then RDTSC). The guest's own ordering (LFENCE; RDTSC, Linux's rdtsc_ordered) becomes no
+# host instruction in TCG, and the host's RDTSC may run ahead of the locked instruction before it:
+# with vCPUs on two host CPUs (edit 18), Linux's TSC sync check saw a CPU read a TSC older than
+# the one the other CPU stored under their lock, and marked the TSC unstable.
+EDITS += (
+    ("qemu/hw/i386/x86.c",
+     "uint64_t cpu_get_tsc(CPUX86State *env)\n{\n    return cpu_get_ticks();\n}\n",
+     "uint64_t cpu_get_tsc(CPUX86State *env)\n{\n"
+     "#if defined(__x86_64__) || defined(__i386__)\n"
+     "    __asm__ __volatile__(\"lfence\" ::: \"memory\");  /* hvm: edit 21 */\n"
+     "#endif\n"
+     "    return cpu_get_ticks();\n}\n"),
+)
+
 # (zlib, not hashlib: this module is on the VMM's import path, which keeps hashlib out)
 PATCH_ID = f"{zlib.crc32(repr(EDITS).encode()):08x}"
 LIBRARY = "libunicorn.so.2"

@@ -94,6 +94,9 @@ def test_debian_kernel_counts_its_cpus_and_powers_off(linux_image, kernel, cpus)
     # delivered the first tick only at the end of a time slice, too late for its wait).
     assert "MP-BIOS bug" not in out, out[-3000:]
     assert "as unstable" not in out, out[-3000:]
+    # Its TSC sync check between the CPUs found no warp: with vCPUs running at once on two host
+    # CPUs, a TSC read ahead of the lock that orders it went backwards (uc_lib edit 21).
+    assert "Marking TSC unstable" not in out, out[-3000:]
     expected = "decompressed by hvm" if kernel == "vmlinuz" else "PVH"
     assert expected in r.stderr.decode(), r.stderr.decode()[-2000:]
 
