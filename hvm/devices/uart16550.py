@@ -294,13 +294,7 @@ class Uart16550(Device):
         if self.backend is not None:
             self.backend.write(data)
         self._thre_pending = False
-        dropped = self._iir_code_locked() == IIR_NO_INT
-        self._thre_pending = True
-        if self.irq.level and dropped and self._iir_code_locked() != IIR_NO_INT:
-            self._publish_locked()
-            self.irq.retrigger()
-        else:
-            self._update_irq_locked()
+        self._rearm_thre_locked(dropped=self._iir_code_locked() == IIR_NO_INT)
 
     def _write_thr_locked(self, value: int) -> None:
         # Writing THR acknowledges THRE; dropping the line before re-arming gives edge-triggered
@@ -315,6 +309,11 @@ class Uart16550(Device):
             self.tx_bytes += 1
             if self.backend is not None:
                 self.backend.write(bytes([value]))
+        self._rearm_thre_locked(dropped)
+
+    def _rearm_thre_locked(self, dropped: bool) -> None:
+        """THRE is pending again after THR writes acknowledged it; ``dropped``: nothing else held
+        the line up meanwhile, so a line still high from before gets a fresh edge in one call."""
         self._thre_pending = True
         if self.irq.level and dropped and self._iir_code_locked() != IIR_NO_INT:
             self._publish_locked()

@@ -177,7 +177,6 @@ def _in_hook(uc, python_in, published: "PublishedTable | None"):
     """Install hvm's C IN hook (``_ucstop_build``: published registers and the PIT's channel 2
     answered in C, everything else passed to ``python_in``); returns its state, which holds the
     callback and the tables alive and counts the reads C answered (``served``)."""
-    import unicorn
     from unicorn import x86_const
     from unicorn.unicorn_py3.unicorn import uclib
 
@@ -197,15 +196,26 @@ def _in_hook(uc, python_in, published: "PublishedTable | None"):
                              lambda _uc, port, size, _user: python_in(None, port, size, None))
     state.python = callback
     keep.append(callback)
+    _insn_hook(uc, ulib.hvm_in_hook_address(), state, x86_const.UC_X86_INS_IN, "IN")
+    return state, keep
+
+
+def _insn_hook(uc, address, state, insn: int, what: str) -> None:
+    """Install the C function at ``address`` (a cffi pointer) as the hook of instruction
+    ``insn`` for the whole address space, with ``state`` (cffi) as its user data."""
+    import unicorn
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    from ._ucstop import ffi as uffi
+
     handle = ctypes.c_size_t()
     status = uclib.uc_hook_add(
         uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN,
-        ctypes.c_void_p(int(uffi.cast("uintptr_t", ulib.hvm_in_hook_address()))),
+        ctypes.c_void_p(int(uffi.cast("uintptr_t", address))),
         ctypes.c_void_p(int(uffi.cast("uintptr_t", state))), ctypes.c_uint64(1), ctypes.c_uint64(0),
-        ctypes.c_int(x86_const.UC_X86_INS_IN))
+        ctypes.c_int(insn))
     if status != unicorn.UC_ERR_OK:
-        raise HostError(f"unicorn refused hvm's IN hook: {unicorn.UcError(status)}")
-    return state, keep
+        raise HostError(f"unicorn refused hvm's {what} hook: {unicorn.UcError(status)}")
 
 
 # How long the first byte of a queued run may wait for the slice's end (hvm/published.py).
@@ -216,7 +226,6 @@ def _out_hook(uc, python_out, published: "PublishedTable | None"):
     """Install hvm's C OUT hook (``_ucstop_build``: writes a device lets be queued are queued in
     C, everything else passed to ``python_out`` through a cffi callback, several µs cheaper than
     the binding's ctypes one); returns its state, which holds the callback and the table alive."""
-    import unicorn
     from unicorn import x86_const
     from unicorn.unicorn_py3.unicorn import uclib
 
@@ -236,14 +245,7 @@ def _out_hook(uc, python_out, published: "PublishedTable | None"):
                              lambda _uc, port, size, value, _user: python_out(None, port, size, value, None))
     state.python = callback
     keep.append(callback)
-    handle = ctypes.c_size_t()
-    status = uclib.uc_hook_add(
-        uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INSN,
-        ctypes.c_void_p(int(uffi.cast("uintptr_t", ulib.hvm_out_hook_address()))),
-        ctypes.c_void_p(int(uffi.cast("uintptr_t", state))), ctypes.c_uint64(1), ctypes.c_uint64(0),
-        ctypes.c_int(x86_const.UC_X86_INS_OUT))
-    if status != unicorn.UC_ERR_OK:
-        raise HostError(f"unicorn refused hvm's OUT hook: {unicorn.UcError(status)}")
+    _insn_hook(uc, ulib.hvm_out_hook_address(), state, x86_const.UC_X86_INS_OUT, "OUT")
     return state, keep
 
 
