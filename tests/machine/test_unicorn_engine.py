@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import hvmrun
+from conftest import hvmrun, unavailable
 from hvm import End, Machine, MachineConfig
 from hvm.engine import uc_core
 from hvm.host import host_info
@@ -65,12 +65,12 @@ def test_vcpus_take_turns_and_locked_increments_stay_atomic(guests):
     assert len(slices) == 3 and min(slices) >= 2, r.stderr  # every vCPU ran, and more than once
 
 
-@pytest.mark.skipif(not uc_core.parallel_supported(), reason="hvm's rebuilt unicorn library is not built "
-                    "(python3 -m images unicorn)")
 def test_vcpus_on_instances_of_their_own_run_at_once_and_locked_increments_stay_atomic(guests):
     # Three vCPUs add 1 to one counter with `lock incl`, ten million times each, each on its own
     # unicorn instance and host thread (uc_lib edit 18): increments from vCPUs running at the same
     # moment on two host CPUs meet on one cache line, so one the host did not make atomic is lost.
+    if not uc_core.parallel_supported():
+        unavailable("hvm's rebuilt unicorn library is not built (python3 -m images unicorn)")
     r = hvmrun("--accel", "unicorn", "--unicorn-threads", "multi", "-c", "3", "--kernel", str(guests("smp")),
                "--append", "want=3 loops=10000000", "--timeout", "120", "--stats")
     assert r.returncode == 0, r.stderr
